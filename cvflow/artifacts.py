@@ -1,0 +1,112 @@
+"""Run-directory paths, atomic writes and the manifest of finished stages.
+
+Every file is written to a temporary name in the same directory and renamed, so a
+reader sees either the old file or the whole new one. A stage is finished only when the
+manifest says so, and the manifest entry is written after everything the stage produced.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def write_bytes(path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
+
+
+def write_json(path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def read_json(path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_npy(path, arr: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, arr)
+
+
+def write_npz(path, **arrays) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+
+def write_csv(path, header: list[str], rows: np.ndarray, comments: list[str] = (), fmt="%.10g") -> None:
+    """CSV with ``# comment`` lines (units, provenance) and a header row."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as fh:
+            for c in comments:
+                fh.write(f"# {c}\n")
+            fh.write(",".join(header) + "\n")
+            np.savetxt(fh, np.asarray(rows, dtype=float).reshape(len(rows), len(header)), delimiter=",", fmt=fmt)
+
+
+def read_csv(path) -> tuple[list[str], np.ndarray]:
+    lines = [ln for ln in Path(path).read_text().splitlines() if ln and not ln.startswith("#")]
+    header = lines[0].split(",")
+    data = np.array([[float(v) for v in ln.split(",")] for ln in lines[1:]]).reshape(-1, len(header))
+    return header, data
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+class Manifest:
+    """``manifest.json`` in a run directory: finished stages and their results."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "manifest.json"
+        self.data = read_json(self.path) if self.path.exists() else {"stages": {}}
+
+    def done(self, stage: str) -> bool:
+        return stage in self.data["stages"]
+
+    def get(self, stage: str) -> dict:
+        return self.data["stages"][stage]
+
+    def mark(self, stage: str, info: dict | None = None) -> None:
+        self.data["stages"][stage] = info or {}
+        write_json(self.path, self.data)
+
+    def current(self, stage: str | None) -> None:
+        self.data["current"] = stage
+        write_json(self.path, self.data)

@@ -1,0 +1,220 @@
+"""The built-in engine: extended-system ABF in an OpenMM ``PythonForce``.
+
+The extended variable λ (one per CV dimension) is coupled to ξ(x) by κ/2 (ξ − λ)². It is
+integrated by cvflow with its own Langevin thermostat, in step with OpenMM's
+LangevinMiddle integrator: each force evaluation at step n uses (x_n, λ_n), then λ moves
+to λ_{n+1} by the same kick–drift–thermostat–drift scheme. The ABF force on λ is minus
+the running mean of κ(ξ − λ) in λ's bin, ramped in linearly over ``fullsamples``, with
+harmonic walls at the grid edges. CZAR statistics (count, Σλ per bin of ξ) are taken at
+every step. The per-step work is one numba kernel.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+import openmm as mm
+
+from ..fes import CZARStats, Grid
+from ..fastcv import CVEvaluator
+
+_NOISE_BLOCK = 8192
+
+
+class BlowUpError(RuntimeError):
+    """Non-finite CV, force or position during MD."""
+
+
+@numba.njit(cache=True)
+def _flat_bin(v, mins, widths, nb):
+    idx = 0
+    for d in range(v.shape[0]):
+        x = (v[d] - mins[d]) / widths[d]
+        if not (x >= 0.0 and x < nb[d]):
+            return -1
+        idx = idx * nb[d] + int(x)
+    return idx
+
+
+@numba.njit(cache=True)
+def eabf_step(xi, jac, forces, lam, vlam, noise, prm, mins, widths, nb,
+              abf_count, abf_sum, czar_count, czar_sum):
+    """One eABF step. Writes the atom forces, advances λ, returns the coupling energy.
+
+    ``prm`` = [kappa, mass, dt, exp(-γ dt), sqrt((1-a²) kT/m), fullsamples, wall_kappa, sample].
+    """
+    kappa, mass, dt, a, sig = prm[0], prm[1], prm[2], prm[3], prm[4]
+    full, wall, sample = prm[5], prm[6], prm[7]
+    dim = xi.shape[0]
+    energy = 0.0
+    coef = np.empty(dim)
+    for d in range(dim):
+        diff = xi[d] - lam[d]
+        if not np.isfinite(diff):
+            return np.nan
+        coef[d] = kappa * diff
+        energy += 0.5 * kappa * diff * diff
+    k = forces.shape[0]
+    for i in range(k):
+        for r in range(3):
+            acc = 0.0
+            for d in range(dim):
+                acc -= coef[d] * jac[d, i, r]
+            forces[i, r] = acc
+    # statistics at (x_n, λ_n)
+    bl = _flat_bin(lam, mins, widths, nb)
+    if sample > 0.0:
+        bz = _flat_bin(xi, mins, widths, nb)
+        if bz >= 0:
+            czar_count[bz] += 1
+            for d in range(dim):
+                czar_sum[bz, d] += lam[d]
+        if bl >= 0:
+            abf_count[bl] += 1
+            for d in range(dim):
+                abf_sum[bl, d] += coef[d]
+    # force on λ: coupling, ABF bias, walls
+    for d in range(dim):
+        f = coef[d]
+        if bl >= 0 and abf_count[bl] > 0:
+            n = abf_count[bl]
+            ramp = n / full if n < full else 1.0
+            f -= ramp * abf_sum[bl, d] / n
+        lo = mins[d]
+        hi = mins[d] + widths[d] * nb[d]
+        if lam[d] < lo:
+            f += wall * (lo - lam[d])
+        elif lam[d] > hi:
+            f -= wall * (lam[d] - hi)
+        vlam[d] += dt * f / mass
+        lam[d] += 0.5 * dt * vlam[d]
+        vlam[d] = a * vlam[d] + sig * noise[d]
+        lam[d] += 0.5 * dt * vlam[d]
+    return energy
+
+
+class NativeEABF:
+    """eABF on a CV, as an OpenMM ``PythonForce``; owns λ, its thermostat and the statistics.
+
+    Parameters
+    ----------
+    cv : CVEvaluator
+        The CV; its ``particles`` are the atoms the force acts on.
+    grid : Grid
+        ABF and CZAR grid, in CV units.
+    kappa : float, kJ/mol/cv²
+    mass : float, kJ/mol ps²/cv²
+    friction : float, 1/ps
+        Friction of λ's own Langevin thermostat.
+    temperature : float, K
+    timestep : float, ps
+    fullsamples : int
+    seed : int
+        Seed of λ's thermostat noise.
+    report_interval : int
+        Steps between rows of the CV time series (aligned with saved frames).
+    """
+
+    name = "native"
+
+    def __init__(self, cv: CVEvaluator, grid: Grid, kappa, mass, friction, temperature, timestep,
+                 fullsamples, seed, report_interval, wall_kappa=None, start_lambda=None):
+        from ..units import kT as _kT
+        self.cv = cv
+        self.grid = grid
+        self.dim = grid.dim
+        if cv.dim != grid.dim:
+            raise ValueError(f"the CV has {cv.dim} components but the grid has {grid.dim} dimensions")
+        self.kT = _kT(temperature)
+        self.kappa = float(kappa)
+        a = np.exp(-friction * timestep)
+        self.prm = np.array([kappa, mass, timestep, a, np.sqrt((1 - a * a) * self.kT / mass),
+                             float(fullsamples), float(wall_kappa if wall_kappa is not None else kappa), 1.0])
+        self.seed = int(seed)
+        self.report_interval = int(report_interval)
+        nbins = int(np.prod(grid.bins))
+        self.abf_count = np.zeros(nbins, np.int64)
+        self.abf_sum = np.zeros((nbins, self.dim))
+        self.czar_count = np.zeros(nbins, np.int64)
+        self.czar_sum = np.zeros((nbins, self.dim))
+        self.lam = np.zeros(self.dim) if start_lambda is None else np.array(start_lambda, float)
+        self.vlam = np.zeros(self.dim)
+        self.initialised = start_lambda is not None
+        self.noise_counter = 0  # number of λ steps taken: fixes the noise stream position
+        self._noise = np.zeros((0, self.dim))
+        self._noise_block = -1
+        k = len(cv.particles)
+        self._pos = np.zeros((k, 3))
+        self._forces = np.zeros((k, 3))
+        self._last_step = -1
+        self._energy = 0.0
+        self._colvar: list[np.ndarray] = []
+        self._vlam_init_rng = np.random.default_rng([self.seed, 2**31])
+        self.error: str | None = None
+
+    # -- OpenMM ---------------------------------------------------------------------------
+    def make_force(self) -> mm.PythonForce:
+        force = mm.PythonForce(self)
+        force.setParticles([int(i) for i in self.cv.particles])
+        force.setName("cvflow-eABF")
+        return force
+
+    def _noise_row(self) -> np.ndarray:
+        block, row = divmod(self.noise_counter, _NOISE_BLOCK)
+        if block != self._noise_block:
+            rng = np.random.default_rng([self.seed, block])
+            self._noise = rng.standard_normal((_NOISE_BLOCK, self.dim))
+            self._noise_block = block
+        return self._noise[row]
+
+    def __call__(self, state):
+        step = state.getStepCount()
+        if step == self._last_step:
+            return self._energy, self._forces
+        pos = self._pos
+        state._getVectorAsNumpy(mm.State.Positions, pos)
+        xi, jac = self.cv(pos)
+        if not self.initialised:
+            self.lam[:] = xi
+            self.vlam[:] = self._vlam_init_rng.standard_normal(self.dim) * np.sqrt(self.kT / self.prm[1])
+            self.initialised = True
+        if step % self.report_interval == 0:
+            self._colvar.append(np.concatenate([[step], xi, self.lam]))
+        energy = eabf_step(xi, jac, self._forces, self.lam, self.vlam, self._noise_row(), self.prm,
+                           self.grid.mins, self.grid.widths, self.grid.bins,
+                           self.abf_count, self.abf_sum, self.czar_count, self.czar_sum)
+        self.noise_counter += 1
+        if not np.isfinite(energy):
+            self.error = f"non-finite CV value {xi.tolist()} at step {step}"
+            self._forces[:] = 0.0
+            energy = 0.0
+        self._last_step = step
+        self._energy = energy
+        return energy, self._forces
+
+    # -- results and checkpoints ------------------------------------------------------------
+    def take_colvar(self) -> np.ndarray:
+        """CV time series rows ``(step, ξ..., λ...)`` collected since the last call."""
+        rows = np.array(self._colvar).reshape(-1, 1 + 2 * self.dim)
+        self._colvar = []
+        return rows
+
+    def czar(self) -> CZARStats:
+        shape = tuple(self.grid.bins)
+        return CZARStats(self.grid, self.kappa, self.kT, self.czar_count.reshape(shape).copy(),
+                         self.czar_sum.reshape(shape + (self.dim,)).copy())
+
+    def state_arrays(self) -> dict:
+        return {"lam": self.lam, "vlam": self.vlam, "abf_count": self.abf_count, "abf_sum": self.abf_sum,
+                "czar_count": self.czar_count, "czar_sum": self.czar_sum,
+                "noise_counter": np.array(self.noise_counter), "initialised": np.array(self.initialised),
+                "vlam_rng": np.array(str(self._vlam_init_rng.bit_generator.state))}
+
+    def load_state_arrays(self, d) -> None:
+        for key in ("lam", "vlam", "abf_count", "abf_sum", "czar_count", "czar_sum"):
+            getattr(self, key)[...] = d[key]
+        self.noise_counter = int(d["noise_counter"])
+        self.initialised = bool(d["initialised"])
+        import ast
+        self._vlam_init_rng.bit_generator.state = ast.literal_eval(str(d["vlam_rng"]))
+        self._last_step = -1
+        self._colvar = []

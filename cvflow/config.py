@@ -1,0 +1,300 @@
+"""Validated configuration: pydantic models (unknown keys are errors), YAML loading.
+
+Every dimensional value is a string with units (see :mod:`cvflow.units`) and is stored
+here as a float in cvflow's internal units (nm, ps, K, amu, kJ/mol). Input files are
+resolved relative to the directory of the config file.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, PositiveInt,
+                      ValidationError, field_validator, model_validator)
+
+from .units import UnitError, parse_quantity
+
+
+class ConfigError(Exception):
+    """A problem with the user's input; printed as one or two lines, exit status 2."""
+
+
+_INTERNAL_UNIT = {"temperature": "K", "time": "ps", "rate": "/ps", "length": "nm", "mass": "amu",
+                  "energy": "kJ/mol", "force_constant": "kJ/mol/cv^2", "ext_mass": "kJ/mol*ps^2/cv^2"}
+
+
+def _quantity(dimension: str):
+    def convert(v):
+        try:
+            return parse_quantity(v, dimension)
+        except UnitError as e:
+            raise ValueError(str(e)) from None
+    unit_text = _INTERNAL_UNIT[dimension]
+    return Annotated[float, BeforeValidator(convert),
+                     PlainSerializer(lambda v: f"{v!r} {unit_text}", when_used="json")]
+
+
+Temperature = _quantity("temperature")
+Time = _quantity("time")
+Rate = _quantity("rate")
+Length = _quantity("length")
+Mass = _quantity("mass")
+Energy = _quantity("energy")
+ForceConstant = _quantity("force_constant")
+ExtMass = _quantity("ext_mass")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class SystemConfig(Strict):
+    """A molecule from a PDB file, or one particle on an analytic 2-D potential."""
+    pdb: Optional[Path] = None
+    forcefield: list[str] = Field(default_factory=lambda: ["amber14-all.xml"])
+    solvent: Literal["vacuum", "implicit", "explicit"] = "vacuum"
+    implicit_model: str = "implicit/obc2.xml"
+    water_model: str = "amber14/tip3p.xml"
+    padding: Length = "1.0 nm"
+    cutoff: Length = "1.0 nm"
+    constraints: Literal["none", "HBonds", "AllBonds", "HAngles"] = "HBonds"
+    potential: Optional[str] = None
+    mass: Optional[Mass] = None
+    start: Optional[list[Length]] = None
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        if (self.pdb is None) == (self.potential is None):
+            raise ValueError("give either 'pdb' (a molecule) or 'potential' (a toy), not both or neither")
+        if self.potential is not None:
+            if self.mass is None:
+                raise ValueError("a toy potential needs 'mass', e.g. '1 amu'")
+            if self.start is not None and len(self.start) != 2:
+                raise ValueError("'start' takes two coordinates, e.g. ['-1 nm', '0 nm']")
+        return self
+
+    @property
+    def is_toy(self) -> bool:
+        return self.potential is not None
+
+
+class MDConfig(Strict):
+    """Langevin dynamics settings."""
+    temperature: Temperature = "300 K"
+    timestep: Time = "2 fs"
+    friction: Rate = "1 /ps"
+    steps: PositiveInt = 100_000
+    report_interval: PositiveInt = 500
+    checkpoint_interval: PositiveInt = 10_000
+    platform: Literal["auto", "Reference", "CPU", "CUDA", "OpenCL"] = "auto"
+    threads: Optional[PositiveInt] = None
+
+    @model_validator(mode="after")
+    def _intervals(self):
+        if self.report_interval > self.steps:
+            raise ValueError(f"report_interval ({self.report_interval}) exceeds steps ({self.steps})")
+        return self
+
+
+class GridDim(Strict):
+    """One dimension of the eABF/CZAR grid, in the CV's own units."""
+    min: float
+    max: float
+    bins: PositiveInt
+
+    @model_validator(mode="after")
+    def _order(self):
+        if not self.min < self.max:
+            raise ValueError(f"grid min ({self.min}) must be below max ({self.max})")
+        if self.bins < 2:
+            raise ValueError("grid needs at least 2 bins")
+        return self
+
+    @property
+    def width(self) -> float:
+        return (self.max - self.min) / self.bins
+
+
+class BiasConfig(Strict):
+    """Extended-system ABF on a TorchScript CV."""
+    engine: Literal["auto", "native", "plumed", "none"] = "auto"
+    cv: Optional[Path] = None
+    kappa: ForceConstant = "500 kJ/mol/cv^2"
+    tau: Optional[Time] = "0.5 ps"
+    lambda_mass: Optional[ExtMass] = None
+    friction: Rate = "1 /ps"
+    grid: Optional[list[GridDim]] = None
+    grid_margin: float = Field(0.05, ge=0, le=1)
+    bins: PositiveInt = 60
+    fullsamples: PositiveInt = 200
+    wall_kappa: Optional[ForceConstant] = None
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_dims(cls, v):
+        if v is not None and not 1 <= len(v) <= 2:
+            raise ValueError("grid takes one or two dimensions")
+        return v
+
+    def ext_mass(self) -> float:
+        """Mass of the extended variable in kJ/mol ps² per CV unit²."""
+        if self.lambda_mass is not None:
+            return self.lambda_mass
+        import math
+        return self.kappa * (self.tau / (2 * math.pi)) ** 2
+
+
+class FeaturesConfig(Strict):
+    """What the autoencoder sees."""
+    atoms: str = "backbone"
+    align: bool = True
+    reference: Optional[Path] = None
+
+
+class ModelConfig(Strict):
+    """The network that learns the CV."""
+    kind: Literal["autoencoder"] = "autoencoder"
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [40])
+    bottleneck: Literal[1, 2] = 2
+    activation: Literal["tanh", "softplus", "relu", "elu"] = "tanh"
+    epochs: PositiveInt = 200
+    batch_size: PositiveInt = 256
+    learning_rate: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    patience: PositiveInt = 20
+    validation_fraction: float = Field(0.2, gt=0, lt=1)
+    reweight: bool = True
+    threads: Optional[PositiveInt] = None
+
+
+class BootstrapConfig(Strict):
+    repeats: int = Field(4, ge=2)
+    fraction: float = Field(0.8, gt=0, le=1)
+    quantile: float = Field(0.05, ge=0, le=1)
+
+
+class ConvergenceConfig(Strict):
+    max_iterations: PositiveInt = 8
+    threshold: Union[Literal["auto"], Annotated[float, Field(gt=0, le=1)]] = "auto"
+    bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
+    production_steps: PositiveInt = 200_000
+    min_ess_fraction: float = Field(0.05, ge=0, le=1)
+
+
+class ExecutionConfig(Strict):
+    walkers: PositiveInt = 1
+    backend: Literal["local", "dask", "slurm", "pbs"] = "local"
+
+
+class Config(Strict):
+    """A whole cvflow run."""
+    seed: int = Field(2024, ge=0)
+    system: SystemConfig
+    md: MDConfig = Field(default_factory=MDConfig)
+    bias: BiasConfig = Field(default_factory=BiasConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    convergence: ConvergenceConfig = Field(default_factory=ConvergenceConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    output: Optional[Path] = None
+
+
+# ---------------------------------------------------------------------------------------
+# loading and error messages
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class that owns the key at ``loc`` (for suggestions)."""
+    cur: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(cur, type) and issubclass(cur, BaseModel)) or part not in cur.model_fields:
+            return None
+        ann = cur.model_fields[part].annotation
+        for cand in (ann, *getattr(ann, "__args__", ())):
+            for inner in (cand, *getattr(cand, "__args__", ())):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    cur = inner
+                    break
+    return cur if isinstance(cur, type) and issubclass(cur, BaseModel) else None
+
+
+def format_validation_error(err: ValidationError, source: str = "config") -> str:
+    """Turn a pydantic error into short lines that name the key."""
+    lines = []
+    for e in err.errors()[:3]:
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            owner = _model_at(Config, loc)
+            hint = ""
+            if owner is not None:
+                close = difflib.get_close_matches(str(loc[-1]), list(owner.model_fields), n=1)
+                if close:
+                    hint = f"; did you mean '{close[0]}'?"
+            lines.append(f"{source}: unknown key '{key}'{hint}")
+        elif e["type"] == "missing":
+            lines.append(f"{source}: missing required key '{key}'")
+        else:
+            msg = e["msg"]
+            for prefix in ("Value error, ", "Assertion failed, "):
+                msg = msg.removeprefix(prefix)
+            lines.append(f"{source}: {key}: {msg}")
+    if len(err.errors()) > 3:
+        lines.append(f"{source}: ... and {len(err.errors()) - 3} more problems")
+    return "\n".join(lines)
+
+
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    def res(p):
+        if p is None:
+            return None
+        p = Path(p).expanduser()
+        return p if p.is_absolute() else (base / p).resolve()
+    cfg.system.pdb = res(cfg.system.pdb)
+    cfg.bias.cv = res(cfg.bias.cv)
+    cfg.features.reference = res(cfg.features.reference)
+    return cfg
+
+
+def load_config(path: str | Path, check_files: bool = True) -> Config:
+    """Read and validate a YAML config; raise :class:`ConfigError` with a clear message."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (system:, md:, bias:, ...)")
+    cfg = config_from_dict(data, source=str(path))
+    cfg = _resolve_paths(cfg, path.parent.resolve())
+    if check_files:
+        check_input_files(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict, source: str = "config") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+
+
+def check_input_files(cfg: Config) -> None:
+    """Every file the config names must exist."""
+    for key, p in (("system.pdb", cfg.system.pdb), ("bias.cv", cfg.bias.cv),
+                   ("features.reference", cfg.features.reference)):
+        if p is not None and not Path(p).is_file():
+            raise ConfigError(f"{key}: file not found: {p}")
+
+
+def dump_config(cfg: Config) -> dict:
+    """The config as plain YAML-able data (paths as strings, quantities in internal units)."""
+    return cfg.model_dump(mode="json")

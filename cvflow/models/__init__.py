@@ -1,0 +1,18 @@
+"""Models that learn CVs. One module per kind; each registers itself in ``MODELS``.
+
+A model kind provides a class with ``from_config(model_cfg, n_features)``, a
+``loss(batch, weights)`` method and an ``encoder`` attribute (an :class:`MLP`
+whose output is the CV in feature space). Adding a kind of model (multi-decoder,
+variational, ...) means adding a module here and one entry in ``MODELS``.
+"""
+from .autoencoder import MLP, Autoencoder
+
+MODELS = {"autoencoder": Autoencoder}
+
+
+def build_model(model_cfg, n_features: int):
+    """Instantiate the model named by ``model_cfg.kind``."""
+    return MODELS[model_cfg.kind].from_config(model_cfg, n_features)
+
+
+__all__ = ["MLP", "Autoencoder", "MODELS", "build_model"]

@@ -1,0 +1,261 @@
+"""One MD segment: OpenMM Langevin dynamics, optionally with an eABF bias, checkpointed.
+
+A segment writes into its own directory:
+
+- ``traj.dcd`` + ``topology.pdb`` (molecules) or ``traj.npy`` (toys): frames every
+  ``md.report_interval`` steps, in nm;
+- ``colvar.csv``: step, time (ps), ξ, λ;
+- ``fes.csv`` and ``czar.npz``: the CZAR free energy and its additive statistics;
+- ``state.xml`` (portable) and ``checkpoint.chk`` (exact restart, platform-bound);
+- ``segment.json``: written last; its presence means the segment is finished.
+
+While it runs, ``ckpt/`` holds the latest checkpoint, and ``chunks/`` the frames since
+the start, so that a killed segment resumes from its last checkpoint, not its start.
+"""
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import openmm as mm
+from openmm import app
+from openmm import unit as u
+
+from . import artifacts as art
+from .bias.native import BlowUpError, NativeEABF
+from .config import Config
+from .fastcv import load_cv
+from .fes import Grid, write_fes
+from .system import SystemBundle, choose_platform, platform_properties
+
+
+class StopRequested(Exception):
+    """SIGTERM/SIGINT arrived; a checkpoint was written."""
+
+
+_STOP = {"flag": False}
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM and SIGINT (as sent by SLURM before a time limit) ask for a checkpoint and exit."""
+    def handler(signum, frame):
+        _STOP["flag"] = True
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def stop_requested() -> bool:
+    return _STOP["flag"]
+
+
+@dataclass
+class SegmentResult:
+    out_dir: Path
+    steps: int
+    frames: int
+    wall_seconds: float
+    steps_per_second: float
+    platform: str
+    engine: str
+
+    def to_dict(self) -> dict:
+        return {"steps": self.steps, "frames": self.frames, "wall_seconds": self.wall_seconds,
+                "steps_per_second": self.steps_per_second, "platform": self.platform, "engine": self.engine}
+
+
+def derive_seed(root: int, *keys: int) -> int:
+    """A seed in [1, 2³¹−1] derived from the root seed and integer keys (OpenMM treats 0 as random)."""
+    state = np.random.SeedSequence([int(root), *[int(k) for k in keys]]).generate_state(1)[0]
+    return int(state) % (2**31 - 2) + 1
+
+
+def make_bias(cfg: Config, bundle: SystemBundle, cv_path, grid: Grid, seed: int) -> NativeEABF:
+    """The native eABF bias on the CV in ``cv_path``."""
+    from .cvcheck import checked_cv
+    cv = checked_cv(cv_path, bundle)
+    b = cfg.bias
+    return NativeEABF(cv, grid, kappa=b.kappa, mass=b.ext_mass(), friction=b.friction,
+                      temperature=cfg.md.temperature, timestep=cfg.md.timestep,
+                      fullsamples=b.fullsamples, seed=seed, report_interval=cfg.md.report_interval,
+                      wall_kappa=b.wall_kappa)
+
+
+def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, seed: int,
+                cv_path: Path | None = None, grid: Grid | None = None, engine: str = "native",
+                start_positions: np.ndarray | None = None, progress=None, label: str = "md") -> SegmentResult:
+    """Run (or resume) one segment of ``steps`` MD steps into ``out_dir``.
+
+    Parameters
+    ----------
+    engine : {"native", "plumed", "none"}
+        ``none`` runs unbiased (``cv_path`` may still be given to record ξ).
+    start_positions : (n_atoms, 3) array, nm, optional
+        Defaults to the system's positions.
+    progress : callable(step, total), optional
+    """
+    out_dir = Path(out_dir)
+    done_marker = out_dir / "segment.json"
+    if done_marker.exists():
+        d = art.read_json(done_marker)
+        return SegmentResult(out_dir, d["steps"], d["frames"], d["wall_seconds"], d["steps_per_second"],
+                             d["platform"], d["engine"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md_cfg = cfg.md
+    bias = None
+    system = mm.XmlSerializer.clone(bundle.system) if hasattr(mm.XmlSerializer, "clone") else \
+        mm.XmlSerializer.deserialize(mm.XmlSerializer.serialize(bundle.system))
+    if engine == "native":
+        if cv_path is None or grid is None:
+            raise ValueError("the native engine needs a CV file and a grid")
+        bias = make_bias(cfg, bundle, cv_path, grid, derive_seed(seed, 1))
+        system.addForce(bias.make_force())
+    elif engine == "plumed":
+        from .bias.plumed import make_plumed_bias
+        bias = make_plumed_bias(cfg, bundle, cv_path, grid, derive_seed(seed, 1), out_dir)
+        system.addForce(bias.make_force())
+    integrator = mm.LangevinMiddleIntegrator(md_cfg.temperature * u.kelvin, md_cfg.friction / u.picosecond,
+                                             md_cfg.timestep * u.picosecond)
+    integrator.setRandomNumberSeed(derive_seed(seed, 0))
+    platform = choose_platform(md_cfg.platform, bundle.n_atoms)
+    sim = app.Simulation(bundle.topology, system, integrator, platform,
+                         platform_properties(platform, md_cfg.threads))
+    ckpt_dir = out_dir / "ckpt"
+    chunk_dir = out_dir / "chunks"
+    chunk_dir.mkdir(exist_ok=True)
+    progress_file = ckpt_dir / "progress.json"
+    step = 0
+    if progress_file.exists():
+        prog = art.read_json(progress_file)
+        step = int(prog["step"])
+        sim.context.loadCheckpoint((ckpt_dir / prog["chk"]).read_bytes())
+        if bias is not None:
+            bias.load_state_arrays(np.load(ckpt_dir / prog["bias"]))
+        for f in chunk_dir.glob("*.npy"):  # chunks written after the last checkpoint
+            if int(f.stem.split("_")[1]) > step:
+                f.unlink()
+    else:
+        start = bundle.positions if start_positions is None else start_positions
+        sim.context.setPositions(start * u.nanometer)
+        if bundle.box is not None:
+            sim.context.setPeriodicBoxVectors(*(bundle.box * u.nanometer))
+        sim.context.setVelocitiesToTemperature(md_cfg.temperature * u.kelvin, derive_seed(seed, 2))
+        sim.context.setStepCount(0)
+    report = md_cfg.report_interval
+    frames: list[np.ndarray] = []
+    frame_steps: list[int] = []
+    pos = np.zeros((bundle.n_atoms, 3))
+    t0 = time.perf_counter()
+    start_step = step
+    last_ckpt = step
+    while step < steps:
+        n = min(report - step % report, steps - step)
+        sim.step(n)
+        step += n
+        state = sim.context.getState(getPositions=True)
+        state._getVectorAsNumpy(mm.State.Positions, pos)
+        if bias is not None and bias.error:
+            raise BlowUpError(f"{label}: {bias.error}; last good state kept in {ckpt_dir}")
+        if not np.isfinite(pos).all():
+            raise BlowUpError(f"{label}: non-finite positions at step {step}; last good state kept in {ckpt_dir}")
+        if step % report == 0:
+            frames.append(pos.copy())
+            frame_steps.append(step)
+        stop = stop_requested()
+        if step - last_ckpt >= md_cfg.checkpoint_interval or step == steps or stop:
+            _write_checkpoint(sim, bias, ckpt_dir, chunk_dir, step, frames, frame_steps)
+            frames, frame_steps = [], []
+            last_ckpt = step
+            if stop:
+                raise StopRequested(f"{label}: stopped at step {step}; checkpoint written to {ckpt_dir}")
+        if progress is not None:
+            progress(step, steps)
+    wall = time.perf_counter() - t0
+    n_frames = _finalize(cfg, bundle, sim, bias, out_dir, chunk_dir)
+    result = SegmentResult(out_dir, steps, n_frames, wall, (steps - start_step) / max(wall, 1e-9),
+                           platform.getName(), engine)
+    art.write_json(done_marker, result.to_dict())
+    return result
+
+
+def _write_checkpoint(sim, bias, ckpt_dir: Path, chunk_dir: Path, step: int, frames, frame_steps) -> None:
+    """Frames and CV rows first, then the MD and bias state, then ``progress.json``."""
+    ckpt_dir.mkdir(exist_ok=True)
+    if frames:
+        art.write_npy(chunk_dir / f"frames_{step:012d}.npy", np.array(frames))
+        art.write_npy(chunk_dir / f"steps_{step:012d}.npy", np.array(frame_steps))
+    if bias is not None:
+        rows = bias.take_colvar()
+        art.write_npy(chunk_dir / f"colvar_{step:012d}.npy", rows)
+        art.write_npz(ckpt_dir / f"bias_{step:012d}.npz", **bias.state_arrays())
+    art.write_bytes(ckpt_dir / f"md_{step:012d}.chk", sim.context.createCheckpoint())
+    art.write_json(ckpt_dir / "progress.json",
+                   {"step": step, "chk": f"md_{step:012d}.chk", "bias": f"bias_{step:012d}.npz"})
+    for f in ckpt_dir.iterdir():
+        if f.name != "progress.json" and f"{step:012d}" not in f.name:
+            f.unlink()
+
+
+def _concat(chunk_dir: Path, prefix: str, width: int | None = None) -> np.ndarray:
+    files = sorted(chunk_dir.glob(f"{prefix}_*.npy"))
+    parts = [np.load(f) for f in files]
+    parts = [p for p in parts if p.size]
+    if not parts:
+        return np.zeros((0,) if width is None else (0, width))
+    return np.concatenate(parts)
+
+
+def _finalize(cfg: Config, bundle: SystemBundle, sim, bias, out_dir: Path, chunk_dir: Path) -> int:
+    frames = _concat(chunk_dir, "frames")
+    frame_steps = _concat(chunk_dir, "steps")
+    art.write_npy(out_dir / "frame_steps.npy", frame_steps.astype(np.int64))
+    if bundle.is_toy:
+        art.write_npy(out_dir / "traj.npy", frames.astype(np.float64))
+    else:
+        write_trajectory(out_dir, bundle, frames)
+    dt = cfg.md.timestep
+    if bias is not None:
+        rows = _concat(chunk_dir, "colvar", 1 + 2 * bias.dim)
+        d = bias.dim
+        header = ["step", "time"] + [f"cv{i + 1}" for i in range(d)] + [f"lambda{i + 1}" for i in range(d)]
+        table = np.column_stack([rows[:, 0], rows[:, 0] * dt, rows[:, 1:]]) if len(rows) else np.zeros((0, len(header)))
+        art.write_csv(out_dir / "colvar.csv", header, table,
+                      comments=["time in ps; cv and lambda in CV units"])
+        stats = bias.czar()
+        with art.atomic_path(out_dir / "czar.npz") as tmp:
+            with open(tmp, "wb") as fh:
+                stats.save(fh)
+        write_fes(out_dir / "fes.csv", stats, engine=bias.name)
+    state = sim.context.getState(getPositions=True, getVelocities=True)
+    art.write_text(out_dir / "state.xml", mm.XmlSerializer.serialize(state))
+    art.write_bytes(out_dir / "checkpoint.chk", sim.context.createCheckpoint())
+    for f in chunk_dir.glob("*.npy"):
+        f.unlink()
+    return len(frames)
+
+
+def write_trajectory(out_dir: Path, bundle: SystemBundle, frames: np.ndarray) -> None:
+    """``traj.dcd`` with ``topology.pdb`` beside it (MDTraj, MDAnalysis and VMD read both)."""
+    import mdtraj as md
+    top = bundle.mdtraj_topology()
+    ref = md.Trajectory(bundle.positions[None].astype(np.float32), top)
+    with art.atomic_path(out_dir / "topology.pdb") as tmp:
+        ref.save_pdb(str(tmp))
+    traj = md.Trajectory(frames.astype(np.float32).reshape(-1, bundle.n_atoms, 3), top)
+    if bundle.box is not None and len(frames):
+        traj.unitcell_vectors = np.repeat(bundle.box[None].astype(np.float32), len(frames), axis=0)
+    with art.atomic_path(out_dir / "traj.dcd") as tmp:
+        tmp_dcd = tmp.with_suffix(".dcd")
+        traj.save_dcd(str(tmp_dcd))
+        tmp_dcd.replace(tmp)
+
+
+def load_frames(seg_dir: Path, bundle: SystemBundle) -> np.ndarray:
+    """Frames of a finished segment, ``(n, n_atoms, 3)`` in nm (float64)."""
+    seg_dir = Path(seg_dir)
+    if bundle.is_toy:
+        return np.load(seg_dir / "traj.npy")
+    import mdtraj as md
+    return md.load_dcd(str(seg_dir / "traj.dcd"), top=str(seg_dir / "topology.pdb")).xyz.astype(np.float64)

@@ -1,0 +1,166 @@
+"""Config → OpenMM System, topology, positions and the atoms the features use.
+
+Molecules come from a PDB file and OpenMM force-field XML files, in vacuum, implicit
+solvent or an explicit water box with PME. Toys are one particle moving in the plane
+on an analytic potential V(x, y) in kJ/mol and nm (z is held near 0 by a weak harmonic
+term that does not couple to x or y).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import openmm as mm
+from openmm import app
+from openmm import unit as u
+
+from .config import ConfigError, SystemConfig
+
+Z_RESTRAINT = "0.5*z^2"
+
+
+@dataclass
+class SystemBundle:
+    """What the sampler and the featuriser need to know about a system."""
+    system: mm.System
+    topology: app.Topology
+    positions: np.ndarray  # (n_atoms, 3) nm
+    is_toy: bool
+    potential: str | None = None
+    box: np.ndarray | None = None
+    feature_atoms: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    @property
+    def n_atoms(self) -> int:
+        return self.system.getNumParticles()
+
+    def mdtraj_topology(self):
+        import mdtraj as md
+        return md.Topology.from_openmm(self.topology)
+
+
+def build_system(cfg: SystemConfig, atoms: str = "backbone") -> SystemBundle:
+    """Build the system described by ``cfg``; ``atoms`` is the MDTraj selection for features."""
+    return _build_toy(cfg) if cfg.is_toy else _build_molecule(cfg, atoms)
+
+
+def _build_toy(cfg: SystemConfig) -> SystemBundle:
+    system = mm.System()
+    system.addParticle(cfg.mass)
+    force = mm.CustomExternalForce(f"({cfg.potential}) + {Z_RESTRAINT}")
+    force.addParticle(0, [])
+    force.setName("toy-potential")
+    system.addForce(force)
+    try:
+        # validate the expression now: OpenMM parses it when a context is made
+        ctx = mm.Context(system, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName("Reference"))
+        ctx.setPositions([[0.0, 0.0, 0.0]])
+        ctx.getState(getEnergy=True)
+        del ctx
+    except Exception as e:  # OpenMM raises a generic exception for a bad expression
+        raise ConfigError(f"system.potential: OpenMM cannot use this expression: {str(e).splitlines()[0]}") from None
+    top = app.Topology()
+    chain = top.addChain()
+    res = top.addResidue("TOY", chain)
+    top.addAtom("P", app.element.carbon, res)
+    start = np.zeros((1, 3))
+    if cfg.start is not None:
+        start[0, :2] = cfg.start
+    return SystemBundle(system, top, start, True, cfg.potential, feature_atoms=np.array([0]))
+
+
+def _build_molecule(cfg: SystemConfig, atoms: str) -> SystemBundle:
+    pdb_path = Path(cfg.pdb)
+    try:
+        pdb = app.PDBFile(str(pdb_path))
+    except Exception as e:
+        raise ConfigError(f"system.pdb: cannot read {pdb_path}: {str(e).splitlines()[0]}") from None
+    files = list(cfg.forcefield)
+    if cfg.solvent == "implicit":
+        files.append(cfg.implicit_model)
+    if cfg.solvent == "explicit":
+        files.append(cfg.water_model)
+    try:
+        ff = app.ForceField(*files)
+    except (ValueError, OSError, FileNotFoundError) as e:
+        bad = next((f for f in files if not _ff_exists(f)), files)
+        raise ConfigError(f"system.forcefield: cannot load force-field file {bad}: {str(e).splitlines()[0]}") from None
+    topology, positions = pdb.topology, pdb.positions
+    if cfg.solvent == "explicit":
+        modeller = app.Modeller(topology, positions)
+        try:
+            modeller.addSolvent(ff, padding=cfg.padding * u.nanometer)
+        except ValueError as e:
+            raise ConfigError(f"system: cannot solvate {pdb_path}: {_template_message(e)}") from None
+        topology, positions = modeller.topology, modeller.positions
+    constraints = {"none": None, "HBonds": app.HBonds, "AllBonds": app.AllBonds, "HAngles": app.HAngles}[cfg.constraints]
+    kwargs = dict(constraints=constraints, rigidWater=True)
+    if cfg.solvent == "explicit":
+        kwargs.update(nonbondedMethod=app.PME, nonbondedCutoff=cfg.cutoff * u.nanometer)
+    else:
+        kwargs.update(nonbondedMethod=app.NoCutoff)
+    try:
+        system = ff.createSystem(topology, **kwargs)
+    except ValueError as e:
+        raise ConfigError(f"system.pdb: the force field cannot parametrise {pdb_path.name}: {_template_message(e)}") from None
+    pos = np.array(positions.value_in_unit(u.nanometer))
+    import mdtraj as md
+    mdtop = md.Topology.from_openmm(topology)
+    try:
+        sel = mdtop.select(atoms)
+    except Exception as e:
+        raise ConfigError(f"features.atoms: MDTraj cannot read the selection {atoms!r}: {str(e).splitlines()[0]}") from None
+    if len(sel) < 3:
+        raise ConfigError(f"features.atoms: the selection {atoms!r} matches {len(sel)} atoms; need at least 3")
+    box = None
+    if cfg.solvent == "explicit":
+        box = np.array(topology.getPeriodicBoxVectors().value_in_unit(u.nanometer))
+    return SystemBundle(system, topology, pos, False, None, box, np.asarray(sel, np.int64))
+
+
+def _ff_exists(name: str) -> bool:
+    try:
+        app.ForceField(name)
+        return True
+    except Exception:
+        return False
+
+
+def _template_message(e: Exception) -> str:
+    msg = str(e).splitlines()[0]
+    return msg
+
+
+def choose_platform(name: str, n_atoms: int) -> mm.Platform:
+    """The OpenMM platform to use. ``auto``: a GPU platform when present; otherwise
+    Reference for systems of ≤ 100 particles (it is faster there: ~45k vs ~10k steps/s
+    for alanine dipeptide in vacuum on one thread) and CPU above that."""
+    available = [mm.Platform.getPlatform(i).getName() for i in range(mm.Platform.getNumPlatforms())]
+    if name != "auto":
+        if name not in available:
+            raise ConfigError(f"md.platform: OpenMM platform {name!r} is not available here "
+                              f"(available: {', '.join(available)})")
+        return mm.Platform.getPlatformByName(name)
+    for gpu in ("CUDA", "OpenCL"):
+        if gpu in available and _platform_works(gpu):
+            return mm.Platform.getPlatformByName(gpu)
+    if n_atoms <= 100 or "CPU" not in available:
+        return mm.Platform.getPlatformByName("Reference")
+    return mm.Platform.getPlatformByName("CPU")
+
+
+def _platform_works(name: str) -> bool:
+    try:
+        s = mm.System()
+        s.addParticle(1.0)
+        mm.Context(s, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName(name))
+        return True
+    except Exception:
+        return False
+
+
+def platform_properties(platform: mm.Platform, threads: int | None) -> dict:
+    if platform.getName() == "CPU" and threads:
+        return {"Threads": str(threads)}
+    return {}
