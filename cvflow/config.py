@@ -121,7 +121,7 @@ class BiasConfig(Strict):
     """Extended-system ABF on a TorchScript CV."""
     engine: Literal["auto", "native", "plumed", "none"] = "auto"
     cv: Optional[Path] = None
-    kappa: ForceConstant = "500 kJ/mol/cv^2"
+    kappa: Union[Literal["auto"], ForceConstant] = "auto"
     tau: Optional[Time] = "0.5 ps"
     lambda_mass: Optional[ExtMass] = None
     friction: Rate = "1 /ps"
@@ -138,12 +138,18 @@ class BiasConfig(Strict):
             raise ValueError("grid takes one or two dimensions")
         return v
 
-    def ext_mass(self) -> float:
-        """Mass of the extended variable in kJ/mol ps² per CV unit²."""
+    def kappa_for(self, widths, kT: float) -> float:
+        """κ in kJ/mol/cv²; ``auto`` makes the thermal spread of ξ − λ one bin: κ = kT / w²."""
+        if self.kappa != "auto":
+            return float(self.kappa)
+        return float(kT / min(widths) ** 2)
+
+    def ext_mass(self, kappa: float) -> float:
+        """Mass of the extended variable in kJ/mol ps² per CV unit² (from ``tau`` unless given)."""
         if self.lambda_mass is not None:
             return self.lambda_mass
         import math
-        return self.kappa * (self.tau / (2 * math.pi)) ** 2
+        return kappa * (self.tau / (2 * math.pi)) ** 2
 
 
 class FeaturesConfig(Strict):

@@ -4,9 +4,9 @@ The file maps the positions of all atoms, (n_atoms, 3) in nm, to the CV values (
 It carries the atom selection, the reference structure for the Kabsch alignment, the
 input normalisation and the encoder's weights, all in float64.
 """
-from __future__ import annotations
 
 from pathlib import Path
+from typing import List
 
 import numpy as np
 import torch
@@ -19,6 +19,10 @@ from .models.autoencoder import MLP
 
 class ExportedCV(nn.Module):
     """Positions (n_atoms, 3) nm → CV (d,). Also accepts a batch (b, n_atoms, 3)."""
+
+    activations: List[str]
+    n_atoms: int
+    cvflow_format: str
 
     def __init__(self, features: AlignedFeatures, mean, std, encoder: MLP, n_atoms: int):
         super().__init__()

@@ -30,6 +30,7 @@ from .config import Config
 from .fastcv import load_cv
 from .fes import Grid, write_fes
 from .system import SystemBundle, choose_platform, platform_properties
+from .units import kT
 
 
 class StopRequested(Exception):
@@ -77,7 +78,8 @@ def make_bias(cfg: Config, bundle: SystemBundle, cv_path, grid: Grid, seed: int)
     from .cvcheck import checked_cv
     cv = checked_cv(cv_path, bundle)
     b = cfg.bias
-    return NativeEABF(cv, grid, kappa=b.kappa, mass=b.ext_mass(), friction=b.friction,
+    kappa = b.kappa_for(grid.widths, kT(cfg.md.temperature))
+    return NativeEABF(cv, grid, kappa=kappa, mass=b.ext_mass(kappa), friction=b.friction,
                       temperature=cfg.md.temperature, timestep=cfg.md.timestep,
                       fullsamples=b.fullsamples, seed=seed, report_interval=cfg.md.report_interval,
                       wall_kappa=b.wall_kappa)

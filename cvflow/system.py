@@ -128,8 +128,9 @@ def _ff_exists(name: str) -> bool:
 
 
 def _template_message(e: Exception) -> str:
+    """OpenMM's first sentence, which names the residue (e.g. 'No template found for residue 1 (ALA)')."""
     msg = str(e).splitlines()[0]
-    return msg
+    return msg.split(".  ")[0]
 
 
 def choose_platform(name: str, n_atoms: int) -> mm.Platform:

@@ -5,3 +5,23 @@ An engine object provides ``make_force()`` (an OpenMM Force to add to the System
 :class:`~cvflow.fes.CZARStats`), ``state_arrays()``/``load_state_arrays()`` (its part of
 a checkpoint), ``dim``, ``name`` and ``error`` (a message once a blow-up was seen).
 """
+
+
+def resolve_engine(name: str) -> str:
+    """``auto`` → ``plumed`` when a PLUMED kernel with DRR and PyTorch is usable, else ``native``.
+
+    ``plumed`` without a usable kernel is a :class:`~cvflow.config.ConfigError` that says
+    what is missing and how to install it; it is raised before any MD runs.
+    """
+    if name in ("native", "none"):
+        return name
+    from .plumed import plumed_status
+    status = plumed_status()
+    if name == "plumed":
+        if not status.usable:
+            from ..config import ConfigError
+            raise ConfigError(f"bias.engine: plumed is not usable: {status.reason}. "
+                              f"Build a kernel with 'cvflow install-plumed' (or scripts/install-plumed.sh) "
+                              f"and export PLUMED_KERNEL as it prints")
+        return "plumed"
+    return "plumed" if status.usable else "native"

@@ -144,6 +144,8 @@ class NativeEABF:
         self._noise_block = -1
         k = len(cv.particles)
         self._pos = np.zeros((k, 3))
+        self._scratch = np.zeros((k, 3))
+        self._lam_at_step = np.zeros(self.dim)
         self._forces = np.zeros((k, 3))
         self._last_step = -1
         self._energy = 0.0
@@ -168,15 +170,29 @@ class NativeEABF:
 
     def __call__(self, state):
         step = state.getStepCount()
-        if step == self._last_step:
-            return self._energy, self._forces
         pos = self._pos
+        if step == self._last_step:
+            state._getVectorAsNumpy(mm.State.Positions, self._scratch)
+            if np.array_equal(self._scratch, pos):
+                return self._energy, self._forces
+            # same step, new positions (a re-evaluation, e.g. after setPositions):
+            # forces at the current λ, without advancing λ or sampling
+            return self._evaluate(self._scratch.copy(), advance=False, lam=self._lam_at_step)
         state._getVectorAsNumpy(mm.State.Positions, pos)
+        self._last_step = step
+        return self._evaluate(pos, advance=True, step=step)
+
+    def _evaluate(self, pos, advance: bool, step: int = -1, lam=None):
         xi, jac = self.cv(pos)
         if not self.initialised:
             self.lam[:] = xi
             self.vlam[:] = self._vlam_init_rng.standard_normal(self.dim) * np.sqrt(self.kT / self.prm[1])
             self.initialised = True
+        if not advance:
+            diff = xi - (self.lam if lam is None else lam)
+            forces = -(self.kappa * diff)[:, None, None] * jac
+            return 0.5 * self.kappa * float(diff @ diff), forces.sum(0)
+        self._lam_at_step[:] = self.lam
         if step % self.report_interval == 0:
             self._colvar.append(np.concatenate([[step], xi, self.lam]))
         energy = eabf_step(xi, jac, self._forces, self.lam, self.vlam, self._noise_row(), self.prm,
@@ -187,9 +203,12 @@ class NativeEABF:
             self.error = f"non-finite CV value {xi.tolist()} at step {step}"
             self._forces[:] = 0.0
             energy = 0.0
-        self._last_step = step
         self._energy = energy
         return energy, self._forces
+
+    def coupling(self, pos) -> tuple[float, np.ndarray]:
+        """Coupling energy κ/2 |ξ − λ|² and forces on ``particles`` at the current λ (no side effects)."""
+        return self._evaluate(np.asarray(pos, np.float64), advance=False)
 
     # -- results and checkpoints ------------------------------------------------------------
     def take_colvar(self) -> np.ndarray:

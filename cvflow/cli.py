@@ -1,0 +1,216 @@
+"""Command-line interface: parse, call the workflow, report. No science here.
+
+Errors in the user's input exit with status 2 and one or two lines, no traceback.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+class UserError(click.ClickException):
+    exit_code = 2
+
+    def show(self, file=None):
+        click.echo(f"cvflow: error: {self.format_message()}", err=True)
+
+
+class RunError(click.ClickException):
+    exit_code = 1
+
+    def show(self, file=None):
+        click.echo(f"cvflow: {self.format_message()}", err=True)
+
+
+def _guard(fn):
+    """Turn known exceptions into clean messages."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .config import ConfigError
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as e:
+            raise UserError(str(e)) from None
+        except click.ClickException:
+            raise
+        except Exception as e:  # known run-time failures: blow-ups, NaN losses, stop requests
+            from .bias.native import BlowUpError
+            from .sampler import StopRequested
+            from .train import TrainingError
+            if isinstance(e, StopRequested):
+                click.echo(f"cvflow: {e}; resume with --resume", err=True)
+                sys.exit(143)
+            if isinstance(e, (BlowUpError, TrainingError)):
+                raise RunError(str(e)) from None
+            raise
+    return wrapper
+
+
+def _setup(verbose: int, quiet: bool):
+    from .progress import Progress, setup_logging
+    setup_logging(-1 if quiet else verbose)
+    return Progress(quiet=quiet)
+
+
+verbosity = [
+    click.option("-v", "--verbose", count=True, help="More log output."),
+    click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors."),
+]
+
+
+def with_verbosity(f):
+    for opt in reversed(verbosity):
+        f = opt(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="cvflow")
+def main():
+    """cvflow learns collective variables (CVs) while it samples.
+
+    \b
+    Typical use:
+      cvflow init --example entropic-switch   # write a commented config
+      cvflow validate config.yaml             # check it without running
+      cvflow run config.yaml                  # the whole loop, then production
+      cvflow status runs/NAME                 # where a run stands
+    """
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@with_verbosity
+@_guard
+def validate(config, verbose, quiet):
+    """Check CONFIG (keys, units, files, the system and the CV) without running anything."""
+    _setup(verbose, quiet)
+    from .config import load_config
+    from .system import build_system
+    cfg = load_config(config)
+    bundle = build_system(cfg.system, cfg.features.atoms)
+    if cfg.bias.cv is not None:
+        from .cvcheck import checked_cv
+        checked_cv(cfg.bias.cv, bundle)
+    from .bias import resolve_engine
+    engine = resolve_engine(cfg.bias.engine)
+    kind = "toy potential" if bundle.is_toy else f"{bundle.n_atoms} atoms, {cfg.system.solvent}"
+    click.echo(f"{config}: OK ({kind}; engine {engine})")
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--cv", "cv_path", type=click.Path(dir_okay=False), required=True,
+              help="TorchScript CV: positions (n_atoms, 3) in nm -> 1-D tensor of 1 or 2 values.")
+@click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Output directory.")
+@click.option("--steps", type=int, default=None, help="MD steps (default: md.steps of the config).")
+@click.option("--grid", "grids", multiple=True, metavar="MIN,MAX,BINS",
+              help="eABF grid of one CV dimension (repeat for 2-D); default from bias.grid or the CV's range.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in OUT.")
+@with_verbosity
+@_guard
+def sample(config, cv_path, out, steps, grids, resume, verbose, quiet):
+    """Run one eABF-biased trajectory on a given CV.
+
+    Writes the trajectory, colvar.csv (step, time, CV, lambda), fes.csv (CZAR free energy,
+    kJ/mol) and state.xml + checkpoint.chk into OUT.
+    """
+    progress = _setup(verbose, quiet)
+    from .bias import resolve_engine
+    from .config import ConfigError, GridDim, load_config
+    from .cvcheck import checked_cv
+    from .fes import Grid
+    from .initial_cv import initial_grid
+    from .progress import log
+    from .sampler import install_signal_handlers, run_segment
+    from .system import build_system
+    cfg = load_config(config)
+    if steps is not None:
+        if steps <= 0:
+            raise ConfigError(f"--steps must be positive, got {steps}")
+        cfg.md.steps = steps
+    bundle = build_system(cfg.system, cfg.features.atoms)
+    checked_cv(cv_path, bundle, key="--cv")
+    engine = resolve_engine(cfg.bias.engine)
+    if engine == "none":
+        engine = "native"
+    if grids:
+        dims = []
+        for g in grids:
+            try:
+                lo, hi, n = g.split(",")
+                dims.append(GridDim(min=float(lo), max=float(hi), bins=int(n)))
+            except Exception:
+                raise ConfigError(f"--grid: expected MIN,MAX,BINS with min < max, got {g!r}") from None
+        grid = Grid.from_dims(dims)
+    else:
+        grid = initial_grid(cfg, bundle, cv_path)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise ConfigError(f"--out: {out} is not empty; use --resume to continue it or choose another directory")
+    log.info(f"sampling {cfg.md.steps} steps with the {engine} engine on grid "
+             f"{grid.to_list()} -> {out}")
+    install_signal_handlers()
+    res = run_segment(cfg, bundle, out, cfg.md.steps, cfg.seed, cv_path=Path(cv_path), grid=grid, engine=engine,
+                      progress=progress.md("MD", cfg.md.timestep))
+    click.echo(f"{out}: {res.steps} steps, {res.frames} frames, {res.steps_per_second:,.0f} steps/s "
+               f"on {res.platform}; free energy in {out / 'fes.csv'}")
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its last finished stage.")
+@click.option("--out", "out", type=click.Path(file_okay=False), default=None,
+              help="Run directory (default: 'output' of the config).")
+@with_verbosity
+@_guard
+def run(config, resume, out, verbose, quiet):
+    """Run the whole loop on CONFIG: learn a CV, bias on it, reweight, learn again until
+    the CV stops changing, then production sampling on the final CV."""
+    progress = _setup(verbose, quiet)
+    from .config import ConfigError, load_config
+    from .progress import log
+    from .sampler import install_signal_handlers
+    from .workflow import Workflow, prepare_run_dir
+    cfg = load_config(config)
+    run_dir = Path(out) if out else cfg.output
+    if run_dir is None:
+        raise ConfigError("output: no run directory; set 'output:' in the config or pass --out")
+    wf = Workflow(cfg, run_dir, progress)
+    resolved = prepare_run_dir(cfg, run_dir, resume)
+    _record_engine(run_dir, resolved, wf.engine)
+    log.info(f"run directory {run_dir}; bias engine {wf.engine}")
+    install_signal_handlers()
+    summary = wf.run()
+    last = summary["iterations"][-1]
+    state = "converged" if summary["converged"] else "not converged"
+    click.echo(f"{run_dir}: {state} after {len(summary['iterations'])} iterations "
+               f"(regscore {last['regscore']}, threshold {last['threshold']}); "
+               f"final CV {summary['final_cv']}, free energy {summary['final_fes']}")
+
+
+def _record_engine(run_dir, resolved, engine):
+    import yaml
+    from . import artifacts as art
+    resolved["engine"] = engine
+    art.write_text(Path(run_dir) / "config.resolved.yaml", yaml.safe_dump(resolved, sort_keys=False))
+
+
+@main.command()
+def doctor():
+    """Report which bias engines and OpenMM platforms are usable here, and why not."""
+    import openmm as mm
+    from .bias.plumed import plumed_status
+    plats = [mm.Platform.getPlatform(i).getName() for i in range(mm.Platform.getNumPlatforms())]
+    click.echo(f"OpenMM {mm.__version__}: platforms {', '.join(plats)}")
+    click.echo("engine native: usable")
+    st = plumed_status()
+    click.echo(f"engine plumed: {'usable' if st.usable else 'not usable'} ({st.reason})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""The regression score between two CVs and its bootstrap-calibrated threshold."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+
+def regscore(a: np.ndarray, b: np.ndarray) -> float:
+    """R² of the least-squares fit b ≈ W a + c, over all output dimensions.
+
+    ``a`` (n, d1) is the old CV and ``b`` (n, d2) the new one, on the same frames.
+    R² = 1 − Σ‖b − b̂‖² / Σ‖b − mean(b)‖².
+    """
+    a = np.asarray(a, np.float64).reshape(len(a), -1)
+    b = np.asarray(b, np.float64).reshape(len(b), -1)
+    design = np.column_stack([a, np.ones(len(a))])
+    coef, *_ = np.linalg.lstsq(design, b, rcond=None)
+    resid = b - design @ coef
+    tot = ((b - b.mean(0)) ** 2).sum()
+    return float(1.0 - (resid ** 2).sum() / tot) if tot > 0 else 0.0
+
+
+def pairwise_regscores(cvs: list[np.ndarray]) -> np.ndarray:
+    """regscore for every ordered pair of CVs (they are not symmetric)."""
+    return np.array([regscore(a, b) for a, b in itertools.permutations(cvs, 2)])
+
+
+def bootstrap_threshold(train_fn, x: np.ndarray, w: np.ndarray, repeats: int, fraction: float,
+                        quantile: float, rng: np.random.Generator) -> tuple[float, np.ndarray]:
+    """Threshold = ``quantile`` of the pairwise regscores of ``repeats`` models trained on
+    resamples (``fraction`` of the frames, drawn without replacement, kept in time order).
+
+    ``train_fn(x_sub, w_sub, seed)`` returns a function features → CV.
+    Returns ``(threshold, scores)``; the CVs are compared on all frames ``x``.
+    """
+    n = len(x)
+    m = max(2, int(round(fraction * n)))
+    encoders = []
+    for _ in range(repeats):
+        idx = np.sort(rng.choice(n, size=m, replace=False))
+        encoders.append(train_fn(x[idx], w[idx], int(rng.integers(2**31))))
+    cvs = [enc(x) for enc in encoders]
+    scores = pairwise_regscores(cvs)
+    return float(np.quantile(scores, quantile)), scores

@@ -1,0 +1,44 @@
+"""Trajectories + free energy → aligned features and normalised weights."""
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import logsumexp
+
+from .features import AlignedFeatures
+from .fes import fes_interpolator, read_fes
+
+
+def make_features(bundle, features_cfg) -> AlignedFeatures:
+    """The featuriser for a system: (x, y) for toys; selected, aligned atoms for molecules."""
+    if bundle.is_toy:
+        return AlignedFeatures([0], bundle.positions[:1], align=False, components=[0, 1])
+    ref = bundle.positions
+    if features_cfg.reference is not None:
+        import mdtraj as md
+        from .config import ConfigError
+        t = md.load(str(features_cfg.reference))
+        if t.n_atoms != bundle.n_atoms:
+            raise ConfigError(f"features.reference: {features_cfg.reference} has {t.n_atoms} atoms, "
+                              f"the system has {bundle.n_atoms}")
+        ref = t.xyz[0].astype(np.float64)
+    idx = bundle.feature_atoms
+    return AlignedFeatures(idx, ref[idx], align=features_cfg.align)
+
+
+def log_weights_from_fes(xi: np.ndarray, fes_path, beta: float) -> np.ndarray:
+    """log ŵ_j = −β F(ξ_j) − log Σ_k exp(−β F(ξ_k)), in float64 (log-sum-exp)."""
+    centres, f, _ = read_fes(fes_path)
+    interp = fes_interpolator(centres, f)
+    logw = -beta * interp(np.asarray(xi, np.float64).reshape(len(xi), -1))
+    return logw - logsumexp(logw)
+
+
+def normalised_weights(logw: np.ndarray) -> np.ndarray:
+    w = np.exp(logw - logsumexp(logw))
+    return w / w.sum()
+
+
+def effective_sample_size(w: np.ndarray) -> float:
+    """Kish's effective sample size (Σw)² / Σw²."""
+    w = np.asarray(w, np.float64)
+    return float(w.sum() ** 2 / np.sum(w * w)) if len(w) else 0.0

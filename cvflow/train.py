@@ -1,0 +1,118 @@
+"""Weighted training with early stopping on contiguous validation blocks.
+
+The loss is the weighted mean Σ w‖x − x̂‖² / Σ w (weights not squared). Minibatches are
+drawn uniformly (shuffled frames) and each batch's loss is weighted; we chose this over
+multinomial resampling by weight because it keeps every frame and adds no resampling
+noise, and the weighted mean over an epoch is the full weighted loss.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .models import build_model
+
+
+class TrainingError(RuntimeError):
+    """NaN loss or weights during training."""
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    mean: np.ndarray
+    std: np.ndarray
+    history: list = field(default_factory=list)  # (epoch, train_loss, val_loss)
+    best_val: float = math.inf
+    epochs_run: int = 0
+
+
+def block_split(n: int, validation_fraction: float, rng: np.random.Generator, n_blocks: int = 10):
+    """Indices (train, validation): whole contiguous blocks of time go to validation."""
+    n_blocks = max(2, min(n_blocks, n))
+    edges = np.linspace(0, n, n_blocks + 1).astype(int)
+    n_val = max(1, int(round(validation_fraction * n_blocks)))
+    val_blocks = set(rng.choice(n_blocks, size=n_val, replace=False).tolist())
+    val = np.concatenate([np.arange(edges[b], edges[b + 1]) for b in sorted(val_blocks)])
+    train = np.concatenate([np.arange(edges[b], edges[b + 1]) for b in range(n_blocks) if b not in val_blocks])
+    return train, val
+
+
+def weighted_stats(x: np.ndarray, w: np.ndarray):
+    w = w / w.sum()
+    mean = (w[:, None] * x).sum(0)
+    std = np.sqrt((w[:, None] * (x - mean) ** 2).sum(0))
+    return mean, np.where(std > 1e-8, std, 1.0)
+
+
+def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progress=None,
+                label: str = "training") -> TrainResult:
+    """Train a fresh model (``model_cfg.kind``) on features ``x`` (n, m) with weights ``w``."""
+    x = np.asarray(x, np.float64)
+    n = len(x)
+    w = np.ones(n) if w is None else np.asarray(w, np.float64)
+    if not np.all(np.isfinite(w)) or w.sum() <= 0:
+        raise TrainingError(f"{label}: weights are not finite and positive")
+    if not np.all(np.isfinite(x)):
+        raise TrainingError(f"{label}: features contain non-finite values")
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(int(rng.integers(2**31)))
+    if model_cfg.threads:
+        torch.set_num_threads(model_cfg.threads)
+    mean, std = weighted_stats(x, w)
+    xn = ((x - mean) / std).astype(np.float32)
+    wn = (w / w.mean()).astype(np.float32)
+    tr, va = block_split(n, model_cfg.validation_fraction, rng)
+    xt, wt = torch.from_numpy(xn[tr]), torch.from_numpy(wn[tr])
+    xv, wv = torch.from_numpy(xn[va]), torch.from_numpy(wn[va])
+    model = build_model(model_cfg, x.shape[1])
+    opt = torch.optim.Adam(model.parameters(), lr=model_cfg.learning_rate, weight_decay=model_cfg.weight_decay)
+    best_state, best_val, bad = None, math.inf, 0
+    history = []
+    bs = model_cfg.batch_size
+    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    epoch = 0
+    for epoch in range(1, model_cfg.epochs + 1):
+        model.train()
+        perm = torch.randperm(len(xt), generator=gen)
+        tot, wsum = 0.0, 0.0
+        for i in range(0, len(xt), bs):
+            b = perm[i:i + bs]
+            xb, wb = xt[b], wt[b]
+            loss = model.loss(xb, wb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += float(loss.detach()) * float(wb.sum())
+            wsum += float(wb.sum())
+        train_loss = tot / max(wsum, 1e-30)
+        model.eval()
+        with torch.no_grad():
+            val_loss = float(model.loss(xv, wv))
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+            raise TrainingError(f"{label}: loss became NaN at epoch {epoch}")
+        history.append((epoch, train_loss, val_loss))
+        if progress is not None:
+            progress(epoch, model_cfg.epochs, train_loss, val_loss)
+        if not math.isfinite(best_val) or val_loss < best_val - 1e-7 * abs(best_val):
+            best_val, bad = val_loss, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= model_cfg.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(model, mean, std, history, best_val, epoch)
+
+
+def encode(result: TrainResult, x: np.ndarray) -> np.ndarray:
+    """The CV (bottleneck) of a trained model on features ``x`` (n, m), in float64."""
+    import copy
+    enc = copy.deepcopy(result.model.encoder).double().eval()
+    with torch.no_grad():
+        return enc(torch.from_numpy((np.asarray(x, np.float64) - result.mean) / result.std)).numpy()

@@ -1,0 +1,306 @@
+"""The loop: sample → learn a CV → eABF on it → reweight → learn again, until the CV
+stops changing (Belkacemi, Gkeka, Lelièvre & Stoltz, JCTC 18, 2022); then production.
+
+Each stage runs only if the manifest does not list it as finished, so ``--resume``
+continues from the last finished stage (and MD from its last checkpoint).
+"""
+from __future__ import annotations
+
+import platform as _platform
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from . import __version__
+from . import artifacts as art
+from .config import Config, ConfigError, dump_config
+from .convergence import bootstrap_threshold, regscore
+from .dataset import effective_sample_size, log_weights_from_fes, make_features, normalised_weights
+from .export import export_cv
+from .features import featurize
+from .fes import Grid
+from .progress import Progress, log
+from .sampler import derive_seed, load_frames, run_segment
+from .system import SystemBundle, build_system
+from .train import encode, train_model
+from .units import kT
+
+#: config keys that may change on --resume (run length only)
+RUN_LENGTH_KEYS = {("md", "steps"), ("convergence", "production_steps"), ("convergence", "max_iterations"),
+                   ("output",)}
+
+
+def iteration_dir(run_dir: Path, i: int) -> Path:
+    return Path(run_dir) / f"iter_{i:03d}"
+
+
+def library_versions() -> dict:
+    import numpy
+    import openmm
+    import torch
+    versions = {"cvflow": __version__, "openmm": str(openmm.__version__), "torch": str(torch.__version__),
+                "numpy": str(numpy.__version__), "python": _platform.python_version()}
+    try:
+        from .bias.plumed import plumed_version
+        versions["plumed"] = plumed_version()
+    except Exception:
+        versions["plumed"] = None
+    return versions
+
+
+def _flatten(d, prefix=()):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, prefix + (k,)))
+        else:
+            out[prefix + (k,)] = v
+    return out
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    """Keys whose values differ, other than run length."""
+    a, b = _flatten(old), _flatten(new)
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if key in RUN_LENGTH_KEYS or key[:1] == ("output",):
+            continue
+        if a.get(key) != b.get(key):
+            diffs.append(f"{'.'.join(key)}: {a.get(key)!r} -> {b.get(key)!r}")
+    return diffs
+
+
+def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> dict:
+    """Refuse a non-empty directory without ``resume``; with it, refuse a changed config.
+    Writes ``config.resolved.yaml`` (config with defaults, seeds, versions)."""
+    run_dir = Path(run_dir)
+    resolved_path = run_dir / "config.resolved.yaml"
+    current = dump_config(cfg)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not resume:
+            raise ConfigError(f"output: run directory {run_dir} is not empty; use --resume to continue it "
+                              f"or choose another output directory")
+        if resolved_path.exists():
+            recorded = yaml.safe_load(resolved_path.read_text())["config"]
+            diffs = config_differences(recorded, current)
+            if diffs:
+                raise ConfigError(f"--resume: the config differs from the one recorded in {resolved_path}: "
+                                  + "; ".join(diffs[:5]))
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"output: cannot write to {run_dir}: {e.strerror}") from None
+    seeds = {"root": cfg.seed}
+    for i in range(cfg.convergence.max_iterations):
+        seeds[f"iter_{i:03d}"] = {"md": derive_seed(cfg.seed, i, 0), "train": derive_seed(cfg.seed, i, 1),
+                                  "bootstrap": derive_seed(cfg.seed, i, 2)}
+    seeds["production"] = {"md": derive_seed(cfg.seed, 10_000, 0)}
+    resolved = {"config": current, "seeds": seeds, "versions": library_versions()}
+    art.write_text(resolved_path, yaml.safe_dump(resolved, sort_keys=False))
+    return resolved
+
+
+class Workflow:
+    """Runs the stages of one cvflow run directory."""
+
+    def __init__(self, cfg: Config, run_dir: Path, progress: Progress | None = None, engine: str | None = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.progress = progress or Progress(interactive=False)
+        self.manifest = art.Manifest(self.run_dir)
+        self.bundle: SystemBundle = build_system(cfg.system, cfg.features.atoms)
+        self.features = make_features(self.bundle, cfg.features)
+        self.beta = 1.0 / kT(cfg.md.temperature)
+        from .bias import resolve_engine
+        self.engine = engine or resolve_engine(cfg.bias.engine)
+
+    # -- stages -----------------------------------------------------------------------------
+    def _stage(self, name: str, fn):
+        if self.manifest.done(name):
+            return self.manifest.get(name)
+        self.manifest.current(name)
+        log.info(f"stage {name}")
+        info = fn()
+        self.manifest.mark(name, info)
+        return info
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        t_start = time.perf_counter()
+        iterations = []
+        converged = False
+        prev = None  # info of the previous iteration's training stage
+        for i in range(cfg.convergence.max_iterations):
+            it_dir = iteration_dir(self.run_dir, i)
+            t0 = time.perf_counter()
+            md_info = self._stage(f"iter_{i:03d}/md", lambda: self._md(i, it_dir, prev))
+            tr_info = self._stage(f"iter_{i:03d}/train", lambda: self._train(i, it_dir, prev, md_info))
+            ck_info = self._stage(f"iter_{i:03d}/check", lambda: self._check(i, it_dir, prev, tr_info))
+            entry = {"index": i, "regscore": ck_info.get("regscore"), "threshold": ck_info.get("threshold"),
+                     "cv": f"iter_{i:03d}/cv.pt", "fes": md_info.get("fes"), "frames": md_info["frames"],
+                     "steps": md_info["steps"], "ess": tr_info.get("ess"),
+                     "wall_seconds": md_info["wall_seconds"] + tr_info["wall_seconds"] + ck_info["wall_seconds"]}
+            iterations.append(entry)
+            log.info(f"iteration {i}: regscore {entry['regscore']} threshold {entry['threshold']} "
+                     f"({time.perf_counter() - t0:.1f} s)")
+            prev = tr_info
+            if ck_info.get("converged"):
+                converged = True
+                break
+        final_cv = f"iter_{iterations[-1]['index']:03d}/cv.pt"
+        prod = self._stage("production/md", lambda: self._production(prev))
+        summary = {"converged": converged, "iterations": iterations, "final_cv": final_cv,
+                   "final_fes": prod.get("fes"), "production": prod,
+                   "engine": self.engine, "wall_seconds_this_session": time.perf_counter() - t_start}
+        art.write_json(self.run_dir / "summary.json", summary)
+        self.manifest.current(None)
+        return summary
+
+    def _grid_for(self, info) -> Grid:
+        if self.cfg.bias.grid is not None:
+            return Grid.from_dims(self.cfg.bias.grid)
+        g = info["grid"]
+        return Grid(np.array(g["mins"]), np.array(g["maxs"]), np.array(g["bins"], dtype=np.int64))
+
+    def _start_positions(self, i: int):
+        if i == 0:
+            return None
+        frames = load_frames(iteration_dir(self.run_dir, i - 1) / "md", self.bundle)
+        return frames[-1] if len(frames) else None
+
+    def _md(self, i: int, it_dir: Path, prev) -> dict:
+        cfg = self.cfg
+        seed = derive_seed(cfg.seed, i, 0)
+        cv_path, grid, engine = None, None, "none"
+        if i == 0 and cfg.bias.cv is not None:
+            from .initial_cv import initial_grid
+            cv_path, grid, engine = cfg.bias.cv, initial_grid(cfg, self.bundle), self.engine
+        elif i > 0:
+            cv_path, grid, engine = self.run_dir / prev["cv"], self._grid_for(prev), self.engine
+        res = run_segment(cfg, self.bundle, it_dir / "md", cfg.md.steps, seed, cv_path=cv_path, grid=grid,
+                          engine=engine, start_positions=self._start_positions(i),
+                          progress=self.progress.md(f"iter {i} MD", cfg.md.timestep), label=f"iteration {i} MD")
+        info = res.to_dict()
+        info["biased"] = engine != "none"
+        info["fes"] = f"iter_{i:03d}/md/fes.csv" if engine != "none" else None
+        info["cv_used"] = str(cv_path) if cv_path is not None else None
+        return info
+
+    def _data(self, it_dir: Path):
+        frames = load_frames(it_dir / "md", self.bundle)
+        return frames, featurize(frames, self.features)
+
+    def _weights(self, i: int, it_dir: Path, md_info, frames, prev_cv_path):
+        """Normalised weights ŵ ∝ exp(−β F(ξ_{i−1}(x))) for a biased iteration, else uniform."""
+        n = len(frames)
+        if not md_info["biased"] or not self.cfg.model.reweight:
+            return np.full(n, 1.0 / n)
+        xi = cv_values(prev_cv_path, frames)
+        logw = log_weights_from_fes(xi, it_dir / "md" / "fes.csv", self.beta)
+        w = normalised_weights(logw)
+        if not np.all(np.isfinite(w)):
+            from .train import TrainingError
+            raise TrainingError(f"iteration {i}: weights are not finite")
+        return w
+
+    def _train(self, i: int, it_dir: Path, prev, md_info) -> dict:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        frames, x = self._data(it_dir)
+        prev_cv = md_info.get("cv_used")
+        w = self._weights(i, it_dir, md_info, frames, prev_cv)
+        ess = effective_sample_size(w)
+        if ess < cfg.convergence.min_ess_fraction * len(w):
+            log.warning(f"iteration {i}: effective sample size {ess:.0f} of {len(w)} frames is low")
+        art.write_npy(it_dir / "weights.npy", w)
+        result = train_model(x, w, cfg.model, derive_seed(cfg.seed, i, 1),
+                             progress=self.progress.train(f"iter {i} training"), label=f"iteration {i} training")
+        art.write_csv(it_dir / "training.csv", ["epoch", "train_loss", "val_loss"], np.array(result.history),
+                      comments=["weighted mean squared reconstruction error, normalised features"])
+        export_cv(self.features, result.mean, result.std, result.model.encoder, self.bundle.n_atoms,
+                  it_dir / "cv.pt", check_positions=frames[:: max(1, len(frames) // 50)])
+        z = encode(result, x)
+        grid = self._grid_from_values(z)
+        return {"cv": f"iter_{i:03d}/cv.pt", "grid": grid, "ess": ess, "frames": len(frames),
+                "best_val_loss": result.best_val, "epochs": result.epochs_run,
+                "wall_seconds": time.perf_counter() - t0}
+
+    def _grid_from_values(self, z: np.ndarray) -> dict:
+        """Grid over the CV's observed range with a margin, inside the bottleneck's bounds."""
+        b = self.cfg.bias
+        lo, hi = z.min(0), z.max(0)
+        span = np.maximum(hi - lo, 1e-3)
+        lo = np.maximum(lo - b.grid_margin * span, -1.0)
+        hi = np.minimum(hi + b.grid_margin * span, 1.0)
+        return {"mins": lo.tolist(), "maxs": hi.tolist(), "bins": [b.bins] * len(lo)}
+
+    def _check(self, i: int, it_dir: Path, prev, tr_info) -> dict:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        metrics = {"index": i, "ess": tr_info["ess"], "frames": tr_info["frames"],
+                   "best_val_loss": tr_info["best_val_loss"]}
+        if i == 0 or prev is None:
+            metrics.update(regscore=None, threshold=None, converged=False)
+        else:
+            frames, x = self._data(it_dir)
+            old = cv_values(self.run_dir / prev["cv"], frames)
+            new = cv_values(it_dir / "cv.pt", frames)
+            score = regscore(old, new)
+            threshold, scores = self._threshold(i, it_dir, x)
+            metrics.update(regscore=score, threshold=threshold, converged=bool(score >= threshold),
+                           bootstrap_scores=None if scores is None else scores.tolist())
+        metrics["wall_seconds"] = time.perf_counter() - t0
+        art.write_json(it_dir / "metrics.json", metrics)
+        return metrics
+
+    def _threshold(self, i: int, it_dir: Path, x: np.ndarray):
+        cfg = self.cfg
+        if cfg.convergence.threshold != "auto":
+            return float(cfg.convergence.threshold), None
+        w = np.load(it_dir / "weights.npy")
+        bs = cfg.convergence.bootstrap
+
+        def train_fn(xs, ws, seed):
+            r = train_model(xs, ws, cfg.model, seed, label=f"iteration {i} bootstrap")
+            return lambda xx: encode(r, xx)
+        rng = np.random.default_rng(derive_seed(cfg.seed, i, 2))
+        return bootstrap_threshold(train_fn, x, w, bs.repeats, bs.fraction, bs.quantile, rng)
+
+    def _production(self, last_train) -> dict:
+        cfg = self.cfg
+        out = self.run_dir / "production"
+        frames = load_frames(iteration_dir(self.run_dir, last_train_index(last_train)) / "md", self.bundle)
+        res = run_segment(cfg, self.bundle, out, cfg.convergence.production_steps, derive_seed(cfg.seed, 10_000, 0),
+                          cv_path=self.run_dir / last_train["cv"], grid=self._grid_for(last_train),
+                          engine=self.engine, start_positions=frames[-1] if len(frames) else None,
+                          progress=self.progress.md("production MD", cfg.md.timestep), label="production MD")
+        info = res.to_dict()
+        info["fes"] = "production/fes.csv"
+        info["cv"] = last_train["cv"]
+        return info
+
+
+def last_train_index(tr_info) -> int:
+    return int(Path(tr_info["cv"]).parent.name.split("_")[1])
+
+
+def cv_values(cv_path, frames: np.ndarray) -> np.ndarray:
+    """A TorchScript CV evaluated on frames ``(n, n_atoms, 3)`` → ``(n, d)``.
+
+    cvflow's own CVs take a batch; any other CV is called frame by frame.
+    """
+    import torch
+    m = torch.jit.load(str(cv_path), map_location="cpu").eval()
+    ours = hasattr(m, "cvflow_format")
+    dtype = torch.float64 if ours else torch.float32
+    with torch.inference_mode():
+        if ours:
+            out = [m(torch.as_tensor(frames[i:i + 4096], dtype=dtype)).double().numpy()
+                   for i in range(0, len(frames), 4096)]
+            return np.concatenate(out).reshape(len(frames), -1) if out else np.zeros((0, 1))
+        return np.array([m(torch.as_tensor(f, dtype=dtype)).double().numpy() for f in frames]).reshape(len(frames), -1)

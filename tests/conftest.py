@@ -1,0 +1,110 @@
+"""Shared fixtures: tiny systems, exact free energies of the entropic switch, CV files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+ES_CONFIG = ROOT / "configs" / "entropic-switch.yaml"
+ALA2_PDB = ROOT / "systems" / "alanine-dipeptide" / "ala2.pdb"
+BETA_ES = 4.0  # mol/kJ
+
+
+def es_potential(x, y):
+    """The entropic switch, kJ/mol (x, y in nm)."""
+    return (3 * np.exp(-x**2) * (np.exp(-(y - 1 / 3) ** 2) - np.exp(-(y - 5 / 3) ** 2))
+            - 5 * np.exp(-y**2) * (np.exp(-(x - 1) ** 2) + np.exp(-(x + 1) ** 2))
+            + 0.2 * x**4 + 0.2 * (y - 1 / 3) ** 4)
+
+
+def es_exact_fx(xc, beta=BETA_ES):
+    """Exact F(x) = −kT ln ∫ exp(−βV(x, y)) dy at ``xc``, minimum 0, kJ/mol."""
+    ys = np.linspace(-3.0, 4.5, 6001)
+    f = np.array([-np.log(np.trapezoid(np.exp(-beta * es_potential(x, ys)), ys)) / beta for x in xc])
+    return f - f.min()
+
+
+def es_exact_along(cv_fn, edges, beta=BETA_ES, n=801):
+    """Exact F along any CV: Boltzmann-weighted histogram of ξ(x, y) over a fine grid."""
+    xs = np.linspace(-2.6, 2.6, n)
+    ys = np.linspace(-2.0, 3.5, n)
+    X, Y = np.meshgrid(xs, ys, indexing="ij")
+    xi = cv_fn(np.column_stack([X.ravel(), Y.ravel()]))
+    w = np.exp(-beta * (es_potential(X.ravel(), Y.ravel())))
+    h, _ = np.histogram(xi, bins=edges, weights=w)
+    with np.errstate(divide="ignore"):
+        f = -np.log(h) / beta
+    return f - np.nanmin(f[np.isfinite(f)])
+
+
+def rms_kT(f_est, f_exact, beta, max_kT=5.0):
+    """RMS difference in kT over bins with exact F ≤ max_kT, after the best constant shift."""
+    m = np.isfinite(f_est) & np.isfinite(f_exact) & (f_exact * beta <= max_kT)
+    d = (f_est[m] - f_exact[m])
+    d = d - d.mean()
+    return float(np.sqrt(np.mean(d**2)) * beta), int(m.sum())
+
+
+class _X(torch.nn.Module):
+    def forward(self, pos):
+        return pos[0, 0:1]
+
+
+@pytest.fixture(scope="session")
+def x_cv(tmp_path_factory) -> Path:
+    """The TorchScript CV ξ = x (returns pos[0, 0:1])."""
+    p = tmp_path_factory.mktemp("cv") / "x.pt"
+    torch.jit.script(_X()).save(str(p))
+    return p
+
+
+def linear_toy_cv(path: Path, rows) -> Path:
+    """A cvflow-format CV ξ = W (x, y) (identity activation): exercises the numba path."""
+    from cvflow.export import export_cv
+    from cvflow.features import AlignedFeatures
+    from cvflow.models.autoencoder import MLP
+    rows = np.asarray(rows, float)
+    enc = MLP([2, rows.shape[0]], ["identity"])
+    with torch.no_grad():
+        enc.net[0].weight.copy_(torch.as_tensor(rows))
+        enc.net[0].bias.zero_()
+    feats = AlignedFeatures([0], np.zeros((1, 3)), align=False, components=[0, 1])
+    export_cv(feats, np.zeros(2), np.ones(2), enc, 1, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def es_config():
+    from cvflow.config import load_config
+    return load_config(ES_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def ala2_bundle():
+    from cvflow.config import SystemConfig
+    from cvflow.system import build_system
+    return build_system(SystemConfig(pdb=ALA2_PDB), "backbone")
+
+
+def random_neural_cv(path: Path, bundle, atoms_sel=None, seed=0, hidden=40, dim=2) -> Path:
+    """A random aligned-MLP CV on the heavy atoms of alanine dipeptide, exported by cvflow."""
+    from cvflow.export import export_cv
+    from cvflow.features import AlignedFeatures
+    from cvflow.models.autoencoder import MLP
+    torch.manual_seed(seed)
+    idx = bundle.feature_atoms if atoms_sel is None else atoms_sel
+    feats = AlignedFeatures(idx, bundle.positions[idx], align=True)
+    n = 3 * len(idx)
+    enc = MLP([n, hidden, dim], ["tanh", "tanh"])
+    rng = np.random.default_rng(seed)
+    export_cv(feats, rng.normal(size=n) * 0.01, np.full(n, 0.05), enc, bundle.n_atoms, path)
+    return path
+
+
+def build_ala2():
+    from cvflow.config import SystemConfig
+    from cvflow.system import build_system
+    return build_system(SystemConfig(pdb=ALA2_PDB), "backbone")

@@ -1,0 +1,181 @@
+"""cvflow run: the loop end to end, its run directory, resume, and the science on the toy."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from cvflow.cli import main
+from cvflow.fes import read_fes
+from conftest import BETA_ES, ES_CONFIG, es_exact_along, rms_kT
+
+
+def quick_es(tmp_path, out, **over):
+    d = yaml.safe_load(ES_CONFIG.read_text())
+    d["md"].update(steps=20_000, report_interval=50, checkpoint_interval=5_000)
+    d["model"].update(epochs=40, patience=10, threads=1)
+    d["convergence"].update(max_iterations=3, production_steps=20_000, bootstrap={"repeats": 2})
+    for k, v in over.items():
+        d[k].update(v)
+    d["output"] = str(out)
+    p = tmp_path / f"{out.name}.yaml"
+    p.write_text(yaml.safe_dump(d))
+    return p
+
+
+def test_run_directory_and_summary(tmp_path):
+    cfg = quick_es(tmp_path, tmp_path / "run")
+    res = CliRunner().invoke(main, ["run", str(cfg), "-q"])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "run"
+    s = json.loads((run / "summary.json").read_text())
+    assert set(s) >= {"converged", "iterations", "final_cv", "final_fes"}
+    for it in s["iterations"]:
+        assert set(it) >= {"index", "regscore", "threshold", "cv", "fes", "frames", "steps", "wall_seconds"}
+        d = run / f"iter_{it['index']:03d}"
+        for f in ("cv.pt", "weights.npy", "training.csv", "metrics.json", "md/colvar.csv" if it["index"] else "md/traj.npy"):
+            assert (d / f).exists(), f
+    assert (run / s["final_cv"]).exists() and (run / s["final_fes"]).exists()
+    resolved = yaml.safe_load((run / "config.resolved.yaml").read_text())
+    assert set(resolved["versions"]) >= {"cvflow", "openmm", "torch", "numpy", "plumed"}
+    assert resolved["engine"] == "native" and "iter_000" in resolved["seeds"]
+    # weights: normalised, float64, from exp(−βF)
+    w = np.load(run / "iter_001" / "weights.npy")
+    assert w.dtype == np.float64 and w.sum() == pytest.approx(1.0)
+    # a second run into the same directory is refused; --resume is a no-op that keeps the summary
+    again = CliRunner().invoke(main, ["run", str(cfg)])
+    assert again.exit_code == 2 and "not empty" in again.output
+    resumed = CliRunner().invoke(main, ["run", str(cfg), "--resume", "-q"])
+    assert resumed.exit_code == 0
+    assert json.loads((run / "summary.json").read_text())["iterations"] == s["iterations"]
+
+
+def test_resume_refuses_changed_config(tmp_path):
+    cfg = quick_es(tmp_path, tmp_path / "run", convergence={"max_iterations": 1})
+    assert CliRunner().invoke(main, ["run", str(cfg), "-q"]).exit_code == 0
+    changed = quick_es(tmp_path, tmp_path / "run", convergence={"max_iterations": 1}, bias={"fullsamples": 50})
+    res = CliRunner().invoke(main, ["run", str(changed), "--resume"])
+    assert res.exit_code == 2 and "bias.fullsamples" in res.output
+
+
+def _wait_for(path_fn, timeout=300):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if path_fn():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _summary_core(run):
+    s = json.loads((run / "summary.json").read_text())
+    return [(it["index"], it["regscore"], it["threshold"], it["frames"]) for it in s["iterations"]], s["final_cv"]
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    """SIGKILL during MD (inside a segment, after a checkpoint) and during training; then
+    --resume. The summary and the final CV equal those of an uninterrupted run."""
+    ref_cfg = quick_es(tmp_path, tmp_path / "ref")
+    assert CliRunner().invoke(main, ["run", str(ref_cfg), "-q"]).exit_code == 0
+    cfg = quick_es(tmp_path, tmp_path / "killed")
+    run = tmp_path / "killed"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+
+    def start(*extra):
+        return subprocess.Popen([sys.executable, "-m", "cvflow.cli", "run", str(cfg), "-q", *extra],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def manifest():
+        try:
+            return json.loads((run / "manifest.json").read_text())
+        except Exception:
+            return {"stages": {}}
+    # 1: kill inside iteration 1's MD, after its first checkpoint
+    p = start()
+    assert _wait_for(lambda: (run / "iter_001" / "md" / "ckpt" / "progress.json").exists())
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (run / "iter_001" / "md" / "segment.json").exists()
+    # 2: resume, kill during iteration 2's training
+    p = start("--resume")
+    assert _wait_for(lambda: manifest().get("current") == "iter_002/train")
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    # 3: resume to the end
+    p = start("--resume")
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out.decode()[-2000:]
+    assert _summary_core(run) == _summary_core(tmp_path / "ref")
+    a = torch.jit.load(str(run / _summary_core(run)[1]))
+    b = torch.jit.load(str(tmp_path / "ref" / _summary_core(run)[1]))
+    x = torch.randn(50, 1, 3, dtype=torch.float64)
+    assert torch.equal(a(x), b(x))
+
+
+def test_sigterm_checkpoints_and_resumes_the_same_trajectory(tmp_path, x_cv):
+    """SIGTERM during `cvflow sample` writes a checkpoint and exits; --resume continues to
+    the same frames and free energy as an uninterrupted run."""
+    ref = tmp_path / "ref"
+    args = ["sample", str(ES_CONFIG), "--cv", str(x_cv), "--steps", "60000", "--grid=-2,2,40", "-q"]
+    assert CliRunner().invoke(main, args + ["--out", str(ref)]).exit_code == 0
+    out = tmp_path / "term"
+    cmd = [sys.executable, "-m", "cvflow.cli"] + args + ["--out", str(out)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert _wait_for(lambda: any((out / "chunks").glob("frames_*.npy")) if (out / "chunks").exists() else False)
+    p.send_signal(signal.SIGTERM)
+    text, _ = p.communicate(timeout=120)
+    assert p.returncode == 143, text.decode()
+    assert (out / "ckpt" / "progress.json").exists() and not (out / "segment.json").exists()
+    p = subprocess.run(cmd + ["--resume"], capture_output=True)
+    assert p.returncode == 0, p.stderr.decode()
+    assert np.array_equal(np.load(out / "traj.npy"), np.load(ref / "traj.npy"))
+    assert (out / "fes.csv").read_text() == (ref / "fes.csv").read_text()
+
+
+@pytest.mark.slow
+def test_entropic_switch_loop_finds_x(tmp_path):
+    """The shipped config: converges within 8 iterations; the final CV separates the two
+    wells, is monotonic in x where F ≤ 5 kT, and the production free energy along it
+    matches the exact one within 0.5 kT RMS where F ≤ 5 kT."""
+    d = yaml.safe_load(ES_CONFIG.read_text())
+    d["output"] = str(tmp_path / "es")
+    cfg = tmp_path / "es.yaml"
+    cfg.write_text(yaml.safe_dump(d))
+    t0 = time.time()
+    res = CliRunner().invoke(main, ["run", str(cfg), "-q"])
+    assert res.exit_code == 0, res.output
+    wall = time.time() - t0
+    s = json.loads((tmp_path / "es" / "summary.json").read_text())
+    print(f"iterations {len(s['iterations'])}, regscores {[it['regscore'] for it in s['iterations']]}, "
+          f"thresholds {[it['threshold'] for it in s['iterations']]}, wall {wall:.0f} s")
+    assert s["converged"] and len(s["iterations"]) <= 8
+    m = torch.jit.load(str(tmp_path / "es" / s["final_cv"]))
+
+    def cv(xy):
+        pos = np.zeros((len(xy), 1, 3))
+        pos[:, 0, :2] = xy
+        with torch.no_grad():
+            return m(torch.as_tensor(pos)).numpy()[:, 0]
+    # monotonic in x along the low free-energy path (y = 0) where F(x) ≤ 5 kT
+    from conftest import es_exact_fx
+    xs = np.linspace(-1.6, 1.6, 161)
+    ok = es_exact_fx(xs) * BETA_ES <= 5
+    vals = cv(np.column_stack([xs, np.zeros_like(xs)]))[ok]
+    steps = np.diff(vals)
+    assert np.all(steps > 0) or np.all(steps < 0)
+    left, right = cv(np.array([[-1.0, 0.0]]))[0], cv(np.array([[1.0, 0.0]]))[0]
+    assert abs(left - right) > 0.5
+    c, f, n = read_fes(tmp_path / "es" / s["final_fes"])
+    width = c[1, 0] - c[0, 0]
+    edges = np.concatenate([c[:, 0] - width / 2, [c[-1, 0] + width / 2]])
+    exact = es_exact_along(cv, edges)
+    err, nbins = rms_kT(f, exact, BETA_ES)
+    print(f"production FES along the final CV: RMS {err:.3f} kT over {nbins} bins")
+    assert nbins >= 10 and err < 0.5

@@ -1,0 +1,121 @@
+"""eABF + CZAR against exact free energies; forces against finite differences."""
+import numpy as np
+import openmm as mm
+import pytest
+from openmm import unit as u
+
+from cvflow.config import GridDim
+from cvflow.fes import Grid, read_fes
+from cvflow.sampler import make_bias, run_segment
+from cvflow.system import build_system
+from conftest import BETA_ES, es_exact_along, es_exact_fx, linear_toy_cv, random_neural_cv, rms_kT
+
+
+def test_czar_1d_entropic_switch_matches_exact(tmp_path, es_config, x_cv):
+    """ξ = x (a TorchScript CV returning pos[0, 0:1]); exact F(x) = −kT ln ∫ e^{−βV} dy.
+
+    Tolerance 0.3 kT RMS where F ≤ 5 kT (the issue's target). Measured: 0.15 kT at 100k
+    steps (2 ns); the run has ~250 barrier crossings, so the statistical error per bin
+    is well below the tolerance.
+    """
+    cfg = es_config.model_copy(deep=True)
+    bundle = build_system(cfg.system)
+    grid = Grid.from_dims([GridDim(min=-2.0, max=2.0, bins=50)])
+    res = run_segment(cfg, bundle, tmp_path / "run", 100_000, seed=11, cv_path=x_cv, grid=grid)
+    c, f, n = read_fes(tmp_path / "run" / "fes.csv")
+    err, nbins = rms_kT(f, es_exact_fx(c[:, 0]), BETA_ES)
+    print(f"1-D CZAR: RMS error {err:.3f} kT over {nbins} bins after {res.steps} steps")
+    assert nbins >= 20
+    assert err < 0.3
+
+
+def test_czar_2d_entropic_switch_matches_exact(tmp_path, es_config):
+    """ξ = (x, y) with the 2-D Poisson integration; exact F(x, y) = V(x, y) on bin centres.
+
+    Binned exact F is the Boltzmann average over each bin (bins are 0.16 nm wide, so
+    V varies inside a bin); we compare with that bin average.
+    """
+    cfg = es_config.model_copy(deep=True)
+    bundle = build_system(cfg.system)
+    cv = linear_toy_cv(tmp_path / "xy.pt", [[1.0, 0.0], [0.0, 1.0]])
+    grid = Grid.from_dims([GridDim(min=-2.0, max=2.0, bins=40), GridDim(min=-1.2, max=2.8, bins=40)])
+    res = run_segment(cfg, bundle, tmp_path / "run", 800_000, seed=5, cv_path=cv, grid=grid)
+    c, f, n = read_fes(tmp_path / "run" / "fes.csv")
+    # exact bin-averaged free energy
+    from conftest import es_potential
+    exact = np.empty(len(c))
+    w = grid.widths
+    for k, (x0, y0) in enumerate(c):
+        xs = np.linspace(x0 - w[0] / 2, x0 + w[0] / 2, 21)
+        ys = np.linspace(y0 - w[1] / 2, y0 + w[1] / 2, 21)
+        X, Y = np.meshgrid(xs, ys)
+        exact[k] = -np.log(np.mean(np.exp(-BETA_ES * es_potential(X, Y)))) / BETA_ES
+    exact -= exact.min()
+    err, nbins = rms_kT(f, exact, BETA_ES)
+    print(f"2-D CZAR: RMS error {err:.3f} kT over {nbins} bins after {res.steps} steps")
+    assert nbins >= 150
+    assert err < 0.3
+
+
+def test_cv_force_matches_finite_differences(tmp_path, ala2_bundle):
+    """−∂/∂x of κ/2 (ξ(x) − λ)² by central differences, on a random 2-D neural CV."""
+    from cvflow.config import Config
+    path = random_neural_cv(tmp_path / "cv.pt", ala2_bundle, seed=7)
+    cfg = Config.model_validate({"system": {"pdb": str(ala2_bundle and __import__("conftest").ALA2_PDB)},
+                                 "bias": {"kappa": "1000 kJ/mol/cv^2"}})
+    grid = Grid.from_dims([GridDim(min=-1, max=1, bins=20), GridDim(min=-1, max=1, bins=20)])
+    bias = make_bias(cfg, ala2_bundle, path, grid, seed=1)
+    bias.initialised = True
+    bias.lam[:] = [0.1, -0.2]
+    rng = np.random.default_rng(2)
+    pos = ala2_bundle.positions + 0.01 * rng.standard_normal(ala2_bundle.positions.shape)
+    sel = bias.cv.particles
+    e0, f0 = bias.coupling(pos[sel])
+    h = 1e-5
+    fd = np.zeros_like(f0)
+    for i in range(len(sel)):
+        for r in range(3):
+            p = pos[sel].copy()
+            p[i, r] += h
+            ep, _ = bias.coupling(p)
+            p[i, r] -= 2 * h
+            em, _ = bias.coupling(p)
+            fd[i, r] = -(ep - em) / (2 * h)
+    assert np.abs(f0).max() > 1.0  # a non-trivial force
+    assert np.allclose(f0, fd, atol=1e-5 * np.abs(f0).max() + 1e-7)
+
+
+def test_total_force_matches_finite_differences(tmp_path, ala2_bundle):
+    """OpenMM force field + eABF coupling in one Context: forces = −∇(total energy)."""
+    from cvflow.config import Config
+    from conftest import ALA2_PDB
+    path = random_neural_cv(tmp_path / "cv.pt", ala2_bundle, seed=8)
+    cfg = Config.model_validate({"system": {"pdb": str(ALA2_PDB), "constraints": "none"},
+                                 "bias": {"kappa": "1000 kJ/mol/cv^2"}})
+    bundle = build_system(cfg.system)
+    grid = Grid.from_dims([GridDim(min=-1, max=1, bins=20)] * 2)
+    bias = make_bias(cfg, bundle, path, grid, seed=1)
+    bias.initialised = True
+    bias.lam[:] = [0.3, 0.1]
+    system = mm.XmlSerializer.deserialize(mm.XmlSerializer.serialize(bundle.system))
+    system.addForce(bias.make_force())
+    ctx = mm.Context(system, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName("Reference"))
+    pos = bundle.positions.copy()
+
+    def energy_forces(p):
+        ctx.setPositions(p * u.nanometer)
+        st = ctx.getState(getEnergy=True, getForces=True)
+        return (st.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole),
+                st.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer))
+    e0, f0 = energy_forces(pos)
+    h = 1e-5
+    rng = np.random.default_rng(0)
+    for i in rng.choice(bundle.n_atoms, 8, replace=False):
+        for r in range(3):
+            p = pos.copy()
+            p[i, r] += h
+            ep, _ = energy_forces(p)
+            p[i, r] -= 2 * h
+            em, _ = energy_forces(p)
+            fd = -(ep - em) / (2 * h)
+            assert fd == pytest.approx(f0[i, r], rel=1e-4, abs=1e-3)
