@@ -121,7 +121,7 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
     integrator = mm.LangevinMiddleIntegrator(md_cfg.temperature * u.kelvin, md_cfg.friction / u.picosecond,
                                              md_cfg.timestep * u.picosecond)
     integrator.setRandomNumberSeed(derive_seed(seed, 0))
-    platform = choose_platform(md_cfg.platform, bundle.n_atoms)
+    platform = choose_platform(md_cfg.platform, bundle.n_atoms, bundle.system)
     sim = app.Simulation(bundle.topology, system, integrator, platform,
                          platform_properties(platform, md_cfg.threads))
     ckpt_dir = out_dir / "ckpt"
