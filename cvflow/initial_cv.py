@@ -35,7 +35,8 @@ def initial_grid(cfg, bundle, cv_path=None) -> Grid:
 def _low_energy_points(bundle, temperature, cutoff_kT: float = 12.0, n: int = 121, extent: float = 4.0):
     """Points (x, y, 0) of a toy potential within ``cutoff_kT`` of its minimum on a grid."""
     import openmm as mm
-    system = mm.XmlSerializer.deserialize(mm.XmlSerializer.serialize(bundle.system))
+    from .system import clone_system
+    system = clone_system(bundle.system)
     ctx = mm.Context(system, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName("Reference"))
     xs = np.linspace(-extent, extent, n)
     pts, energies = [], []

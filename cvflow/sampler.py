@@ -29,7 +29,7 @@ from .bias.native import BlowUpError, NativeEABF
 from .config import Config
 from .fastcv import load_cv
 from .fes import Grid, write_fes
-from .system import SystemBundle, choose_platform, platform_properties
+from .system import SystemBundle, choose_platform, clone_system, platform_properties
 from .units import kT
 
 
@@ -107,8 +107,7 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
     out_dir.mkdir(parents=True, exist_ok=True)
     md_cfg = cfg.md
     bias = None
-    system = mm.XmlSerializer.clone(bundle.system) if hasattr(mm.XmlSerializer, "clone") else \
-        mm.XmlSerializer.deserialize(mm.XmlSerializer.serialize(bundle.system))
+    system = clone_system(bundle.system)
     if engine == "native":
         if cv_path is None or grid is None:
             raise ValueError("the native engine needs a CV file and a grid")
