@@ -108,8 +108,9 @@ def validate(config, verbose, quiet):
               help="TorchScript CV: positions (n_atoms, 3) in nm -> 1-D tensor of 1 or 2 values.")
 @click.option("--out", "out", type=click.Path(file_okay=False), required=True, help="Output directory.")
 @click.option("--steps", type=int, default=None, help="MD steps (default: md.steps of the config).")
-@click.option("--grid", "grids", multiple=True, metavar="MIN,MAX,BINS",
-              help="eABF grid of one CV dimension (repeat for 2-D); default from bias.grid or the CV's range.")
+@click.option("--grid", "grids", multiple=True, metavar="MIN,MAX,BINS[,periodic]",
+              help="eABF grid of one CV dimension (repeat for 2-D); MIN and MAX may be multiples of pi, "
+                   "e.g. -pi,pi,36,periodic for an angle. Default: bias.grid, or the CV's range.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in OUT.")
 @with_verbosity
 @_guard
@@ -121,7 +122,7 @@ def sample(config, cv_path, out, steps, grids, resume, verbose, quiet):
     """
     progress = _setup(verbose, quiet)
     from .bias import resolve_engine
-    from .config import ConfigError, GridDim, load_config
+    from .config import ConfigError, load_config
     from .cvcheck import checked_cv
     from .fes import Grid
     from .initial_cv import initial_grid
@@ -139,14 +140,7 @@ def sample(config, cv_path, out, steps, grids, resume, verbose, quiet):
     if engine == "none":
         engine = "native"
     if grids:
-        dims = []
-        for g in grids:
-            try:
-                lo, hi, n = g.split(",")
-                dims.append(GridDim(min=float(lo), max=float(hi), bins=int(n)))
-            except Exception:
-                raise ConfigError(f"--grid: expected MIN,MAX,BINS with min < max, got {g!r}") from None
-        grid = Grid.from_dims(dims)
+        grid = Grid.from_dims([_parse_grid(g) for g in grids])
     else:
         grid = initial_grid(cfg, bundle, cv_path)
     out = Path(out)
@@ -159,6 +153,58 @@ def sample(config, cv_path, out, steps, grids, resume, verbose, quiet):
                       progress=progress.md("MD", cfg.md.timestep))
     click.echo(f"{out}: {res.steps} steps, {res.frames} frames, {res.steps_per_second:,.0f} steps/s "
                f"on {res.platform}; free energy in {out / 'fes.csv'}")
+
+
+def _parse_grid(text: str):
+    from .config import ConfigError, GridDim
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        if len(parts) == 4 and parts[3].lower() != "periodic":
+            raise ValueError
+        if len(parts) not in (3, 4):
+            raise ValueError
+        return GridDim(min=parts[0], max=parts[1], bins=int(parts[2]), periodic=len(parts) == 4)
+    except Exception:
+        raise ConfigError(f"--grid: expected MIN,MAX,BINS[,periodic] with MIN < MAX, got {text!r}") from None
+
+
+@main.command("make-cv")
+@click.argument("kind", type=click.Choice(["torsions"]))
+@click.argument("pdb", type=click.Path(dir_okay=False))
+@click.option("--phi-psi", is_flag=True, help="The backbone (phi, psi) of the first residue that has both.")
+@click.option("--quad", "quads", multiple=True, metavar="I,J,K,L",
+              help="Zero-based atom indices of one torsion (repeat for a 2-D CV).")
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), required=True, help="The .pt file to write.")
+@_guard
+def make_cv(kind, pdb, phi_psi, quads, output):
+    """Write a hand-made TorchScript CV for the system in PDB.
+
+    \b
+    torsions: dihedral angles in radians, in (-pi, pi]; bias them on a periodic grid:
+      cvflow make-cv torsions systems/alanine-dipeptide/ala2.pdb --phi-psi -o phipsi.pt
+      cvflow sample configs/ala2-vacuum.yaml --cv phipsi.pt --out runs/phipsi \\
+          --grid=-pi,pi,36,periodic --grid=-pi,pi,36,periodic
+    """
+    import mdtraj as md
+    from .config import ConfigError
+    from .cvs import ramachandran_quads, save_torsion_cv
+    if not Path(pdb).is_file():
+        raise ConfigError(f"PDB file not found: {pdb}")
+    top = md.load_topology(pdb)
+    if phi_psi == bool(quads):
+        raise ConfigError("give either --phi-psi or one or two --quad I,J,K,L")
+    if phi_psi:
+        chosen = ramachandran_quads(top)
+    else:
+        try:
+            chosen = [[int(v) for v in q.split(",")] for q in quads]
+        except ValueError:
+            raise ConfigError(f"--quad: expected four integers I,J,K,L, got {quads}") from None
+        bad = [q for q in chosen if len(q) != 4 or not all(0 <= i < top.n_atoms for i in q)]
+        if bad or len(chosen) > 2:
+            raise ConfigError(f"--quad: need one or two quadruples of atom indices in [0, {top.n_atoms}), got {quads}")
+    save_torsion_cv(chosen, top.n_atoms, output)
+    click.echo(f"{output}: torsions {chosen} of {top.n_atoms} atoms")
 
 
 @main.command()

@@ -7,6 +7,7 @@ resolved relative to the directory of the config file.
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -98,11 +99,34 @@ class MDConfig(Strict):
         return self
 
 
+def _angle_number(v):
+    """A float, or a multiple of pi written as text: 'pi', '-pi', '2*pi', '0.5 pi'."""
+    if isinstance(v, str):
+        text = v.strip().lower().replace(" ", "")
+        if text.endswith("pi"):
+            factor = text[:-2].rstrip("*")
+            try:
+                f = {"": 1.0, "-": -1.0, "+": 1.0}.get(factor)
+                return math.pi * (float(factor) if f is None else f)
+            except ValueError:
+                raise ValueError(f"cannot read {v!r} as a number or a multiple of pi") from None
+    return v
+
+
+GridNumber = Annotated[float, BeforeValidator(_angle_number)]
+
+
 class GridDim(Strict):
-    """One dimension of the eABF/CZAR grid, in the CV's own units."""
-    min: float
-    max: float
+    """One dimension of the eABF/CZAR grid, in the CV's own units.
+
+    ``periodic: true`` makes the dimension wrap from ``max`` back to ``min`` (angles:
+    ``min: -pi``, ``max: pi``); ξ − λ is taken as the nearest image, and the free energy
+    is integrated around the circle.
+    """
+    min: GridNumber
+    max: GridNumber
     bins: PositiveInt
+    periodic: bool = False
 
     @model_validator(mode="after")
     def _order(self):
@@ -148,7 +172,6 @@ class BiasConfig(Strict):
         """Mass of the extended variable in kJ/mol ps² per CV unit² (from ``tau`` unless given)."""
         if self.lambda_mass is not None:
             return self.lambda_mass
-        import math
         return kappa * (self.tau / (2 * math.pi)) ** 2
 
 

@@ -27,8 +27,8 @@ def make_features(bundle, features_cfg) -> AlignedFeatures:
 
 def log_weights_from_fes(xi: np.ndarray, fes_path, beta: float) -> np.ndarray:
     """log ŵ_j = −β F(ξ_j) − log Σ_k exp(−β F(ξ_k)), in float64 (log-sum-exp)."""
-    centres, f, _ = read_fes(fes_path)
-    interp = fes_interpolator(centres, f)
+    centres, f, _, periods = read_fes(fes_path, with_periods=True)
+    interp = fes_interpolator(centres, f, periods)
     logw = -beta * interp(np.asarray(xi, np.float64).reshape(len(xi), -1))
     return logw - logsumexp(logw)
 

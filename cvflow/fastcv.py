@@ -127,6 +127,9 @@ def load_cv(path, n_atoms: int, fast: bool = True) -> CVEvaluator:
     fmt = getattr(module, "cvflow_format", None) if hasattr(module, "cvflow_format") else None
     if fast and fmt == "aligned-mlp/1":
         return FastAlignedMLP(AlignedMLPParams.from_module(module), n_atoms)
+    if fast and fmt == "torsions/1":
+        from .cvs import FastTorsions
+        return FastTorsions(module.quads.numpy(), n_atoms)
     dtype = torch.float64 if fmt else torch.float32
     return TorchCV(module, n_atoms, dtype=dtype)
 

@@ -11,7 +11,8 @@ in bin z. The statistics are a count and a sum of λ per bin, so those of severa
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -22,15 +23,39 @@ from .artifacts import read_csv, write_csv
 
 @dataclass
 class Grid:
-    """A regular grid in CV space: one ``(min, max, bins)`` per dimension."""
+    """A regular grid in CV space: one ``(min, max, bins)`` per dimension.
+
+    ``periodic[i]`` makes dimension i wrap around: its period is ``max − min``.
+    """
     mins: np.ndarray
     maxs: np.ndarray
     bins: np.ndarray
+    periodic: np.ndarray = field(default=None)
+
+    def __post_init__(self):
+        self.mins = np.asarray(self.mins, float)
+        self.maxs = np.asarray(self.maxs, float)
+        self.bins = np.asarray(self.bins, np.int64)
+        if self.periodic is None:
+            self.periodic = np.zeros(len(self.bins), bool)
+        self.periodic = np.asarray(self.periodic, bool).reshape(len(self.bins))
 
     @classmethod
     def from_dims(cls, dims) -> "Grid":
         return cls(np.array([d.min for d in dims], float), np.array([d.max for d in dims], float),
-                   np.array([d.bins for d in dims], np.int64))
+                   np.array([d.bins for d in dims], np.int64),
+                   np.array([getattr(d, "periodic", False) for d in dims], bool))
+
+    @classmethod
+    def from_list(cls, dims: list[dict]) -> "Grid":
+        return cls(np.array([d["min"] for d in dims], float), np.array([d["max"] for d in dims], float),
+                   np.array([d["bins"] for d in dims], np.int64),
+                   np.array([d.get("periodic", False) for d in dims], bool))
+
+    @property
+    def periods(self) -> np.ndarray:
+        """Period per dimension, 0 where the dimension is not periodic."""
+        return np.where(self.periodic, self.maxs - self.mins, 0.0)
 
     @property
     def dim(self) -> int:
@@ -48,7 +73,12 @@ class Grid:
         return np.stack(np.meshgrid(*self.centers(), indexing="ij"), axis=-1)
 
     def to_list(self) -> list[dict]:
-        return [{"min": float(a), "max": float(b), "bins": int(n)} for a, b, n in zip(self.mins, self.maxs, self.bins)]
+        return [{"min": float(a), "max": float(b), "bins": int(n), "periodic": bool(p)}
+                for a, b, n, p in zip(self.mins, self.maxs, self.bins, self.periodic)]
+
+    def same_as(self, other: "Grid") -> bool:
+        return (np.allclose(self.mins, other.mins) and np.allclose(self.maxs, other.maxs)
+                and np.array_equal(self.bins, other.bins) and np.array_equal(self.periodic, other.periodic))
 
 
 @dataclass
@@ -62,8 +92,7 @@ class CZARStats:
 
     def merge(self, other: "CZARStats") -> "CZARStats":
         """Statistics of two runs on the same grid, as if they were one run."""
-        if not (np.allclose(self.grid.mins, other.grid.mins) and np.allclose(self.grid.maxs, other.grid.maxs)
-                and np.array_equal(self.grid.bins, other.grid.bins)):
+        if not self.grid.same_as(other.grid):
             raise ValueError("cannot merge CZAR statistics on different grids")
         return CZARStats(self.grid, self.kappa, self.kT, self.count + other.count,
                          self.sum_lambda + other.sum_lambda)
@@ -79,7 +108,7 @@ class CZARStats:
         z = g.mesh()
         grad = np.full(tuple(g.bins) + (g.dim,), np.nan)
         for i in range(g.dim):
-            dlog = _finite_gradient(logrho, g.widths[i], axis=i)
+            dlog = _finite_gradient(logrho, g.widths[i], axis=i, periodic=bool(g.periodic[i]))
             grad[..., i] = -self.kT * dlog + self.kappa * (mean_lam[..., i] - z[..., i])
         mask = ok & np.all(np.isfinite(grad), axis=-1)
         return grad, mask
@@ -88,42 +117,61 @@ class CZARStats:
         """Free energy on the grid in kJ/mol, minimum 0, NaN where unsampled."""
         grad, mask = self.gradient(min_count)
         if self.grid.dim == 1:
-            f = integrate_1d(grad[:, 0], self.grid.widths[0], mask)
+            f = integrate_1d(grad[:, 0], self.grid.widths[0], mask, periodic=bool(self.grid.periodic[0]))
         else:
-            f = integrate_2d(grad, self.grid.widths, mask)
+            f = integrate_2d(grad, self.grid.widths, mask, periodic=self.grid.periodic)
         return f - np.nanmin(f) if np.any(np.isfinite(f)) else f
 
     def save(self, path) -> None:
         np.savez(path, mins=self.grid.mins, maxs=self.grid.maxs, bins=self.grid.bins,
-                 kappa=self.kappa, kT=self.kT, count=self.count, sum_lambda=self.sum_lambda)
+                 periodic=self.grid.periodic, kappa=self.kappa, kT=self.kT, count=self.count, sum_lambda=self.sum_lambda)
 
     @classmethod
     def load(cls, path) -> "CZARStats":
         d = np.load(path)
-        return cls(Grid(d["mins"], d["maxs"], d["bins"]), float(d["kappa"]), float(d["kT"]),
+        periodic = d["periodic"] if "periodic" in d.files else None
+        return cls(Grid(d["mins"], d["maxs"], d["bins"], periodic), float(d["kappa"]), float(d["kT"]),
                    d["count"], d["sum_lambda"])
 
 
-def _finite_gradient(a: np.ndarray, h: float, axis: int) -> np.ndarray:
-    """Central differences where both neighbours are finite, one-sided otherwise."""
+def _finite_gradient(a: np.ndarray, h: float, axis: int, periodic: bool = False) -> np.ndarray:
+    """Central differences where both neighbours are finite, one-sided otherwise.
+
+    On a periodic axis the first and last bins are neighbours.
+    """
     a = np.moveaxis(a, axis, 0)
     out = np.full_like(a, np.nan)
-    n = a.shape[0]
-    if n >= 2:
-        fwd = (a[1:] - a[:-1]) / h  # between j and j+1
-        central = np.full_like(a, np.nan)
-        central[1:-1] = 0.5 * (fwd[1:] + fwd[:-1])
-        out = central
-        left = np.full_like(a, np.nan)
-        left[1:] = fwd
-        right = np.full_like(a, np.nan)
-        right[:-1] = fwd
-        out = np.where(np.isfinite(out), out, np.where(np.isfinite(right), right, left))
+    if a.shape[0] >= 2:
+        if periodic:
+            fwd = (np.roll(a, -1, axis=0) - a) / h  # between j and j+1 (mod n)
+            right = fwd
+            left = np.roll(fwd, 1, axis=0)
+        else:
+            d = (a[1:] - a[:-1]) / h
+            right = np.full_like(a, np.nan)
+            right[:-1] = d
+            left = np.full_like(a, np.nan)
+            left[1:] = d
+        central = 0.5 * (left + right)
+        out = np.where(np.isfinite(central), central, np.where(np.isfinite(right), right, left))
     return np.moveaxis(out, 0, axis)
 
 
-def integrate_1d(grad: np.ndarray, width: float, mask: np.ndarray) -> np.ndarray:
-    """Cumulative trapezoid integration over the longest run of usable bins."""
+def integrate_1d(grad: np.ndarray, width: float, mask: np.ndarray, periodic: bool = False) -> np.ndarray:
+    """Cumulative trapezoid integration over the longest run of usable bins.
+
+    On a periodic axis a run may wrap around; when every bin is usable, the mean of the
+    gradient (which must vanish around a circle) is removed first, so that F is periodic.
+    """
+    mask = np.asarray(mask, bool)
+    if periodic and mask.all():
+        g = grad - grad.mean()
+        f = np.concatenate([[0.0], np.cumsum(0.5 * (g[1:] + g[:-1]) * width)])
+        return f
+    if periodic and mask.any():
+        shift = int(np.argmin(mask))  # an unusable bin goes first, so no run wraps
+        f = integrate_1d(np.roll(grad, -shift), width, np.roll(mask, -shift))
+        return np.roll(f, shift)
     f = np.full(grad.shape, np.nan)
     runs, start = [], None
     for j, m in enumerate(list(mask) + [False]):
@@ -141,22 +189,34 @@ def integrate_1d(grad: np.ndarray, width: float, mask: np.ndarray) -> np.ndarray
     return f
 
 
-def integrate_2d(grad: np.ndarray, widths: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Least-squares (Poisson) integration of a 2-D gradient field on the usable bins."""
+def integrate_2d(grad: np.ndarray, widths: np.ndarray, mask: np.ndarray, periodic=(False, False)) -> np.ndarray:
+    """Least-squares (Poisson) integration of a 2-D gradient field on the usable bins.
+
+    Each pair of neighbouring usable bins gives one equation F_q − F_p = h ḡ; on a
+    periodic axis the last and first bins are neighbours too.
+    """
     nx, ny = mask.shape
     index = -np.ones(mask.shape, dtype=np.int64)
     index[mask] = np.arange(mask.sum())
     rows, cols, vals, rhs = [], [], [], []
     r = 0
-    for axis, (di, dj) in enumerate(((1, 0), (0, 1))):
-        a = mask[: nx - di, : ny - dj] & mask[di:, dj:]
-        ii, jj = np.nonzero(a)
-        for i, j in zip(ii, jj):
-            p, q = index[i, j], index[i + di, j + dj]
+    for axis in range(2):
+        n_axis = mask.shape[axis]
+        ii, jj = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
+        ii, jj = ii.ravel(), jj.ravel()
+        i2, j2 = (ii + 1, jj) if axis == 0 else (ii, jj + 1)
+        nxt = i2 if axis == 0 else j2
+        keep = nxt < n_axis
+        if periodic[axis]:
+            keep = np.ones_like(keep)
+            i2, j2 = i2 % nx, j2 % ny
+        ii, jj, i2, j2 = ii[keep], jj[keep], i2[keep], j2[keep]
+        ok = mask[ii, jj] & mask[i2, j2]
+        for i, j, k, m in zip(ii[ok], jj[ok], i2[ok], j2[ok]):
             rows += [r, r]
-            cols += [q, p]
+            cols += [index[k, m], index[i, j]]
             vals += [1.0 / widths[axis], -1.0 / widths[axis]]
-            rhs.append(0.5 * (grad[i, j, axis] + grad[i + di, j + dj, axis]))
+            rhs.append(0.5 * (grad[i, j, axis] + grad[k, m, axis]))
             r += 1
     f = np.full(mask.shape, np.nan)
     if r == 0:
@@ -183,30 +243,57 @@ def write_fes(path, stats: CZARStats, engine: str = "native") -> None:
         f"CZAR free energy from cvflow ({engine} engine)",
         "cv columns: bin centres in CV units; free_energy: kJ/mol, minimum 0, NaN where unsampled",
         f"kT = {stats.kT:.6g} kJ/mol; kappa = {stats.kappa:.6g} kJ/mol/cv^2",
+        _PERIODS + " ".join(f"{p:.17g}" for p in stats.grid.periods) + "  (0: not periodic)",
     ])
 
 
-def read_fes(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return ``(centres (n, d), free_energy (n,), count (n,))`` from ``fes.csv``."""
+_PERIODS = "periods: "
+
+
+def read_fes(path, with_periods: bool = False):
+    """Return ``(centres (n, d), free_energy (n,), count (n,))`` from ``fes.csv``.
+
+    With ``with_periods``, also the period of each CV column (0 where not periodic).
+    """
     header, data = read_csv(path)
     d = sum(h.startswith("cv") for h in header)
-    return data[:, :d], data[:, d], data[:, d + 1]
+    out = data[:, :d], data[:, d], data[:, d + 1]
+    if not with_periods:
+        return out
+    periods = np.zeros(d)
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("# " + _PERIODS):
+            periods = np.array([float(v) for v in line[len("# " + _PERIODS):].split("(")[0].split()])
+    return out + (periods,)
 
 
-def fes_interpolator(centres: np.ndarray, f: np.ndarray):
-    """A function ξ (n, d) → F (n,) by linear interpolation on the grid (nearest outside)."""
+def fes_interpolator(centres: np.ndarray, f: np.ndarray, periods=None):
+    """A function ξ (n, d) → F (n,) by linear interpolation on the grid (nearest outside).
+
+    Periodic dimensions (``periods[i] > 0``) wrap: ξ is mapped into the grid's period and
+    the first and last bins are interpolated across the boundary.
+    """
     from scipy.interpolate import RegularGridInterpolator
     d = centres.shape[1]
+    periods = np.zeros(d) if periods is None else np.asarray(periods, float)
     axes = [np.unique(centres[:, i]) for i in range(d)]
     grid_f = f.reshape([len(a) for a in axes])
     finite = np.isfinite(grid_f)
     if not finite.all():
         # fill unsampled bins with the highest sampled free energy (they get tiny weight)
         grid_f = np.where(finite, grid_f, np.nanmax(grid_f) if finite.any() else 0.0)
+    lows = [a[0] - 0.5 * (a[1] - a[0]) if len(a) > 1 else a[0] for a in axes]
+    for i in range(d):
+        if periods[i] > 0:
+            grid_f = np.concatenate([np.take(grid_f, [-1], axis=i), grid_f, np.take(grid_f, [0], axis=i)], axis=i)
+            axes[i] = np.concatenate([[axes[i][-1] - periods[i]], axes[i], [axes[i][0] + periods[i]]])
     interp = RegularGridInterpolator(axes, grid_f, bounds_error=False, fill_value=None, method="linear")
 
     def evaluate(xi):
-        xi = np.asarray(xi, float).reshape(-1, d)
+        xi = np.asarray(xi, float).reshape(-1, d).copy()
+        for i in range(d):
+            if periods[i] > 0:
+                xi[:, i] = lows[i] + np.mod(xi[:, i] - lows[i], periods[i])
         clipped = np.column_stack([np.clip(xi[:, i], axes[i][0], axes[i][-1]) for i in range(d)])
         return interp(clipped)
     return evaluate

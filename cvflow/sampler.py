@@ -224,6 +224,8 @@ def _finalize(cfg: Config, bundle: SystemBundle, sim, bias, out_dir: Path, chunk
         table = np.column_stack([rows[:, 0], rows[:, 0] * dt, rows[:, 1:]]) if len(rows) else np.zeros((0, len(header)))
         art.write_csv(out_dir / "colvar.csv", header, table,
                       comments=["time in ps; cv and lambda in CV units"])
+        if hasattr(bias, "finish"):
+            bias.finish(sim.context)
         stats = bias.czar()
         with art.atomic_path(out_dir / "czar.npz") as tmp:
             with open(tmp, "wb") as fh:

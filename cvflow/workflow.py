@@ -164,8 +164,7 @@ class Workflow:
     def _grid_for(self, info) -> Grid:
         if self.cfg.bias.grid is not None:
             return Grid.from_dims(self.cfg.bias.grid)
-        g = info["grid"]
-        return Grid(np.array(g["mins"]), np.array(g["maxs"]), np.array(g["bins"], dtype=np.int64))
+        return Grid.from_list(info["grid"])
 
     def _start_positions(self, i: int):
         if i == 0:
@@ -237,7 +236,7 @@ class Workflow:
         span = np.maximum(hi - lo, 1e-3)
         lo = np.maximum(lo - b.grid_margin * span, -1.0)
         hi = np.minimum(hi + b.grid_margin * span, 1.0)
-        return {"mins": lo.tolist(), "maxs": hi.tolist(), "bins": [b.bins] * len(lo)}
+        return Grid(lo, hi, [b.bins] * len(lo)).to_list()
 
     def _check(self, i: int, it_dir: Path, prev, tr_info) -> dict:
         cfg = self.cfg
