@@ -250,12 +250,20 @@ def _record_engine(run_dir, resolved, engine):
 def doctor():
     """Report which bias engines and OpenMM platforms are usable here, and why not."""
     import openmm as mm
+    from .bias import resolve_engine
     from .bias.plumed import plumed_status
     plats = [mm.Platform.getPlatform(i).getName() for i in range(mm.Platform.getNumPlatforms())]
     click.echo(f"OpenMM {mm.__version__}: platforms {', '.join(plats)}")
-    click.echo("engine native: usable")
+    click.echo("engine native: usable (built in)")
     st = plumed_status()
-    click.echo(f"engine plumed: {'usable' if st.usable else 'not usable'} ({st.reason})")
+    click.echo(f"engine plumed: {'usable' if st.usable else 'not usable'}: {st.reason}")
+    if st.usable:
+        try:
+            import openmmplumed  # noqa: F401
+            click.echo("  driven through openmmplumed's PlumedForce")
+        except ImportError:
+            click.echo("  driven through a PythonForce and PLUMED's C API (openmmplumed is not installed)")
+    click.echo(f"bias.engine: auto -> {resolve_engine('auto')}")
 
 
 if __name__ == "__main__":

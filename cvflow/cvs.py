@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .artifacts import atomic_path
+from .arena import CV_SLOTS, JAC, POS, XI, f1, f2, f3, i2
 from .fastcv import CVEvaluator
 
 TORSIONS_FORMAT = "torsions/1"
@@ -79,6 +80,16 @@ class FastTorsions(CVEvaluator):
     def __call__(self, pos):
         _torsions(pos, self._local, self._values, self._jac)
         return self._values, self._jac
+
+    def pack(self, arena):
+        arena.add(CV_SLOTS, self._local)
+        return torsions_packed
+
+
+@numba.njit(cache=True)
+def torsions_packed(fb, ib):
+    """:func:`_torsions` on the arrays of an arena (see :meth:`FastTorsions.pack`)."""
+    _torsions(f2(fb, ib, POS), i2(ib, CV_SLOTS), f1(fb, ib, XI), f3(fb, ib, JAC))
 
 
 @numba.njit(cache=True)

@@ -15,6 +15,8 @@ import numba
 import numpy as np
 import torch
 
+from .arena import CV_SLOTS, JAC, POS, XI, f1, f2, f3, i1, i2
+
 ACTIVATIONS = {"identity": 0, "tanh": 1, "softplus": 2, "relu": 3, "elu": 4}
 
 
@@ -37,6 +39,15 @@ class CVEvaluator:
     def __call__(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(values (d,), jacobian (d, k, 3))`` for positions ``(k, 3)`` in nm of ``particles``."""
         raise NotImplementedError
+
+    def pack(self, arena):
+        """Put this CV's arrays in ``arena`` (slots from ``CV_SLOTS``) and return its packed kernel.
+
+        The kernel is a numba function ``kernel(fbuf, ibuf)`` that reads the positions in
+        slot ``POS`` and writes the values in ``XI`` and the Jacobian in ``JAC``. ``None``
+        (the default) means the CV is evaluated from Python and the bias copies its results in.
+        """
+        return None
 
 
 class TorchCV(CVEvaluator):
@@ -107,7 +118,7 @@ class FastAlignedMLP(CVEvaluator):
         k = len(self.particles)
         self._h = np.zeros((nl + 1, width))
         self._z = np.zeros((nl, width))
-        self._g = np.zeros((2, width))
+        self._g = np.zeros((2, self.dim * width))  # the backward pass's (dim × n) matrices, flat
         self._work = np.zeros((3, k, 3))
         self._values = np.zeros(self.dim)
         self._jac = np.zeros((self.dim, k, 3))
@@ -118,6 +129,13 @@ class FastAlignedMLP(CVEvaluator):
                      self._shapes, p.activations, self._h, self._z, self._g, self._work,
                      self._values, self._jac)
         return self._values, self._jac
+
+    def pack(self, arena):
+        p = self.p
+        for i, a in enumerate((p.reference, np.array([int(p.align)]), p.components, p.mean, p.std, self._theta,
+                               self._shapes, p.activations, self._h, self._z, self._g, self._work)):
+            arena.add(CV_SLOTS + i, a)
+        return aligned_mlp_packed
 
 
 def load_cv(path, n_atoms: int, fast: bool = True) -> CVEvaluator:
@@ -349,46 +367,46 @@ def _aligned_mlp(pos, ref, align, comps, mean, std, theta, shapes, acts, h, z, g
         c = comps[j]
         h[0, j] = (a[c // 3, c % 3] - mean[j]) / std[j]
     nl = shapes.shape[0]
+    # forward pass, one BLAS gemv per layer
     off = 0
     for layer in range(nl):
         nout, nin = shapes[layer, 0], shapes[layer, 1]
         boff = off + nout * nin
+        zl = z[layer, :nout]
+        np.dot(theta[off:boff].reshape((nout, nin)), h[layer, :nin], zl)
         for o in range(nout):
-            acc = theta[boff + o]
-            row = off + o * nin
-            for i in range(nin):
-                acc += theta[row + i] * h[layer, i]
-            z[layer, o] = acc
-            h[layer + 1, o] = _act(acts[layer], acc)
+            zl[o] += theta[boff + o]
+            h[layer + 1, o] = _act(acts[layer], zl[o])
         off = boff + nout
     dim = shapes[nl - 1, 0]
+    # backward pass for all outputs at once: G (dim × n) = dξ/dh_layer, one BLAS gemm per layer
+    cur = g[0][:dim * dim].reshape((dim, dim))
     for d in range(dim):
         values[d] = h[nl, d]
         for o in range(dim):
-            g[0, o] = 0.0
-        g[0, d] = 1.0
-        off = theta.shape[0]
-        for layer in range(nl - 1, -1, -1):
-            nout, nin = shapes[layer, 0], shapes[layer, 1]
-            off -= nout * nin + nout
-            for o in range(nout):
-                g[0, o] *= _dact(acts[layer], z[layer, o], h[layer + 1, o])
+            cur[d, o] = _dact(acts[nl - 1], z[nl - 1, o], h[nl, o]) if d == o else 0.0
+    buf = 0
+    off = theta.shape[0]
+    for layer in range(nl - 1, -1, -1):
+        nout, nin = shapes[layer, 0], shapes[layer, 1]
+        off -= nout * nin + nout
+        nxt = g[1 - buf][:dim * nin].reshape((dim, nin))
+        np.dot(cur, theta[off:off + nout * nin].reshape((nout, nin)), nxt)
+        if layer > 0:
             for i in range(nin):
-                g[1, i] = 0.0
-            for o in range(nout):
-                go = g[0, o]
-                row = off + o * nin
-                for i in range(nin):
-                    g[1, i] += theta[row + i] * go
-            for i in range(nin):
-                g[0, i] = g[1, i]
+                di = _dact(acts[layer - 1], z[layer - 1, i], h[layer, i])
+                for d in range(dim):
+                    nxt[d, i] *= di
+        cur = nxt
+        buf = 1 - buf
+    for d in range(dim):
         # gradient wrt aligned coordinates, stored in a
         for i in range(k):
             for r in range(3):
                 a[i, r] = 0.0
         for j in range(m):
             c = comps[j]
-            a[c // 3, c % 3] += g[0, j] / std[j]
+            a[c // 3, c % 3] += cur[d, j] / std[j]
         if align:
             # a_i = Q y_i: direct term Q^T g_i, rotation term through Horn's S = y^T ref
             gq_mat = np.zeros((3, 3))
@@ -414,3 +432,12 @@ def _aligned_mlp(pos, ref, align, comps, mean, std, theta, shapes, acts, h, z, g
                 for r in range(3):
                     jac[d, i, r] = a[i, r]
     return values
+
+
+@numba.njit(cache=True)
+def aligned_mlp_packed(fb, ib):
+    """:func:`_aligned_mlp` on the arrays of an arena (see :meth:`FastAlignedMLP.pack`)."""
+    s = CV_SLOTS
+    _aligned_mlp(f2(fb, ib, POS), f2(fb, ib, s), i1(ib, s + 1)[0] != 0, i1(ib, s + 2), f1(fb, ib, s + 3),
+                 f1(fb, ib, s + 4), f1(fb, ib, s + 5), i2(ib, s + 6), i1(ib, s + 7), f2(fb, ib, s + 8),
+                 f2(fb, ib, s + 9), f2(fb, ib, s + 10), f3(fb, ib, s + 11), f1(fb, ib, XI), f3(fb, ib, JAC))

@@ -135,7 +135,7 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
         if bias is not None:
             bias.load_state_arrays(np.load(ckpt_dir / prog["bias"]))
         for f in chunk_dir.glob("*.npy"):  # chunks written after the last checkpoint
-            if int(f.stem.split("_")[1]) > step:
+            if not f.name.startswith("good") and int(f.stem.split("_")[1]) > step:
                 f.unlink()
     else:
         start = bundle.positions if start_positions is None else start_positions
@@ -155,12 +155,21 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
         n = min(report - step % report, steps - step)
         sim.step(n)
         step += n
+        # positions only: asking for the energy would evaluate the bias at this step outside the
+        # integrator, which advances λ and breaks bit-for-bit resume. NaN forces show up as NaN positions.
         state = sim.context.getState(getPositions=True)
         state._getVectorAsNumpy(mm.State.Positions, pos)
+        reason = None
         if bias is not None and bias.error:
-            raise BlowUpError(f"{label}: {bias.error}; last good state kept in {ckpt_dir}")
-        if not np.isfinite(pos).all():
-            raise BlowUpError(f"{label}: non-finite positions at step {step}; last good state kept in {ckpt_dir}")
+            reason = bias.error
+        elif not np.isfinite(pos).all():
+            reason = f"non-finite positions at step {step}"
+        if reason is not None:
+            _record_blowup(out_dir, chunk_dir, step, last_ckpt, reason, frames, frame_steps)
+            kept = (f"the last good state is the checkpoint at step {last_ckpt} in {ckpt_dir}" if last_ckpt > 0
+                    else "no checkpoint had been written yet")
+            raise BlowUpError(f"{label}: {reason}; {kept}; frames up to step "
+                              f"{frame_steps[-1] if frame_steps else last_ckpt} saved in {chunk_dir}")
         if step % report == 0:
             frames.append(pos.copy())
             frame_steps.append(step)
@@ -179,6 +188,16 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
                            platform.getName(), engine)
     art.write_json(done_marker, result.to_dict())
     return result
+
+
+def _record_blowup(out_dir: Path, chunk_dir: Path, step: int, last_ckpt: int, reason: str,
+                   frames, frame_steps) -> None:
+    """Keep the good frames gathered since the last checkpoint and write ``blowup.json``."""
+    if frames:
+        art.write_npy(chunk_dir / f"goodframes_{frame_steps[-1]:012d}.npy", np.array(frames))
+        art.write_npy(chunk_dir / f"goodsteps_{frame_steps[-1]:012d}.npy", np.array(frame_steps))
+    art.write_json(out_dir / "blowup.json", {"step": step, "reason": reason, "last_checkpoint_step": last_ckpt,
+                                             "last_good_frame_step": frame_steps[-1] if frame_steps else None})
 
 
 def _write_checkpoint(sim, bias, ckpt_dir: Path, chunk_dir: Path, step: int, frames, frame_steps) -> None:

@@ -225,7 +225,10 @@ class Workflow:
                   it_dir / "cv.pt", check_positions=frames[:: max(1, len(frames) // 50)])
         z = encode(result, x)
         grid = self._grid_from_values(z)
+        from .bias.plumed import export_plumed
+        export_plumed(cfg, self.bundle, it_dir / "cv.pt", Grid.from_list(grid), it_dir / "plumed")
         return {"cv": f"iter_{i:03d}/cv.pt", "grid": grid, "ess": ess, "frames": len(frames),
+                "ess_warning": bool(ess < cfg.convergence.min_ess_fraction * len(w)),
                 "best_val_loss": result.best_val, "epochs": result.epochs_run,
                 "wall_seconds": time.perf_counter() - t0}
 
@@ -241,8 +244,8 @@ class Workflow:
     def _check(self, i: int, it_dir: Path, prev, tr_info) -> dict:
         cfg = self.cfg
         t0 = time.perf_counter()
-        metrics = {"index": i, "ess": tr_info["ess"], "frames": tr_info["frames"],
-                   "best_val_loss": tr_info["best_val_loss"]}
+        metrics = {"index": i, "ess": tr_info["ess"], "ess_warning": tr_info.get("ess_warning", False),
+                   "frames": tr_info["frames"], "best_val_loss": tr_info["best_val_loss"]}
         if i == 0 or prev is None:
             metrics.update(regscore=None, threshold=None, converged=False)
         else:

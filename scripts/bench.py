@@ -7,7 +7,9 @@ Systems: alanine dipeptide in vacuum and in implicit solvent (amber14, HBonds, 2
 30-40-2 tanh), ``plumed`` when a usable kernel is present. Every ratio is against the
 fastest platform that runs the unbiased system, measured in the same process.
 
-Usage: python scripts/bench.py [--steps N] [--json FILE] [--threads 1]
+Cases are timed in interleaved rounds and the best round of each is kept.
+
+Usage: python scripts/bench.py [--steps N] [--rounds R] [--json FILE] [--threads 1]
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def md_rate(system, topology, positions, platform_name, steps, threads):
+def make_context(system, positions, platform_name, threads):
     import openmm as mm
     from openmm import unit as u
     integ = mm.LangevinMiddleIntegrator(300 * u.kelvin, 1 / u.picosecond, 0.002 * u.picosecond)
@@ -36,17 +38,25 @@ def md_rate(system, topology, positions, platform_name, steps, threads):
     ctx.setPositions(positions * u.nanometer)
     ctx.setVelocitiesToTemperature(300 * u.kelvin, 1)
     integ.step(200)  # warm-up (and numba compilation of a bias callback)
-    best = 0.0
-    for _ in range(3):
-        t0 = time.perf_counter()
-        integ.step(steps)
-        best = max(best, steps / (time.perf_counter() - t0))
+    return ctx, integ
+
+
+def time_cases(cases, rounds):
+    """Best steps/s of each case over ``rounds`` interleaved rounds (so that a slow spell of
+    the machine hits every case alike and the ratios hold)."""
+    best = [0.0] * len(cases)
+    for _ in range(rounds):
+        for k, c in enumerate(cases):
+            t0 = time.perf_counter()
+            c["integ"].step(c["steps"])
+            best[k] = max(best[k], c["steps"] / (time.perf_counter() - t0))
     return best
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=5000, help="steps per timing (best of 3)")
+    ap.add_argument("--steps", type=int, default=5000, help="steps per timing of the fast cases")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds; the best is kept")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--train-frames", type=int, default=100_000)
@@ -64,6 +74,8 @@ def main(argv=None):
     from cvflow.fastcv import load_cv
     from cvflow.bias.plumed import plumed_status
     from cvflow.system import build_system
+    from cvflow.cvs import ramachandran_quads, save_torsion_cv
+    import mdtraj as md
 
     torch.set_num_threads(args.threads)
     pdb = ROOT / "systems" / "alanine-dipeptide" / "ala2.pdb"
@@ -79,35 +91,46 @@ def main(argv=None):
         enc = MLP([3 * len(idx), 40, 2], ["tanh", "tanh"])
         cv_path = export_cv(feats, np.zeros(3 * len(idx)), np.full(3 * len(idx), 0.1), enc, bundle.n_atoms,
                             tmp / f"cv-{solvent}.pt") and tmp / f"cv-{solvent}.pt"
-        # the reference: the fastest platform for the unbiased system
-        rates = {p: md_rate(bundle.system, bundle.topology, bundle.positions, p, args.steps, args.threads)
-                 for p in ("Reference", "CPU") if p in plats}
-        best_plat = max(rates, key=rates.get)
-        base = rates[best_plat]
         system_name = f"ala2-{solvent}"
-        for p, r in rates.items():
-            rows.append({"system": system_name, "engine": "none", "platform": p, "steps_per_s": r,
-                         "ratio": r / base})
+        cases = []
+
+        def add(row, system, plat, steps):
+            ctx, integ = make_context(system, bundle.positions, plat, args.threads)
+            cases.append({"row": {"system": system_name, **row, "platform": plat}, "ctx": ctx, "integ": integ,
+                          "steps": steps})
+
+        for p in ("Reference", "CPU"):
+            if p in plats:
+                add({"engine": "none"}, bundle.system, p, args.steps)
+        # the reference is the fastest platform for the unbiased system: a short probe picks it
+        probe = time_cases(cases, 1)
+        best_plat = cases[int(np.argmax(probe))]["row"]["platform"]
         grid = Grid.from_dims([GridDim(min=-1, max=1, bins=50)] * 2)
-        for label, fast in (("native", True), ("native-torchscript", False)):
-            cv = load_cv(cv_path, bundle.n_atoms, fast=fast)
-            bias = NativeEABF(cv, grid, kappa=1000.0, mass=10.0, friction=1.0, temperature=300.0,
+        tors = save_torsion_cv(ramachandran_quads(md.Topology.from_openmm(bundle.topology)), bundle.n_atoms,
+                               tmp / f"phipsi-{solvent}.pt")
+        tgrid = Grid.from_dims([GridDim(min=-np.pi, max=np.pi, bins=60, periodic=True)] * 2)
+        for variant, path, g, fast in (("neural CV", cv_path, grid, True), ("phi/psi torsions", tors, tgrid, True),
+                                       ("neural CV, autograd", cv_path, grid, False)):
+            cv = load_cv(path, bundle.n_atoms, fast=fast)
+            bias = NativeEABF(cv, g, kappa=1000.0, mass=10.0, friction=1.0, temperature=300.0,
                               timestep=0.002, fullsamples=100, seed=1, report_interval=500)
             system = mm.XmlSerializer.deserialize(mm.XmlSerializer.serialize(bundle.system))
             system.addForce(bias.make_force())
-            n = args.steps if fast else max(200, args.steps // 20)
-            r = md_rate(system, bundle.topology, bundle.positions, best_plat, n, args.threads)
-            rows.append({"system": system_name, "engine": "native", "variant": label, "platform": best_plat,
-                         "steps_per_s": r, "ratio": r / base})
+            add({"engine": "native", "variant": variant}, system, best_plat,
+                args.steps if fast else max(100, args.steps // 50))
         st = plumed_status()
         if st.usable:
-            from cvflow.bias.plumed import bench_plumed
-            r = bench_plumed(bundle, cv_path, best_plat, args.steps, md_rate, args.threads)
-            rows.append({"system": system_name, "engine": "plumed", "platform": best_plat, "steps_per_s": r,
-                         "ratio": r / base})
-        else:
+            system = plumed_system(bundle, cv_path, grid, st.kernel, tmp / f"plumed-{solvent}")
+            add({"engine": "plumed", "variant": "neural CV (PYTORCH_MODEL)"}, system, best_plat,
+                max(100, args.steps // 50))
+        rates = time_cases(cases, args.rounds)
+        base = max(r for r, c in zip(rates, cases) if c["row"]["engine"] == "none")
+        for r, c in zip(rates, cases):
+            rows.append({**c["row"], "steps_per_s": r, "ratio": r / base})
+        if not st.usable:
             rows.append({"system": system_name, "engine": "plumed", "platform": None, "steps_per_s": None,
                          "ratio": None, "note": st.reason})
+        del cases
     if not args.skip_training:
         rows.append(bench_training(args.train_frames))
     print_table(rows)
@@ -116,6 +139,26 @@ def main(argv=None):
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return rows
+
+
+def plumed_system(bundle, cv_path, grid, kernel, out_dir):
+    """The system with the same CV biased through PLUMED: PYTORCH_MODEL + DRR, driven from a
+    PythonForce (or openmmplumed's PlumedForce when that is importable)."""
+    import openmm as mm
+    from cvflow.bias.plumed import PlumedEABF, PlumedInputSpec, write_plumed_cv
+    from cvflow.fastcv import load_cv
+    particles = load_cv(cv_path, bundle.n_atoms).particles
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_plumed_cv(cv_path, particles, bundle.n_atoms, out_dir / "plumed" / "cv_plumed.pt")
+    spec = PlumedInputSpec(cv_kind="torch", particles=particles, quads=None, model_file="cv_plumed.pt", dim=2,
+                           grid=grid, kappa=1000.0, tau=0.5, friction=1.0, temperature=300.0, fullsamples=100,
+                           wall_kappa=1000.0, output_freq=10 ** 6, report_interval=500, periodic_box=False)
+    masses = np.array([bundle.system.getParticleMass(i).value_in_unit(mm.unit.dalton)
+                       for i in range(bundle.n_atoms)])
+    bias = PlumedEABF(spec, out_dir, masses, bundle.n_atoms, kernel, 0.002, 300.0 * 0.00831446261815324, None)
+    system = mm.XmlSerializer.deserialize(mm.XmlSerializer.serialize(bundle.system))
+    system.addForce(bias.make_force())
+    return system
 
 
 def bench_training(n_frames: int) -> dict:
@@ -140,15 +183,15 @@ def bench_training(n_frames: int) -> dict:
 
 
 def print_table(rows):
-    print(f"{'system':<22}{'engine':<10}{'variant':<22}{'platform':<11}{'steps/s':>10}{'ratio':>8}")
+    print(f"{'system':<16}{'engine':<8}{'variant':<28}{'platform':<11}{'steps/s':>10}{'ratio':>8}")
     for r in rows:
         if r["engine"] == "train":
-            print(f"{r['system']:<22}{'train':<10}{'':<22}{'':<11}"
+            print(f"{r['system']:<16}{'train':<8}{'':<28}{'':<11}"
                   f"{r['seconds_per_epoch']:>9.3f}s/epoch, {r['epochs']} epochs, {r['seconds']:.1f} s")
             continue
         sps = "-" if r["steps_per_s"] is None else f"{r['steps_per_s']:,.0f}"
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
-        print(f"{r['system']:<22}{r['engine']:<10}{r.get('variant', ''):<22}{str(r['platform']):<11}{sps:>10}{ratio:>8}"
+        print(f"{r['system']:<16}{r['engine']:<8}{r.get('variant', ''):<28}{str(r['platform']):<11}{sps:>10}{ratio:>8}"
               + (f"  ({r['note']})" if r.get("note") else ""))
 
 

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny systems, exact free energies of the entropic switch, CV files."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,24 @@ ROOT = Path(__file__).resolve().parents[1]
 ES_CONFIG = ROOT / "configs" / "entropic-switch.yaml"
 ALA2_PDB = ROOT / "systems" / "alanine-dipeptide" / "ala2.pdb"
 BETA_ES = 4.0  # mol/kJ
+
+# `bias.engine: auto` picks PLUMED when PLUMED_KERNEL names a kernel. Only the tests
+# marked `plumed` see it (through the `plumed_kernel` fixture), so that the rest of the
+# suite runs the same engine everywhere.
+_PLUMED_KERNEL = os.environ.pop("PLUMED_KERNEL", None)
+
+
+@pytest.fixture
+def plumed_kernel(monkeypatch):
+    """The PLUMED kernel (PLUMED_KERNEL, restored for this test); skip with the reason if unusable."""
+    if not _PLUMED_KERNEL:
+        pytest.skip("no PLUMED kernel: PLUMED_KERNEL is not set (build one with scripts/install-plumed.sh)")
+    monkeypatch.setenv("PLUMED_KERNEL", _PLUMED_KERNEL)
+    from cvflow.bias.plumed import plumed_status
+    st = plumed_status()
+    if not st.usable:
+        pytest.skip(f"PLUMED kernel not usable: {st.reason}")
+    return _PLUMED_KERNEL
 
 
 def es_potential(x, y):

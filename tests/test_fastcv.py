@@ -67,3 +67,58 @@ def test_export_refuses_a_mismatching_file(tmp_path, ala2_bundle, monkeypatch):
     monkeypatch.setattr(torch.jit, "load", corrupted)
     with pytest.raises(RuntimeError, match="does not match"):
         ex.export_cv(feats, np.zeros(24), np.ones(24), enc, 22, tmp_path / "bad.pt", check_positions=frames)
+
+
+class _State:
+    """What NativeEABF reads from an OpenMM State: the step count and the positions."""
+
+    def __init__(self, step, pos):
+        self.step, self.pos = step, pos
+
+    def getStepCount(self):
+        return self.step
+
+    def _getVectorAsNumpy(self, kind, out):
+        out[...] = self.pos
+
+
+@pytest.mark.parametrize("kind", ["aligned-mlp", "torsions"])
+def test_fused_eabf_step_matches_the_two_call_path(tmp_path, ala2_bundle, kind, monkeypatch):
+    """The fused CV + eABF kernel on the arena gives the forces, λ, statistics and CV time series
+    of the reference path (TorchScript autograd in float64, then the eABF step), to 1e-6,
+    over 300 steps that cross noise and ramp-in boundaries."""
+    from cvflow.bias import native
+    from cvflow.config import GridDim
+    import mdtraj as md
+    from cvflow.cvs import ramachandran_quads, save_torsion_cv
+    from cvflow.fes import Grid
+    monkeypatch.setattr(native, "_NOISE_BLOCK", 64)  # 300 steps cross four noise blocks
+    if kind == "aligned-mlp":
+        path = random_neural_cv(tmp_path / "cv.pt", ala2_bundle)
+        grid = Grid.from_dims([GridDim(min=-1, max=1, bins=20)] * 2)
+    else:
+        path = save_torsion_cv(ramachandran_quads(md.Topology.from_openmm(ala2_bundle.topology)), ala2_bundle.n_atoms, tmp_path / "cv.pt")
+        grid = Grid.from_dims([GridDim(min=-np.pi, max=np.pi, bins=24, periodic=True)] * 2)
+    runs = []
+    for fast in (True, False):
+        cv = load_cv(path, ala2_bundle.n_atoms, fast=fast)
+        bias = native.NativeEABF(cv, grid, kappa=800.0, mass=5.0, friction=2.0, temperature=300.0,
+                                 timestep=0.002, fullsamples=50, seed=4, report_interval=7)
+        assert (bias._kernel is not native.step_external) == fast
+        rng = np.random.default_rng(9)
+        out = []
+        for step in range(300):
+            frame = ala2_bundle.positions + 0.01 * rng.standard_normal(ala2_bundle.positions.shape)
+            e, f = bias(_State(step, frame[bias.cv.particles] if fast else frame))
+            f = np.asarray(f)
+            full = np.zeros((ala2_bundle.n_atoms, 3))
+            full[bias.cv.particles] = f
+            out.append((e, full, bias.lam.copy()))
+        runs.append((out, bias))
+    (fa, bf), (sl, bs) = runs
+    for (e1, f1, l1), (e2, f2, l2) in zip(fa, sl):
+        assert abs(e1 - e2) < 1e-6 and np.allclose(f1, f2, atol=1e-6, rtol=0) and np.allclose(l1, l2, atol=1e-6)
+    assert np.array_equal(bf.abf_count, bs.abf_count) and np.array_equal(bf.czar_count, bs.czar_count)
+    assert np.allclose(bf.abf_sum, bs.abf_sum, atol=1e-4) and np.allclose(bf.czar_sum, bs.czar_sum, atol=1e-6)
+    assert np.allclose(bf.take_colvar(), bs.take_colvar(), atol=1e-6)
+    assert bf.noise_counter == bs.noise_counter == 300

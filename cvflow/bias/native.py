@@ -10,14 +10,21 @@ every step. The per-step work is one numba kernel.
 """
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 import openmm as mm
 
+from ..arena import JAC, POS, XI, Arena, f1, f2, f3, i1
+from ..cvs import torsions_packed
 from ..fes import CZARStats, Grid
-from ..fastcv import CVEvaluator
+from ..fastcv import CVEvaluator, aligned_mlp_packed
 
 _NOISE_BLOCK = 8192
+# arena slots of the eABF step (POS, XI, JAC: see cvflow.arena)
+FORCES, LAM, VLAM, NOISE, PRM, MINS, WIDTHS, PERIODS, ABF_SUM, CZAR_SUM, LOOP, LAM_PREV = range(3, 15)
+NBINS, ABF_COUNT, CZAR_COUNT, ROW = range(15, 19)
 
 
 class BlowUpError(RuntimeError):
@@ -153,6 +160,42 @@ def eabf_step(xi, jac, forces, lam, vlam, noise, prm, mins, widths, nb, periods,
     return energy
 
 
+@numba.njit(cache=True)
+def _eabf_packed(fb, ib):
+    """:func:`eabf_step` on the arena; takes the next noise row and keeps λ_n in ``LAM_PREV``."""
+    row = i1(ib, ROW)
+    noise = f2(fb, ib, NOISE)[row[0]]
+    row[0] += 1
+    lam = f1(fb, ib, LAM)
+    f1(fb, ib, LAM_PREV)[:] = lam
+    return eabf_step(f1(fb, ib, XI), f3(fb, ib, JAC), f2(fb, ib, FORCES), lam, f1(fb, ib, VLAM), noise,
+                     f1(fb, ib, PRM), f1(fb, ib, MINS), f1(fb, ib, WIDTHS), i1(ib, NBINS), f1(fb, ib, PERIODS),
+                     i1(ib, ABF_COUNT), f2(fb, ib, ABF_SUM), i1(ib, CZAR_COUNT), f2(fb, ib, CZAR_SUM),
+                     f2(fb, ib, LOOP))
+
+
+@numba.njit(cache=True)
+def step_external(fb, ib):
+    """eABF step for a CV evaluated outside the arena (values and Jacobian copied in)."""
+    return _eabf_packed(fb, ib)
+
+
+@numba.njit(cache=True)
+def step_aligned_mlp(fb, ib):
+    aligned_mlp_packed(fb, ib)
+    return _eabf_packed(fb, ib)
+
+
+@numba.njit(cache=True)
+def step_torsions(fb, ib):
+    torsions_packed(fb, ib)
+    return _eabf_packed(fb, ib)
+
+
+# CV kernel → the fused CV + eABF step. A CV kernel without an entry runs as a second call.
+_FUSED = {aligned_mlp_packed: step_aligned_mlp, torsions_packed: step_torsions}
+
+
 class NativeEABF:
     """eABF on a CV, as an OpenMM ``PythonForce``; owns λ, its thermostat and the statistics.
 
@@ -189,27 +232,40 @@ class NativeEABF:
         self.kT = _kT(temperature)
         self.kappa = float(kappa)
         a = np.exp(-friction * timestep)
-        self.prm = np.array([kappa, mass, timestep, a, np.sqrt((1 - a * a) * self.kT / mass),
-                             float(fullsamples), float(wall_kappa if wall_kappa is not None else kappa), 1.0])
+        prm = np.array([kappa, mass, timestep, a, np.sqrt((1 - a * a) * self.kT / mass),
+                        float(fullsamples), float(wall_kappa if wall_kappa is not None else kappa), 1.0])
         self.seed = int(seed)
         self.report_interval = int(report_interval)
         nbins = int(np.prod(grid.bins))
-        self.abf_count = np.zeros(nbins, np.int64)
-        self.abf_sum = np.zeros((nbins, self.dim))
-        self.czar_count = np.zeros(nbins, np.int64)
-        self.czar_sum = np.zeros((nbins, self.dim))
-        self._loop = np.zeros((self.dim, int(np.max(grid.bins))))
-        self.lam = np.zeros(self.dim) if start_lambda is None else np.array(start_lambda, float)
-        self.vlam = np.zeros(self.dim)
+        k = len(cv.particles)
+        # every array of the per-step kernel lives in one arena: one numba call with two arguments
+        arena = Arena()
+        for slot, a in ((POS, np.zeros((k, 3))), (XI, np.zeros(self.dim)), (JAC, np.zeros((self.dim, k, 3))),
+                        (FORCES, np.zeros((k, 3))), (LAM, np.zeros(self.dim)), (VLAM, np.zeros(self.dim)),
+                        (NOISE, np.zeros((_NOISE_BLOCK, self.dim))), (PRM, prm), (MINS, grid.mins),
+                        (WIDTHS, grid.widths), (PERIODS, self._periods), (ABF_SUM, np.zeros((nbins, self.dim))),
+                        (CZAR_SUM, np.zeros((nbins, self.dim))), (LOOP, np.zeros((self.dim, int(np.max(grid.bins))))),
+                        (LAM_PREV, np.zeros(self.dim)), (NBINS, np.asarray(grid.bins, np.int64)),
+                        (ABF_COUNT, np.zeros(nbins, np.int64)), (CZAR_COUNT, np.zeros(nbins, np.int64)),
+                        (ROW, np.zeros(1, np.int64))):
+            arena.add(slot, a)
+        cv_kernel = cv.pack(arena)
+        arena.build()
+        self._fb, self._ib = arena.fbuf, arena.ibuf
+        self._kernel = _FUSED.get(cv_kernel)
+        self._cv_kernel = None if self._kernel is not None else cv_kernel
+        if self._kernel is None:
+            self._kernel = step_external
+        (self._pos, self._xi, self._jac, self._forces, self.lam, self.vlam, self._noise, self.prm, self._lam_prev,
+         self.abf_count, self.abf_sum, self.czar_count, self.czar_sum, self._loop, self._row) = (
+            arena.view(s) for s in (POS, XI, JAC, FORCES, LAM, VLAM, NOISE, PRM, LAM_PREV, ABF_COUNT, ABF_SUM,
+                                     CZAR_COUNT, CZAR_SUM, LOOP, ROW))
+        if start_lambda is not None:
+            self.lam[:] = start_lambda
         self.initialised = start_lambda is not None
         self.noise_counter = 0  # number of λ steps taken: fixes the noise stream position
-        self._noise = np.zeros((0, self.dim))
         self._noise_block = -1
-        k = len(cv.particles)
-        self._pos = np.zeros((k, 3))
         self._scratch = np.zeros((k, 3))
-        self._lam_at_step = np.zeros(self.dim)
-        self._forces = np.zeros((k, 3))
         self._last_step = -1
         self._energy = 0.0
         self._colvar: list[np.ndarray] = []
@@ -223,57 +279,62 @@ class NativeEABF:
         force.setName("cvflow-eABF")
         return force
 
-    def _noise_row(self) -> np.ndarray:
+    def _load_noise(self) -> None:
+        """The block of λ-thermostat noise that holds step ``noise_counter`` (restart-exact)."""
         block, row = divmod(self.noise_counter, _NOISE_BLOCK)
-        if block != self._noise_block:
-            rng = np.random.default_rng([self.seed, block])
-            self._noise = rng.standard_normal((_NOISE_BLOCK, self.dim))
-            self._noise_block = block
-        return self._noise[row]
+        self._noise[...] = np.random.default_rng([self.seed, block]).standard_normal((_NOISE_BLOCK, self.dim))
+        self._noise_block = block
+        self._row[0] = row
 
     def __call__(self, state):
         step = state.getStepCount()
-        pos = self._pos
         if step == self._last_step:
             state._getVectorAsNumpy(mm.State.Positions, self._scratch)
-            if np.array_equal(self._scratch, pos):
+            if np.array_equal(self._scratch, self._pos):
                 return self._energy, self._forces
             # same step, new positions (a re-evaluation, e.g. after setPositions):
             # forces at the current λ, without advancing λ or sampling
-            return self._evaluate(self._scratch.copy(), advance=False, lam=self._lam_at_step)
-        state._getVectorAsNumpy(mm.State.Positions, pos)
+            return self._evaluate(self._scratch.copy(), lam=self._lam_prev)
+        state._getVectorAsNumpy(mm.State.Positions, self._pos)
         self._last_step = step
-        return self._evaluate(pos, advance=True, step=step)
+        return self._advance(step)
 
-    def _evaluate(self, pos, advance: bool, step: int = -1, lam=None):
-        xi, jac = self.cv(pos)
+    def _advance(self, step: int):
+        """Forces at (x_n, λ_n), statistics, then λ_n → λ_{n+1}: one numba call on the arena."""
         if not self.initialised:
+            xi, _ = self.cv(self._pos)
             self.lam[:] = [_wrap(v, lo, p) for v, lo, p in zip(xi, self.grid.mins, self._periods)]
             self.vlam[:] = self._vlam_init_rng.standard_normal(self.dim) * np.sqrt(self.kT / self.prm[1])
             self.initialised = True
-        if not advance:
-            diff = xi - (self.lam if lam is None else lam)
-            periods = self.grid.periods
-            diff = np.where(periods > 0, diff - periods * np.floor(diff / np.where(periods > 0, periods, 1) + 0.5), diff)
-            forces = -(self.kappa * diff)[:, None, None] * jac
-            return 0.5 * self.kappa * float(diff @ diff), forces.sum(0)
-        self._lam_at_step[:] = self.lam
-        if step % self.report_interval == 0:
-            self._colvar.append(np.concatenate([[step], xi, self.lam]))
-        energy = eabf_step(xi, jac, self._forces, self.lam, self.vlam, self._noise_row(), self.prm,
-                           self.grid.mins, self.grid.widths, self.grid.bins, self._periods,
-                           self.abf_count, self.abf_sum, self.czar_count, self.czar_sum, self._loop)
+        if self.noise_counter // _NOISE_BLOCK != self._noise_block:
+            self._load_noise()
+        if self._cv_kernel is not None:
+            self._cv_kernel(self._fb, self._ib)
+        elif self._kernel is step_external:
+            self._xi[:], self._jac[...] = self.cv(self._pos)
+        energy = self._kernel(self._fb, self._ib)
         self.noise_counter += 1
-        if not np.isfinite(energy):
-            self.error = f"non-finite CV value {xi.tolist()} at step {step}"
+        if step % self.report_interval == 0:
+            self._colvar.append(np.concatenate([[step], self._xi, self._lam_prev]))
+        if not math.isfinite(energy):
+            self.error = f"non-finite CV value {self._xi.tolist()} at step {step}"
             self._forces[:] = 0.0
             energy = 0.0
         self._energy = energy
         return energy, self._forces
 
+    def _evaluate(self, pos, lam=None):
+        """Coupling energy and forces at ``lam`` (default: the current λ); no side effects."""
+        xi, jac = self.cv(pos)
+        diff = xi - (self.lam if lam is None else lam)
+        periods = self.grid.periods
+        diff = np.where(periods > 0, diff - periods * np.floor(diff / np.where(periods > 0, periods, 1) + 0.5), diff)
+        forces = -(self.kappa * diff)[:, None, None] * jac
+        return 0.5 * self.kappa * float(diff @ diff), forces.sum(0)
+
     def coupling(self, pos) -> tuple[float, np.ndarray]:
         """Coupling energy κ/2 |ξ − λ|² and forces on ``particles`` at the current λ (no side effects)."""
-        return self._evaluate(np.asarray(pos, np.float64), advance=False)
+        return self._evaluate(np.asarray(pos, np.float64))
 
     # -- results and checkpoints ------------------------------------------------------------
     def take_colvar(self) -> np.ndarray:
@@ -298,6 +359,7 @@ class NativeEABF:
             getattr(self, key)[...] = d[key]
         self._loop[...] = loop_sums(self.abf_count, self.abf_sum, self.grid.bins, self._periods, self.prm[5])
         self.noise_counter = int(d["noise_counter"])
+        self._noise_block = -1
         self.initialised = bool(d["initialised"])
         import ast
         self._vlam_init_rng.bit_generator.state = ast.literal_eval(str(d["vlam_rng"]))

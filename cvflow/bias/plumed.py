@@ -469,37 +469,57 @@ class PlumedEABF:
                            "directory to rerun it from its start")
 
 
-def make_plumed_bias(cfg, bundle, cv_path, grid: Grid, seed: int, out_dir) -> PlumedEABF:
-    """The PLUMED DRR bias on the CV in ``cv_path`` (checked like the native engine's)."""
+def plumed_spec(cfg, bundle, cv_path, grid: Grid, model_dir) -> PlumedInputSpec:
+    """The ``plumed.dat`` settings for a CV file; writes the PYTORCH_MODEL model into ``model_dir``."""
+    import math
     import torch
     from ..cvcheck import checked_cv
     from ..units import kT as _kT
-    status = plumed_status(check_modules=False)
-    if not status.usable and status.kernel is None:
-        from ..config import ConfigError
-        raise ConfigError(f"bias.engine: plumed is not usable: {status.reason}")
     ev = checked_cv(cv_path, bundle)
     module = torch.jit.load(str(cv_path), map_location="cpu")
     fmt = str(module.cvflow_format) if hasattr(module, "cvflow_format") else ""
     b = cfg.bias
-    kT = _kT(cfg.md.temperature)
-    kappa = b.kappa_for(grid.widths, kT)
-    out_dir = Path(out_dir)
+    kappa = b.kappa_for(grid.widths, _kT(cfg.md.temperature))
     if fmt == "torsions/1":
         quads = module.quads.numpy()
-        spec_kind, particles = "torsions", np.unique(quads)
+        kind, particles = "torsions", np.unique(quads)
     else:
-        quads, spec_kind = None, "torch"
+        quads, kind = None, "torch"
         particles = np.asarray(ev.particles, np.int64)
-        write_plumed_cv(cv_path, particles, bundle.n_atoms, out_dir / "plumed" / "cv_plumed.pt")
-    ckpt = cfg.md.checkpoint_interval
-    import math
-    spec = PlumedInputSpec(cv_kind=spec_kind, particles=particles, quads=quads, model_file="cv_plumed.pt",
+        write_plumed_cv(cv_path, particles, bundle.n_atoms, Path(model_dir) / "cv_plumed.pt")
+    return PlumedInputSpec(cv_kind=kind, particles=particles, quads=quads, model_file="cv_plumed.pt",
                            dim=grid.dim, grid=grid, kappa=kappa, tau=b.tau, friction=b.friction,
                            temperature=cfg.md.temperature, fullsamples=b.fullsamples,
                            wall_kappa=b.wall_kappa if b.wall_kappa is not None else kappa,
-                           output_freq=math.gcd(int(cfg.md.steps), int(ckpt)), report_interval=cfg.md.report_interval,
-                           periodic_box=bundle.box is not None)
+                           output_freq=math.gcd(int(cfg.md.steps), int(cfg.md.checkpoint_interval)),
+                           report_interval=cfg.md.report_interval, periodic_box=bundle.box is not None)
+
+
+def export_plumed(cfg, bundle, cv_path, grid: Grid, out_dir) -> Path:
+    """``plumed.dat`` and ``cv_plumed.pt`` side by side in ``out_dir``, with relative file names,
+    for GROMACS or LAMMPS patched with a PLUMED that has the drr and pytorch modules."""
+    from ..artifacts import write_text
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = plumed_spec(cfg, bundle, cv_path, grid, out_dir)
+    write_text(out_dir / "plumed.dat", plumed_input(spec))
+    return out_dir / "plumed.dat"
+
+
+def make_plumed_bias(cfg, bundle, cv_path, grid: Grid, seed: int, out_dir) -> PlumedEABF:
+    """The PLUMED DRR bias on the CV in ``cv_path``.
+
+    DRR draws λ's noise from PLUMED's own generator, which has no seed keyword: runs with
+    the same root seed agree in their MD noise, not in λ's.
+    """
+    from ..units import kT as _kT
+    status = plumed_status(check_modules=False)
+    if not status.usable:
+        from ..config import ConfigError
+        raise ConfigError(f"bias.engine: plumed is not usable: {status.reason}")
+    out_dir = Path(out_dir)
+    spec = plumed_spec(cfg, bundle, cv_path, grid, out_dir / "plumed")
     masses = np.array([bundle.system.getParticleMass(i).value_in_unit(mm.unit.dalton)
                        for i in range(bundle.n_atoms)])
-    return PlumedEABF(spec, out_dir, masses, bundle.n_atoms, status.kernel, cfg.md.timestep, kT, bundle.box)
+    return PlumedEABF(spec, out_dir, masses, bundle.n_atoms, status.kernel, cfg.md.timestep,
+                      _kT(cfg.md.temperature), bundle.box)
