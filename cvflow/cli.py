@@ -94,8 +94,13 @@ def validate(config, verbose, quiet):
     cfg = load_config(config)
     bundle = build_system(cfg.system, cfg.features.atoms)
     if cfg.bias.cv is not None:
+        import tempfile
         from .cvcheck import checked_cv
-        checked_cv(cfg.bias.cv, bundle)
+        from .initial_cv import initial_grid, resolve_initial_cv
+        with tempfile.TemporaryDirectory() as tmp:
+            path = resolve_initial_cv(cfg, bundle, tmp)
+            checked_cv(path, bundle)
+            initial_grid(cfg, bundle, path)
     from .bias import resolve_engine
     engine = resolve_engine(cfg.bias.engine)
     kind = "toy potential" if bundle.is_toy else f"{bundle.n_atoms} atoms, {cfg.system.solvent}"
@@ -244,6 +249,100 @@ def _record_engine(run_dir, resolved, engine):
     from . import artifacts as art
     resolved["engine"] = engine
     art.write_text(Path(run_dir) / "config.resolved.yaml", yaml.safe_dump(resolved, sort_keys=False))
+
+
+EXAMPLES = ("entropic-switch", "ala2-vacuum", "ala2-implicit")
+
+
+@main.command()
+@click.option("--example", type=click.Choice(EXAMPLES), default="entropic-switch", show_default=True,
+              help="Which system the config is for.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="config.yaml", show_default=True,
+              help="Where to write the config (never overwritten).")
+@_guard
+def init(example, output):
+    """Write a commented example config (and, for alanine dipeptide, its PDB beside it).
+
+    \b
+    Then: cvflow validate config.yaml && cvflow run config.yaml
+    """
+    from importlib import resources
+    from .config import ConfigError
+    out = Path(output)
+    if out.exists():
+        raise ConfigError(f"{out}: the file exists; choose another name with -o")
+    pkg = resources.files("cvflow") / "examples"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text((pkg / f"{example}.yaml").read_text())
+    written = [str(out)]
+    if example.startswith("ala2"):
+        pdb = out.parent / "alanine-dipeptide.pdb"
+        if not pdb.exists():
+            pdb.write_text((pkg / "alanine-dipeptide.pdb").read_text())
+            written.append(str(pdb))
+    click.echo(f"wrote {', '.join(written)}; next: cvflow validate {out} && cvflow run {out}")
+
+
+def _console():
+    """A rich Console: colours and boxes on a terminal, plain ASCII text otherwise."""
+    from rich.console import Console
+    interactive = sys.stdout.isatty()
+    return Console(force_terminal=interactive, no_color=not interactive, highlight=False,
+                   safe_box=True, width=None if interactive else 100)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@_guard
+def status(run_dir):
+    """Print a table of RUN_DIR's iterations so far (regscore, threshold, ESS, frames, wall
+    time) and the stage it is in."""
+    from .report import load_run, status_table
+    run = load_run(run_dir)
+    table = status_table(run)
+    if not sys.stdout.isatty():
+        from rich import box
+        table.box = box.ASCII
+    _console().print(table)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--iteration", type=int, default=None, help="Iteration (default: production, else the last one).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="fes.png", show_default=True)
+@_guard
+def fes(run_dir, iteration, output):
+    """Plot a free energy of RUN_DIR (kJ/mol, with a kT scale) to a PNG."""
+    from .report import fes_path, load_run, plot_fes
+    run = load_run(run_dir)
+    path, label = fes_path(run, iteration)
+    plot_fes(path, run.kT, Path(output), label)
+    click.echo(f"{output}: free energy of {label} ({path})")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@with_verbosity
+@_guard
+def report(run_dir, verbose, quiet):
+    """Write RUN_DIR/report/report.html with its PNGs: free energies, the CV map, convergence,
+    training curves and the reweighting factors."""
+    _setup(verbose, quiet)
+    from .report import write_report
+    path = write_report(run_dir)
+    click.echo(f"{path}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--to", "to", type=click.Path(file_okay=False), required=True, help="A new or empty directory.")
+@_guard
+def export(run_dir, to):
+    """Gather what production elsewhere needs: cv.pt, plumed.dat with cv_plumed.pt (GROMACS or
+    LAMMPS with PLUMED's drr and pytorch modules), the reference structure, fes.csv."""
+    from .report import export_run
+    files = export_run(run_dir, to)
+    click.echo(f"{to}: " + ", ".join(f.name for f in files))
 
 
 @main.command()

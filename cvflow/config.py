@@ -141,21 +141,56 @@ class GridDim(Strict):
         return (self.max - self.min) / self.bins
 
 
+_FEATURE_ATOMS = {"torsion": 4, "sin_torsion": 4, "cos_torsion": 4, "distance": 2, "position": 1}
+
+
+class CVFeature(Strict):
+    """One input of a CV that takes features rather than positions (an mlcolvar model).
+
+    ``atoms`` are 0-based indices into the system. ``torsion``: the dihedral angle
+    (radians, MDTraj/PLUMED convention); ``sin_torsion``/``cos_torsion``: its sine or
+    cosine; ``distance``: nm; ``position``: three features, x, y, z in nm.
+    """
+    kind: Literal["torsion", "sin_torsion", "cos_torsion", "distance", "position"]
+    atoms: list[Annotated[int, Field(ge=0)]]
+
+    @model_validator(mode="after")
+    def _count(self):
+        need = _FEATURE_ATOMS[self.kind]
+        if len(self.atoms) != need:
+            raise ValueError(f"a {self.kind} feature takes {need} atom(s), got {len(self.atoms)}")
+        return self
+
+    @property
+    def width(self) -> int:
+        return 3 if self.kind == "position" else 1
+
+
 class BiasConfig(Strict):
     """Extended-system ABF on a TorchScript CV."""
     engine: Literal["auto", "native", "plumed", "none"] = "auto"
     cv: Optional[Path] = None
+    cv_features: Optional[list[CVFeature]] = None
     kappa: Union[Literal["auto"], ForceConstant] = "auto"
     tau: Optional[Time] = "0.5 ps"
     lambda_mass: Optional[ExtMass] = None
     friction: Rate = "1 /ps"
     grid: Optional[list[GridDim]] = None
+    cv_grid: Optional[list[GridDim]] = None
     grid_margin: float = Field(0.05, ge=0, le=1)
     bins: PositiveInt = 60
     fullsamples: PositiveInt = 200
     wall_kappa: Optional[ForceConstant] = None
 
-    @field_validator("grid")
+    @model_validator(mode="after")
+    def _features_need_cv(self):
+        if self.cv_features is not None and self.cv is None:
+            raise ValueError("cv_features describes the inputs of bias.cv, but bias.cv is not given")
+        if self.cv_features is not None and not self.cv_features:
+            raise ValueError("cv_features is empty; list the model's input features in order")
+        return self
+
+    @field_validator("grid", "cv_grid")
     @classmethod
     def _grid_dims(cls, v):
         if v is not None and not 1 <= len(v) <= 2:
@@ -228,6 +263,14 @@ class Config(Strict):
     convergence: ConvergenceConfig = Field(default_factory=ConvergenceConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     output: Optional[Path] = None
+
+    @model_validator(mode="after")
+    def _grid_fits_the_learned_cv(self):
+        g = self.bias.grid
+        if g is not None and len(g) != self.model.bottleneck:
+            raise ValueError(f"bias.grid has {len(g)} dimension(s) but the learned CV has model.bottleneck = "
+                             f"{self.model.bottleneck}; give the initial CV's grid as bias.cv_grid")
+        return self
 
 
 # ---------------------------------------------------------------------------------------

@@ -6,19 +6,22 @@ import itertools
 import numpy as np
 
 
-def regscore(a: np.ndarray, b: np.ndarray) -> float:
+def regscore(a: np.ndarray, b: np.ndarray, w: np.ndarray | None = None) -> float:
     """R² of the least-squares fit b ≈ W a + c, over all output dimensions.
 
     ``a`` (n, d1) is the old CV and ``b`` (n, d2) the new one, on the same frames.
-    R² = 1 − Σ‖b − b̂‖² / Σ‖b − mean(b)‖².
+    R² = 1 − Σ‖b − b̂‖² / Σ‖b − mean(b)‖², each sum weighted by ``w`` when given.
     """
     a = np.asarray(a, np.float64).reshape(len(a), -1)
     b = np.asarray(b, np.float64).reshape(len(b), -1)
+    w = np.ones(len(a)) if w is None else np.asarray(w, np.float64).reshape(len(a))
     design = np.column_stack([a, np.ones(len(a))])
-    coef, *_ = np.linalg.lstsq(design, b, rcond=None)
+    sw = np.sqrt(w)[:, None]
+    coef, *_ = np.linalg.lstsq(design * sw, b * sw, rcond=None)
     resid = b - design @ coef
-    tot = ((b - b.mean(0)) ** 2).sum()
-    return float(1.0 - (resid ** 2).sum() / tot) if tot > 0 else 0.0
+    mean = (b * w[:, None]).sum(0) / w.sum()
+    tot = (((b - mean) ** 2) * w[:, None]).sum()
+    return float(1.0 - ((resid ** 2) * w[:, None]).sum() / tot) if tot > 0 else 0.0
 
 
 def pairwise_regscores(cvs: list[np.ndarray]) -> np.ndarray:

@@ -21,6 +21,17 @@ from .fastcv import CVEvaluator
 TORSIONS_FORMAT = "torsions/1"
 
 
+def _dihedrals(pos: Tensor, q: Tensor) -> Tensor:
+    b1 = pos[q[:, 1]] - pos[q[:, 0]]
+    b2 = pos[q[:, 2]] - pos[q[:, 1]]
+    b3 = pos[q[:, 3]] - pos[q[:, 2]]
+    c1 = torch.linalg.cross(b2, b3)
+    c2 = torch.linalg.cross(b1, b2)
+    y = (b1 * c1).sum(-1) * torch.linalg.norm(b2, dim=-1)
+    x = (c1 * c2).sum(-1)
+    return torch.atan2(y, x)
+
+
 class TorsionCV(nn.Module):
     """Dihedral angles of atom quadruples (i, j, k, l), radians."""
 
@@ -34,15 +45,107 @@ class TorsionCV(nn.Module):
         self.cvflow_format = TORSIONS_FORMAT
 
     def forward(self, pos: Tensor) -> Tensor:
-        q = self.quads
-        b1 = pos[q[:, 1]] - pos[q[:, 0]]
-        b2 = pos[q[:, 2]] - pos[q[:, 1]]
-        b3 = pos[q[:, 3]] - pos[q[:, 2]]
-        c1 = torch.linalg.cross(b2, b3)
-        c2 = torch.linalg.cross(b1, b2)
-        y = (b1 * c1).sum(-1) * torch.linalg.norm(b2, dim=-1)
-        x = (c1 * c2).sum(-1)
-        return torch.atan2(y, x)
+        return _dihedrals(pos, self.quads)
+
+
+FEATURE_INPUT_FORMAT = "feature-input/1"
+
+
+class FeatureInputCV(nn.Module):
+    """Positions → declared features → a model that takes features (mlcolvar's
+    ``to_torchscript``, PLUMED's ``PYTORCH_MODEL`` convention: input (1, n_features)).
+
+    The result has cvflow's CV signature, (n_atoms, 3) nm → 1-D tensor of CV values, so it
+    runs on every engine; the wrapped model is kept whole inside the file.
+    """
+
+    n_atoms: int
+    cvflow_format: str
+    model_double: bool
+
+    def __init__(self, model, features, n_atoms: int, model_double: bool):
+        super().__init__()
+        tors, tmode, pairs, points = [], [], [], []
+        order: list[int] = []
+        slots = {"torsion": [], "distance": [], "position": []}
+        for f in features:
+            if f.kind.endswith("torsion"):
+                slots["torsion"].append(len(order))
+                tors.append(f.atoms)
+                tmode.append({"torsion": 0, "sin_torsion": 1, "cos_torsion": 2}[f.kind])
+                order.append(-1)
+            elif f.kind == "distance":
+                slots["distance"].append(len(order))
+                pairs.append(f.atoms)
+                order.append(-1)
+            else:
+                for _ in range(3):
+                    slots["position"].append(len(order))
+                    order.append(-1)
+                points.append(f.atoms[0])
+        # concatenated layout [torsions, distances, positions (x, y, z each)] → declared order
+        pos_in_cat = slots["torsion"] + slots["distance"] + slots["position"]
+        perm = [0] * len(pos_in_cat)
+        for cat_index, declared in enumerate(pos_in_cat):
+            perm[declared] = cat_index
+        self.register_buffer("quads", torch.as_tensor(np.asarray(tors, np.int64).reshape(-1, 4)))
+        self.register_buffer("tmode", torch.as_tensor(np.asarray(tmode, np.int64).reshape(-1)))
+        self.register_buffer("pairs", torch.as_tensor(np.asarray(pairs, np.int64).reshape(-1, 2)))
+        self.register_buffer("points", torch.as_tensor(np.asarray(points, np.int64).reshape(-1)))
+        self.register_buffer("perm", torch.as_tensor(np.asarray(perm, np.int64)))
+        self.model = model
+        self.n_atoms = int(n_atoms)
+        self.cvflow_format = FEATURE_INPUT_FORMAT
+        self.model_double = bool(model_double)
+
+    def features(self, pos: Tensor) -> Tensor:
+        phi = _dihedrals(pos, self.quads)
+        t = torch.where(self.tmode == 0, phi, torch.where(self.tmode == 1, torch.sin(phi), torch.cos(phi)))
+        d = torch.linalg.norm(pos[self.pairs[:, 1]] - pos[self.pairs[:, 0]], dim=-1)
+        p = pos[self.points].reshape(-1)
+        return torch.cat([t, d, p])[self.perm]
+
+    def forward(self, pos: Tensor) -> Tensor:
+        f = self.features(pos).unsqueeze(0)
+        f = f.double() if self.model_double else f.float()
+        return self.model(f).reshape(-1).to(pos.dtype)
+
+
+def wrap_feature_cv(model_path, features, n_atoms: int, out_path, key: str = "bias.cv") -> Path:
+    """Compose a features-taking TorchScript model with its declared features into one
+    cvflow CV file (positions → CV). Errors name the key and what does not fit."""
+    from .config import ConfigError
+    model_path, out_path = Path(model_path), Path(out_path)
+    try:
+        model = torch.jit.load(str(model_path), map_location="cpu").eval()
+    except Exception as e:
+        raise ConfigError(f"{key}: {model_path} is not a TorchScript file ({str(e).splitlines()[0][:120]})") from None
+    for f in features:
+        if max(f.atoms) >= n_atoms:
+            raise ConfigError(f"bias.cv_features: atom index {max(f.atoms)} in a {f.kind} feature, "
+                              f"but the system has {n_atoms} atoms (indices are 0-based)")
+    n_in = sum(f.width for f in features)
+    last = ""
+    for double in (False, True):
+        x = torch.zeros(1, n_in, dtype=torch.float64 if double else torch.float32)
+        try:
+            with torch.no_grad():
+                y = model(x)
+        except Exception as e:
+            last = str(e).strip().splitlines()[-1][:160] if str(e).strip() else type(e).__name__
+            continue
+        if not isinstance(y, Tensor) or y.numel() not in (1, 2):
+            shape = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+            raise ConfigError(f"{key}: {model_path.name} returns shape {shape} for {n_in} features; "
+                              "a CV must give 1 or 2 values")
+        break
+    else:
+        raise ConfigError(f"{key}: {model_path.name} does not take the {n_in} features that bias.cv_features "
+                          f"declares (input shape (1, {n_in})): {last}")
+    scripted = torch.jit.script(FeatureInputCV(model, features, n_atoms, double))
+    with atomic_path(out_path) as tmp:
+        scripted.save(str(tmp))
+    return out_path
 
 
 def ramachandran_quads(topology) -> list[list[int]]:
@@ -54,6 +157,22 @@ def ramachandran_quads(topology) -> list[list[int]]:
     if len(phi) == 0 or len(psi) == 0:
         raise ValueError("the topology has no backbone φ/ψ torsion")
     return [list(map(int, phi[0])), list(map(int, psi[0]))]
+
+
+def ramachandran_angles(traj) -> np.ndarray:
+    """(φ, ψ) of the first residue that has both, radians, ``(n_frames, 2)`` (MDTraj)."""
+    import mdtraj as md
+    _, phi = md.compute_phi(traj)
+    _, psi = md.compute_psi(traj)
+    if phi.shape[1] == 0 or psi.shape[1] == 0:
+        raise ValueError("the topology has no backbone φ/ψ torsion")
+    return np.column_stack([phi[:, 0], psi[:, 0]])
+
+
+def ramachandran_features(traj) -> np.ndarray:
+    """(cos φ, sin φ, cos ψ, sin ψ) per frame: what a good alanine-dipeptide CV is a function of."""
+    a = ramachandran_angles(traj)
+    return np.column_stack([np.cos(a[:, 0]), np.sin(a[:, 0]), np.cos(a[:, 1]), np.sin(a[:, 1])])
 
 
 def save_torsion_cv(quads, n_atoms: int, path) -> Path:

@@ -138,11 +138,16 @@ class FastAlignedMLP(CVEvaluator):
         return aligned_mlp_packed
 
 
+def cv_format(module) -> str | None:
+    """The ``cvflow_format`` of a CV module (``aligned-mlp/1``, ``torsions/1``, ...), or None."""
+    return str(module.cvflow_format) if hasattr(module, "cvflow_format") else None
+
+
 def load_cv(path, n_atoms: int, fast: bool = True) -> CVEvaluator:
     """Load a TorchScript CV file; use the numba path when the file allows it."""
     module = torch.jit.load(str(path), map_location="cpu")
     module.eval()
-    fmt = getattr(module, "cvflow_format", None) if hasattr(module, "cvflow_format") else None
+    fmt = cv_format(module)
     if fast and fmt == "aligned-mlp/1":
         return FastAlignedMLP(AlignedMLPParams.from_module(module), n_atoms)
     if fast and fmt == "torsions/1":

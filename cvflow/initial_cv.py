@@ -1,6 +1,8 @@
 """Grids for CVs given by the user (the initial CV, or ``cvflow sample --cv``)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from .config import ConfigError
@@ -9,18 +11,28 @@ from .units import kT
 
 
 def initial_grid(cfg, bundle, cv_path=None) -> Grid:
-    """``bias.grid`` if set; [-1, 1] for a cvflow CV (tanh bottleneck); for a toy, the range
-    of the CV over the region where V − V_min ≤ 12 kT; otherwise an error asking for a grid."""
+    """``bias.cv_grid`` if set, else ``bias.grid`` if it has the CV's dimension; [-1, 1] for
+    a learned cvflow CV (tanh bottleneck); (−π, π], periodic, for torsions; for a toy, the
+    range of the CV over the region where V − V_min ≤ 12 kT; otherwise an error asking for
+    a grid."""
     import torch
+    from .fastcv import cv_format
     b = cfg.bias
-    if b.grid is not None:
-        return Grid.from_dims(b.grid)
     path = cv_path or b.cv
     m = torch.jit.load(str(path), map_location="cpu").eval()
-    if hasattr(m, "cvflow_format"):
-        with torch.no_grad():
-            d = int(m(torch.as_tensor(bundle.positions, dtype=torch.float64)).numel())
-        return Grid(np.full(d, -1.0), np.full(d, 1.0), np.full(d, b.bins, dtype=np.int64))
+    with torch.no_grad():
+        d = int(m(torch.as_tensor(bundle.positions, dtype=torch.float64 if cv_format(m) else torch.float32)).numel())
+    for key, dims in (("bias.cv_grid", b.cv_grid), ("bias.grid", b.grid)):
+        if dims is not None and len(dims) == d:
+            return Grid.from_dims(dims)
+        if dims is not None and key == "bias.cv_grid":
+            raise ConfigError(f"bias.cv_grid has {len(dims)} dimension(s) but the CV {Path(path).name} gives {d}")
+    fmt = cv_format(m)
+    if fmt in ("aligned-mlp/1", "torsions/1"):
+        bins = np.full(d, b.bins, dtype=np.int64)
+        if fmt == "torsions/1":
+            return Grid(np.full(d, -np.pi), np.full(d, np.pi), bins, np.ones(d, bool))
+        return Grid(np.full(d, -1.0), np.full(d, 1.0), bins)
     if bundle.is_toy:
         pts = _low_energy_points(bundle, cfg.md.temperature)
         with torch.no_grad():
@@ -29,7 +41,17 @@ def initial_grid(cfg, bundle, cv_path=None) -> Grid:
         lo, hi = vals.min(0), vals.max(0)
         span = np.maximum(hi - lo, 1e-6)
         return Grid(lo - b.grid_margin * span, hi + b.grid_margin * span, np.full(len(lo), b.bins, dtype=np.int64))
-    raise ConfigError("bias.grid: give the grid (min, max, bins per CV dimension) for a CV that cvflow did not make")
+    raise ConfigError("bias.cv_grid: give the grid (min, max, bins per CV dimension) for a CV that cvflow "
+                      "did not make")
+
+
+def resolve_initial_cv(cfg, bundle, dest_dir) -> Path:
+    """The initial CV file: ``bias.cv`` itself, or, when ``bias.cv_features`` declares that
+    the model takes features (mlcolvar), the two composed into ``dest_dir/initial_cv.pt``."""
+    if cfg.bias.cv_features is None:
+        return Path(cfg.bias.cv)
+    from .cvs import wrap_feature_cv
+    return wrap_feature_cv(cfg.bias.cv, cfg.bias.cv_features, bundle.n_atoms, Path(dest_dir) / "initial_cv.pt")
 
 
 def _low_energy_points(bundle, temperature, cutoff_kT: float = 12.0, n: int = 121, extent: float = 4.0):

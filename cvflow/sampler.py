@@ -14,6 +14,9 @@ the start, so that a killed segment resumes from its last checkpoint, not its st
 """
 from __future__ import annotations
 
+import contextlib
+import os
+
 import signal
 import time
 from dataclasses import dataclass
@@ -280,4 +283,31 @@ def load_frames(seg_dir: Path, bundle: SystemBundle) -> np.ndarray:
     if bundle.is_toy:
         return np.load(seg_dir / "traj.npy")
     import mdtraj as md
-    return md.load_dcd(str(seg_dir / "traj.dcd"), top=str(seg_dir / "topology.pdb")).xyz.astype(np.float64)
+    with _quiet_c_stdout():  # MDTraj's DCD plugin prints two lines per file from C
+        return md.load_dcd(str(seg_dir / "traj.dcd"), top=str(seg_dir / "topology.pdb")).xyz.astype(np.float64)
+
+
+@contextlib.contextmanager
+def _quiet_c_stdout():
+    """Send file descriptor 1 to /dev/null for the duration (C-level prints), whatever
+    Python's ``sys.stdout`` is at the moment (a test runner may have replaced it)."""
+    import sys
+    fd = 1
+    try:
+        sys.stdout.flush()
+        saved = os.dup(fd)
+    except (AttributeError, OSError, ValueError):  # no file descriptor 1 at all
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), fd)
+            yield
+    finally:
+        try:  # C stdio buffers output to a pipe: flush it while fd 1 still points at /dev/null
+            import ctypes
+            ctypes.CDLL(None).fflush(None)
+        except (OSError, AttributeError):
+            pass
+        os.dup2(saved, fd)
+        os.close(saved)

@@ -177,8 +177,9 @@ class Workflow:
         seed = derive_seed(cfg.seed, i, 0)
         cv_path, grid, engine = None, None, "none"
         if i == 0 and cfg.bias.cv is not None:
-            from .initial_cv import initial_grid
-            cv_path, grid, engine = cfg.bias.cv, initial_grid(cfg, self.bundle), self.engine
+            from .initial_cv import initial_grid, resolve_initial_cv
+            cv_path = resolve_initial_cv(cfg, self.bundle, it_dir)
+            grid, engine = initial_grid(cfg, self.bundle, cv_path), self.engine
         elif i > 0:
             cv_path, grid, engine = self.run_dir / prev["cv"], self._grid_for(prev), self.engine
         res = run_segment(cfg, self.bundle, it_dir / "md", cfg.md.steps, seed, cv_path=cv_path, grid=grid,
@@ -294,14 +295,15 @@ def last_train_index(tr_info) -> int:
 def cv_values(cv_path, frames: np.ndarray) -> np.ndarray:
     """A TorchScript CV evaluated on frames ``(n, n_atoms, 3)`` → ``(n, d)``.
 
-    cvflow's own CVs take a batch; any other CV is called frame by frame.
+    cvflow's learned CVs take a batch; any other CV is called frame by frame.
     """
     import torch
+    from .fastcv import cv_format
     m = torch.jit.load(str(cv_path), map_location="cpu").eval()
-    ours = hasattr(m, "cvflow_format")
-    dtype = torch.float64 if ours else torch.float32
+    fmt = cv_format(m)
+    dtype = torch.float64 if fmt else torch.float32
     with torch.inference_mode():
-        if ours:
+        if fmt == "aligned-mlp/1":
             out = [m(torch.as_tensor(frames[i:i + 4096], dtype=dtype)).double().numpy()
                    for i in range(0, len(frames), 4096)]
             return np.concatenate(out).reshape(len(frames), -1) if out else np.zeros((0, 1))

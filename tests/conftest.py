@@ -127,3 +127,42 @@ def build_ala2():
     from cvflow.config import SystemConfig
     from cvflow.system import build_system
     return build_system(SystemConfig(pdb=ALA2_PDB), "backbone")
+
+
+def quick_es(tmp_path, out, **over):
+    """A short entropic-switch loop config (about 20 s): writes it under tmp_path."""
+    import yaml
+    d = yaml.safe_load(ES_CONFIG.read_text())
+    d["md"].update(steps=20_000, report_interval=50, checkpoint_interval=5_000)
+    d["model"].update(epochs=40, patience=10, threads=1)
+    d["convergence"].update(max_iterations=3, production_steps=20_000, bootstrap={"repeats": 2})
+    for k, v in over.items():
+        d[k].update(v)
+    d["output"] = str(out)
+    p = tmp_path / f"{out.name}.yaml"
+    p.write_text(yaml.safe_dump(d))
+    return p
+
+
+@pytest.fixture(scope="session")
+def es_run(tmp_path_factory):
+    """One finished quick entropic-switch run (about 20 s), shared by the tests that only read it."""
+    from click.testing import CliRunner
+    from cvflow.cli import main
+    tmp = tmp_path_factory.mktemp("es_run")
+    cfg = quick_es(tmp, tmp / "run")
+    res = CliRunner().invoke(main, ["run", str(cfg), "-q"])
+    assert res.exit_code == 0, res.output
+    return cfg, tmp / "run"
+
+
+@pytest.fixture(scope="session")
+def ala2_run(tmp_path_factory):
+    """One finished run of configs/ala2-quick.yaml (a minute or two): (run directory, summary)."""
+    import json
+    from click.testing import CliRunner
+    from cvflow.cli import main
+    out = tmp_path_factory.mktemp("ala2_run") / "ala2"
+    res = CliRunner().invoke(main, ["run", str(ROOT / "configs" / "ala2-quick.yaml"), "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    return out, json.loads((out / "summary.json").read_text())

@@ -14,27 +14,11 @@ from click.testing import CliRunner
 
 from cvflow.cli import main
 from cvflow.fes import read_fes
-from conftest import BETA_ES, ES_CONFIG, es_exact_along, rms_kT
+from conftest import BETA_ES, ES_CONFIG, es_exact_along, quick_es, rms_kT
 
 
-def quick_es(tmp_path, out, **over):
-    d = yaml.safe_load(ES_CONFIG.read_text())
-    d["md"].update(steps=20_000, report_interval=50, checkpoint_interval=5_000)
-    d["model"].update(epochs=40, patience=10, threads=1)
-    d["convergence"].update(max_iterations=3, production_steps=20_000, bootstrap={"repeats": 2})
-    for k, v in over.items():
-        d[k].update(v)
-    d["output"] = str(out)
-    p = tmp_path / f"{out.name}.yaml"
-    p.write_text(yaml.safe_dump(d))
-    return p
-
-
-def test_run_directory_and_summary(tmp_path):
-    cfg = quick_es(tmp_path, tmp_path / "run")
-    res = CliRunner().invoke(main, ["run", str(cfg), "-q"])
-    assert res.exit_code == 0, res.output
-    run = tmp_path / "run"
+def test_run_directory_and_summary(es_run):
+    cfg, run = es_run
     s = json.loads((run / "summary.json").read_text())
     assert set(s) >= {"converged", "iterations", "final_cv", "final_fes"}
     for it in s["iterations"]:

@@ -1,0 +1,413 @@
+"""Reading a run directory back: status tables, free-energy plots, the HTML report, export.
+
+Everything here reads files that the workflow wrote (``manifest.json``, ``iter_*/metrics.json``,
+``*/fes.csv``, ``training.csv``, ``weights.npy``, ``summary.json``); nothing is recomputed
+except CV values on saved frames for the CV maps. It works on a finished run and on one that
+is still running or was killed (stages not reached are shown as missing).
+"""
+from __future__ import annotations
+
+import html
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import artifacts as art
+from .config import ConfigError
+from .fes import read_fes
+
+
+@dataclass
+class IterationRecord:
+    index: int
+    dir: Path
+    frames: int | None = None
+    steps: int | None = None
+    ess: float | None = None
+    regscore: float | None = None
+    threshold: float | None = None
+    bootstrap: list = field(default_factory=list)
+    converged: bool | None = None
+    wall_seconds: float = 0.0
+    fes: Path | None = None
+    cv: Path | None = None
+
+
+@dataclass
+class RunRecord:
+    dir: Path
+    config: dict
+    current: str | None
+    iterations: list[IterationRecord]
+    summary: dict | None
+    production_fes: Path | None
+
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None and self.current is None
+
+    @property
+    def stage(self) -> str:
+        if self.finished:
+            return "finished" + (" (converged)" if self.summary.get("converged") else " (max_iterations reached)")
+        return f"running or stopped in {self.current}" if self.current else "not started"
+
+    @property
+    def kT(self) -> float:
+        from .units import kT, parse_quantity
+        return kT(parse_quantity(self.config["md"]["temperature"], "temperature"))
+
+
+def load_run(run_dir) -> RunRecord:
+    """Read a run directory; a clear error names what is missing."""
+    run_dir = Path(run_dir)
+    manifest = run_dir / "manifest.json"
+    if not manifest.exists():
+        raise ConfigError(f"{run_dir}: not a cvflow run directory (no manifest.json)")
+    man = art.read_json(manifest)
+    import yaml
+    resolved = run_dir / "config.resolved.yaml"
+    config = yaml.safe_load(resolved.read_text())["config"] if resolved.exists() else {}
+    stages = man.get("stages", {})
+    its = []
+    for d in sorted(run_dir.glob("iter_[0-9][0-9][0-9]")):
+        i = int(d.name.split("_")[1])
+        rec = IterationRecord(i, d)
+        md = stages.get(f"{d.name}/md")
+        if md:
+            rec.frames, rec.steps = md.get("frames"), md.get("steps")
+            rec.wall_seconds += md.get("wall_seconds", 0.0)
+            if md.get("fes"):
+                rec.fes = run_dir / md["fes"]
+        tr = stages.get(f"{d.name}/train")
+        if tr:
+            rec.ess = tr.get("ess")
+            rec.wall_seconds += tr.get("wall_seconds", 0.0)
+            rec.cv = run_dir / tr["cv"]
+        ck = stages.get(f"{d.name}/check")
+        if ck:
+            rec.regscore, rec.threshold = ck.get("regscore"), ck.get("threshold")
+            rec.bootstrap = ck.get("bootstrap_scores") or []
+            rec.converged = ck.get("converged")
+            rec.wall_seconds += ck.get("wall_seconds", 0.0)
+        its.append(rec)
+    summary = art.read_json(run_dir / "summary.json") if (run_dir / "summary.json").exists() else None
+    prod = run_dir / "production" / "fes.csv"
+    return RunRecord(run_dir, config, man.get("current"), its, summary, prod if prod.exists() else None)
+
+
+def status_table(run: RunRecord):
+    """A rich Table of the iterations so far."""
+    from rich.table import Table
+    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    t = Table(title=f"{run.dir}: {run.stage}")
+    for col in ("iteration", "frames", "ESS", "regscore", "threshold", "converged", "wall time (s)"):
+        t.add_column(col, justify="right")
+    for r in run.iterations:
+        t.add_row(str(r.index), fmt(r.frames, "d"), fmt(r.ess, ".0f"), fmt(r.regscore, ".4f"),
+                  fmt(r.threshold, ".4f"), "-" if r.converged is None else ("yes" if r.converged else "no"),
+                  f"{r.wall_seconds:.1f}")
+    if run.summary and run.summary.get("production"):
+        p = run.summary["production"]
+        t.add_row("production", fmt(p.get("frames"), "d"), "-", "-", "-", "-", f"{p.get('wall_seconds', 0):.1f}")
+    return t
+
+
+# -- plots ---------------------------------------------------------------------------------
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_fes(fes_csv: Path, kT: float, out: Path, title: str = "") -> Path:
+    """The free energy in kJ/mol, with a second scale in kT. 1-D: a curve; 2-D: filled contours."""
+    plt = _plt()
+    centres, f, count = read_fes(fes_csv)
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    if centres.shape[1] == 1:
+        ax.plot(centres[:, 0], f, "-", color="C0")
+        ax.set_xlabel("CV 1")
+        ax.set_ylabel("free energy (kJ/mol)")
+        sec = ax.secondary_yaxis("right", functions=(lambda v: v / kT, lambda v: v * kT))
+        sec.set_ylabel("free energy (kT)")
+    else:
+        xs, ys = np.unique(centres[:, 0]), np.unique(centres[:, 1])
+        grid = f.reshape(len(xs), len(ys)).T
+        finite = grid[np.isfinite(grid)]
+        top = min(float(finite.max()) if finite.size else 1.0, 15 * kT)
+        cs = ax.contourf(xs, ys, np.where(np.isfinite(grid), np.minimum(grid, top), np.nan),
+                         levels=np.linspace(0, top, 16), cmap="viridis")
+        cb = fig.colorbar(cs, ax=ax, pad=0.16)
+        cb.set_label("free energy (kJ/mol)")
+        sec = cb.ax.secondary_yaxis("left", functions=(lambda v: v / kT, lambda v: v * kT))
+        sec.set_ylabel("kT")
+        ax.set_xlabel("CV 1")
+        ax.set_ylabel("CV 2")
+    ax.set_title(title or fes_csv.parent.name)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def fes_path(run: RunRecord, iteration: int | None) -> tuple[Path, str]:
+    """The fes.csv of an iteration, or of production (default; else the last biased iteration)."""
+    if iteration is not None:
+        recs = [r for r in run.iterations if r.index == iteration]
+        if not recs:
+            raise ConfigError(f"{run.dir}: there is no iteration {iteration}")
+        if recs[0].fes is None or not recs[0].fes.exists():
+            raise ConfigError(f"{run.dir}: iteration {iteration} has no free energy "
+                              "(iteration 0 is unbiased unless bias.cv is given; or it has not finished)")
+        return recs[0].fes, f"iteration {iteration}"
+    if run.production_fes is not None:
+        return run.production_fes, "production"
+    for r in reversed(run.iterations):
+        if r.fes is not None and r.fes.exists():
+            return r.fes, f"iteration {r.index}"
+    raise ConfigError(f"{run.dir}: no free energy has been computed yet")
+
+
+def _plot_convergence(run: RunRecord, out: Path) -> Path | None:
+    recs = [r for r in run.iterations if r.regscore is not None]
+    if not recs:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot([r.index for r in recs], [r.regscore for r in recs], "o-", label="regscore(ξ_{i-1}, ξ_i)")
+    ax.plot([r.index for r in recs], [r.threshold for r in recs], "s--", color="C3", label="threshold")
+    for r in recs:
+        if r.bootstrap:
+            ax.plot(np.full(len(r.bootstrap), r.index) + 0.08, r.bootstrap, ".", color="0.5", alpha=0.7)
+    ax.plot([], [], ".", color="0.5", label="bootstrap R² (pairs of resampled fits)")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("R²")
+    ax.set_xticks([r.index for r in recs])
+    ax.set_xlim(recs[0].index - 0.5, recs[-1].index + 0.5)
+    ax.set_ylim(min([0.0] + [b for r in recs for b in r.bootstrap]), 1.02)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _plot_training(run: RunRecord, out: Path) -> Path | None:
+    curves = [(r.index, art.read_csv(r.dir / "training.csv")[1]) for r in run.iterations
+              if (r.dir / "training.csv").exists()]
+    if not curves:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for i, data in curves:
+        ax.plot(data[:, 0], data[:, 1], "-", color=f"C{i % 10}", label=f"iter {i} train")
+        ax.plot(data[:, 0], data[:, 2], "--", color=f"C{i % 10}", label=f"iter {i} validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("weighted reconstruction loss")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _plot_weights(run: RunRecord, out: Path) -> Path | None:
+    recs = [r for r in run.iterations if (r.dir / "weights.npy").exists() and r.fes is not None]
+    if not recs:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for r in recs:
+        w = np.load(r.dir / "weights.npy")
+        ax.hist(np.log10(w * len(w)), bins=40, histtype="step", label=f"iter {r.index}: ESS {r.ess:.0f} / {len(w)}")
+    ax.set_xlabel("log10(n · w)   (0: a uniform weight)")
+    ax.set_ylabel("frames")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _final_frames(run: RunRecord, bundle):
+    from .sampler import load_frames
+    for d in ([run.dir / "production"] if (run.dir / "production" / "segment.json").exists() else []) + \
+            [r.dir / "md" for r in reversed(run.iterations)]:
+        if (d / "segment.json").exists():
+            return load_frames(d, bundle)
+    return None
+
+
+def _plot_cv_map(run: RunRecord, out: Path) -> Path | None:
+    """Molecules: the Ramachandran plane coloured by each CV component. Toys: the CV's
+    contours over the potential."""
+    from .config import config_from_dict
+    from .system import build_system
+    from .workflow import cv_values
+    final_cv = run.dir / run.summary["final_cv"] if run.summary else next(
+        (r.cv for r in reversed(run.iterations) if r.cv is not None and r.cv.exists()), None)
+    if final_cv is None or not run.config:
+        return None
+    cfg = config_from_dict(run.config, f"{run.dir}/config.resolved.yaml")
+    bundle = build_system(cfg.system, cfg.features.atoms)
+    plt = _plt()
+    if bundle.is_toy:
+        frames = _final_frames(run, bundle)
+        lo = np.array([-2.0, -1.5]) if frames is None else frames[:, 0, :2].min(0) - 0.3
+        hi = np.array([2.0, 2.5]) if frames is None else frames[:, 0, :2].max(0) + 0.3
+        xs, ys = np.linspace(lo[0], hi[0], 120), np.linspace(lo[1], hi[1], 120)
+        X, Y = np.meshgrid(xs, ys)
+        pts = np.zeros((X.size, 1, 3))
+        pts[:, 0, 0], pts[:, 0, 1] = X.ravel(), Y.ravel()
+        v = _toy_energies(bundle, pts[:, 0])
+        z = cv_values(final_cv, pts)
+        fig, axes = plt.subplots(1, z.shape[1], figsize=(5.2 * z.shape[1], 4.2), squeeze=False)
+        for k, ax in enumerate(axes[0]):
+            vv = v.reshape(X.shape)
+            cs = ax.contourf(X, Y, np.minimum(vv - vv.min(), 20 * run.kT), levels=20, cmap="Greys_r")
+            fig.colorbar(cs, ax=ax, label="V (kJ/mol)")
+            cl = ax.contour(X, Y, z[:, k].reshape(X.shape), levels=12, cmap="coolwarm")
+            ax.clabel(cl, fontsize=6)
+            ax.set_title(f"CV {k + 1} over the potential")
+            ax.set_xlabel("x (nm)")
+            ax.set_ylabel("y (nm)")
+    else:
+        import mdtraj as md
+        frames = _final_frames(run, bundle)
+        if frames is None or not len(frames):
+            return None
+        from .cvs import ramachandran_angles
+        try:
+            ang = ramachandran_angles(md.Trajectory(frames, md.Topology.from_openmm(bundle.topology)))
+        except ValueError:  # no φ/ψ: no Ramachandran map
+            return None
+        phi, psi = ang[:, :1], ang[:, 1:]
+        z = cv_values(final_cv, frames)
+        fig, axes = plt.subplots(1, z.shape[1], figsize=(5.2 * z.shape[1], 4.4), squeeze=False)
+        for k, ax in enumerate(axes[0]):
+            sc = ax.scatter(np.degrees(phi[:, 0]), np.degrees(psi[:, 0]), c=z[:, k], s=6, cmap="coolwarm")
+            fig.colorbar(sc, ax=ax, label=f"CV {k + 1}")
+            ax.set_xlim(-180, 180)
+            ax.set_ylim(-180, 180)
+            ax.set_xlabel("φ (degrees)")
+            ax.set_ylabel("ψ (degrees)")
+            ax.set_title(f"CV {k + 1} on the Ramachandran plane")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _toy_energies(bundle, xy: np.ndarray) -> np.ndarray:
+    """The toy potential at points (n, 3), through OpenMM (the expression's own evaluator)."""
+    import openmm as mm
+    from openmm import unit as u
+    ctx = mm.Context(bundle.system, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName("Reference"))
+    out = np.empty(len(xy))
+    for n, p in enumerate(xy):
+        ctx.setPositions([mm.Vec3(*p)] * bundle.n_atoms)
+        out[n] = ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
+    return out
+
+
+# -- report and export ---------------------------------------------------------------------
+
+def write_report(run_dir) -> Path:
+    """``report.html`` and its PNGs in ``RUN_DIR/report/``."""
+    run = load_run(run_dir)
+    out = run.dir / "report"
+    out.mkdir(exist_ok=True)
+    kT = run.kT
+    figs = []
+    for r in run.iterations:
+        if r.fes is not None and r.fes.exists():
+            figs.append(("free energy", f"Iteration {r.index} (eABF on ξ_{r.index - 1}, CZAR)",
+                         plot_fes(r.fes, kT, out / f"fes_iter_{r.index:03d}.png", f"iteration {r.index}")))
+    if run.production_fes is not None:
+        figs.append(("free energy", "Production (final CV)",
+                     plot_fes(run.production_fes, kT, out / "fes_production.png", "production")))
+    for section, caption, fn, name in (
+            ("CV map", "The final CV", _plot_cv_map, "cv_map.png"),
+            ("convergence", "regscore between successive CVs, the threshold, and the bootstrap R² values",
+             _plot_convergence, "convergence.png"),
+            ("training", "Training curves (solid: training set; dashed: validation set)", _plot_training,
+             "training.png"),
+            ("weights", "Reweighting factors of each biased iteration, with the effective sample size",
+             _plot_weights, "weights.png")):
+        p = fn(run, out / name)
+        if p is not None:
+            figs.append((section, caption, p))
+    rows = "".join(
+        f"<tr><td>{r.index}</td><td>{r.frames or '-'}</td><td>{'-' if r.ess is None else f'{r.ess:.0f}'}</td>"
+        f"<td>{'-' if r.regscore is None else f'{r.regscore:.4f}'}</td>"
+        f"<td>{'-' if r.threshold is None else f'{r.threshold:.4f}'}</td><td>{r.wall_seconds:.1f}</td></tr>"
+        for r in run.iterations)
+    body = [f"<h1>cvflow report: {html.escape(str(run.dir.name))}</h1>",
+            f"<p>Status: {html.escape(run.stage)}. Temperature {html.escape(str(run.config.get('md', {}).get('temperature', '?')))}, "
+            f"kT = {kT:.4f} kJ/mol.</p>",
+            "<table><tr><th>iteration</th><th>frames</th><th>ESS</th><th>regscore</th><th>threshold</th>"
+            f"<th>wall time (s)</th></tr>{rows}</table>"]
+    section = None
+    for sec, caption, p in figs:
+        if sec != section:
+            body.append(f"<h2>{html.escape(sec)}</h2>")
+            section = sec
+        body.append(f'<figure><img src="{p.name}" alt="{html.escape(caption)}">'
+                    f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>cvflow report</title>"
+            "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+            "figure{display:inline-block;margin:0.5em}img{max-width:100%}figcaption{font-size:90%}</style>"
+            "</head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    art.write_text(out / "report.html", page)
+    return out / "report.html"
+
+
+def export_run(run_dir, to) -> list[Path]:
+    """Copy what production elsewhere needs: ``cv.pt``, ``plumed.dat`` + ``cv_plumed.pt``, the
+    reference structure and the free energy."""
+    run = load_run(run_dir)
+    if run.summary is not None:
+        cv = run.dir / run.summary["final_cv"]
+    else:
+        cv = next((r.cv for r in reversed(run.iterations) if r.cv is not None and r.cv.exists()), None)
+    if cv is None:
+        raise ConfigError(f"{run.dir}: no CV has been trained yet; nothing to export")
+    to = Path(to)
+    if to.exists() and any(to.iterdir()):
+        raise ConfigError(f"--to {to}: the directory is not empty; choose a new one")
+    to.mkdir(parents=True, exist_ok=True)
+    written = [Path(shutil.copy2(cv, to / "cv.pt"))]
+    plumed_dir = cv.parent / "plumed"
+    if not (plumed_dir / "plumed.dat").exists():  # a run from before cvflow wrote it: write it now
+        from .bias.plumed import export_plumed
+        from .config import config_from_dict
+        from .fes import Grid
+        from .system import build_system
+        cfg = config_from_dict(run.config, f"{run.dir}/config.resolved.yaml")
+        stage = art.read_json(run.dir / "manifest.json")["stages"][f"{cv.parent.name}/train"]
+        grid = Grid.from_dims(cfg.bias.grid) if cfg.bias.grid is not None else Grid.from_list(stage["grid"])
+        plumed_dir = to / "_plumed"
+        export_plumed(cfg, build_system(cfg.system, cfg.features.atoms), cv, grid, plumed_dir)
+    for name in ("plumed.dat", "cv_plumed.pt"):
+        if (plumed_dir / name).exists():
+            written.append(Path(shutil.copy2(plumed_dir / name, to / name)))
+    if plumed_dir == to / "_plumed":
+        shutil.rmtree(plumed_dir)
+    pdb = run.config.get("system", {}).get("pdb")
+    if pdb:
+        src = Path(pdb) if Path(pdb).is_absolute() else (run.dir / pdb)
+        if src.exists():
+            written.append(Path(shutil.copy2(src, to / "reference.pdb")))
+    try:
+        fes, _ = fes_path(run, None)
+        written.append(Path(shutil.copy2(fes, to / "fes.csv")))
+    except ConfigError:
+        pass
+    return written

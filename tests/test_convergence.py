@@ -1,0 +1,40 @@
+"""regscore and the bootstrap threshold, on data where the answer is known."""
+import numpy as np
+import pytest
+
+from cvflow.convergence import bootstrap_threshold, pairwise_regscores, regscore
+
+
+def test_regscore_of_an_affine_map_is_one_and_of_noise_is_near_zero():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(2000, 2))
+    assert regscore(a, a @ np.array([[2.0, -1.0], [0.5, 3.0]]) + 7) == pytest.approx(1.0, abs=1e-12)
+    # independent noise: R² = d1 / (n − d1 − 1) on average; 2 regressors on 2000 frames → 1e-3
+    assert regscore(a, rng.normal(size=(2000, 1))) < 0.01
+    # half the variance explained: b = a0 + e with var(e) = var(a0) → R² = 1/2 (± 2/sqrt(n))
+    b = a[:, :1] + rng.normal(size=(2000, 1))
+    assert regscore(a, b) == pytest.approx(0.5, abs=0.05)
+
+
+def test_weights_are_frame_multiplicities():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(300, 1)), rng.normal(size=(300, 2))
+    b[:, 0] += 2 * a[:, 0]
+    k = rng.integers(0, 4, size=300)
+    rep = np.repeat(np.arange(300), k)
+    assert regscore(a, b, k) == pytest.approx(regscore(a[rep], b[rep]), rel=1e-10)
+
+
+def test_bootstrap_threshold_is_the_quantile_of_the_pairwise_scores():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(500, 2))
+    w = np.ones(500)
+
+    def train(xs, ws, seed):  # "networks" that find x0 up to noise of their own
+        r = np.random.default_rng(seed)
+        c = r.normal(scale=0.1)
+        return lambda z: (z[:, :1] + c * z[:, 1:2])
+    thr, scores = bootstrap_threshold(train, x, w, repeats=4, fraction=0.8, quantile=0.05, rng=rng)
+    assert len(scores) == 4 * 3 and thr == pytest.approx(np.quantile(scores, 0.05))
+    assert 0.9 < thr <= 1.0
+    assert np.allclose(pairwise_regscores([x[:, :1], x[:, :1] * 3]), 1.0)
