@@ -41,10 +41,11 @@ def _guard(fn):
             from .bias.native import BlowUpError
             from .sampler import StopRequested
             from .train import TrainingError
+            from .walkers import WalkersFailed
             if isinstance(e, StopRequested):
                 click.echo(f"cvflow: {e}; resume with --resume", err=True)
                 sys.exit(143)
-            if isinstance(e, (BlowUpError, TrainingError)):
+            if isinstance(e, (BlowUpError, TrainingError, WalkersFailed)):
                 raise RunError(str(e)) from None
             raise
     return wrapper
@@ -141,7 +142,7 @@ def sample(config, cv_path, out, steps, grids, resume, verbose, quiet):
         cfg.md.steps = steps
     bundle = build_system(cfg.system, cfg.features.atoms)
     checked_cv(cv_path, bundle, key="--cv")
-    engine = resolve_engine(cfg.bias.engine)
+    engine = resolve_engine("native" if cfg.execution.walkers > 1 and cfg.bias.engine == "auto" else cfg.bias.engine)
     if engine == "none":
         engine = "native"
     if grids:
@@ -154,9 +155,15 @@ def sample(config, cv_path, out, steps, grids, resume, verbose, quiet):
     log.info(f"sampling {cfg.md.steps} steps with the {engine} engine on grid "
              f"{grid.to_list()} -> {out}")
     install_signal_handlers()
-    res = run_segment(cfg, bundle, out, cfg.md.steps, cfg.seed, cv_path=Path(cv_path), grid=grid, engine=engine,
-                      progress=progress.md("MD", cfg.md.timestep))
-    click.echo(f"{out}: {res.steps} steps, {res.frames} frames, {res.steps_per_second:,.0f} steps/s "
+    if cfg.execution.walkers > 1:
+        from .walkers import run_walkers
+        res = run_walkers(cfg, bundle, out, cfg.md.steps, cfg.seed, cv_path=Path(cv_path), grid=grid, engine=engine)
+        what = f"{cfg.execution.walkers} walkers, {res.steps} steps in all"
+    else:
+        res = run_segment(cfg, bundle, out, cfg.md.steps, cfg.seed, cv_path=Path(cv_path), grid=grid, engine=engine,
+                          progress=progress.md("MD", cfg.md.timestep))
+        what = f"{res.steps} steps"
+    click.echo(f"{out}: {what}, {res.frames} frames, {res.steps_per_second:,.0f} steps/s "
                f"on {res.platform}; free energy in {out / 'fes.csv'}")
 
 

@@ -247,9 +247,36 @@ class ConvergenceConfig(Strict):
     min_ess_fraction: float = Field(0.05, ge=0, le=1)
 
 
+class ClusterConfig(Strict):
+    """A dask-jobqueue cluster (``execution.backend: slurm`` or ``pbs``): one walker per job."""
+    queue: Optional[str] = None
+    account: Optional[str] = None
+    cores: PositiveInt = 4
+    memory: str = "16GB"
+    gpus: int = Field(0, ge=0)
+    walltime: str = "04:00:00"
+    job_extra_directives: list[str] = Field(default_factory=list)
+    prologue: list[str] = Field(default_factory=list)
+    log_directory: Optional[str] = None
+
+
 class ExecutionConfig(Strict):
+    """Where MD runs: ``walkers`` eABF walkers per stage, on Dask."""
     walkers: PositiveInt = 1
     backend: Literal["local", "dask", "slurm", "pbs"] = "local"
+    scheduler: Optional[str] = None
+    workers: Optional[PositiveInt] = None
+    min_walkers: Optional[PositiveInt] = None
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.backend == "dask" and not self.scheduler:
+            raise ValueError("backend 'dask' needs scheduler: the address of a running Dask scheduler "
+                             "(tcp://host:8786)")
+        if self.min_walkers is not None and self.min_walkers > self.walkers:
+            raise ValueError(f"min_walkers ({self.min_walkers}) is more than walkers ({self.walkers})")
+        return self
 
 
 class Config(Strict):
@@ -267,6 +294,9 @@ class Config(Strict):
     @model_validator(mode="after")
     def _grid_fits_the_learned_cv(self):
         g = self.bias.grid
+        if self.execution.walkers > 1 and self.bias.engine == "plumed":
+            raise ValueError("execution.walkers > 1 needs bias.engine: native (DRR's CZAR output holds "
+                             "gradients, which cannot be merged exactly; cvflow's counts and sums can)")
         if g is not None and len(g) != self.model.bottleneck:
             raise ValueError(f"bias.grid has {len(g)} dimension(s) but the learned CV has model.bottleneck = "
                              f"{self.model.bottleneck}; give the initial CV's grid as bias.cv_grid")

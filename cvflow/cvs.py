@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .artifacts import atomic_path
 from .arena import CV_SLOTS, JAC, POS, XI, f1, f2, f3, i2
-from .fastcv import CVEvaluator
+from .fastcv import CVEvaluator, _check_shape
 
 TORSIONS_FORMAT = "torsions/1"
 
@@ -197,6 +197,7 @@ class FastTorsions(CVEvaluator):
         self._jac = np.zeros((self.dim, len(self.particles), 3))
 
     def __call__(self, pos):
+        _check_shape(pos, len(self.particles))
         _torsions(pos, self._local, self._values, self._jac)
         return self._values, self._jac
 

@@ -50,6 +50,13 @@ class CVEvaluator:
         return None
 
 
+def _check_shape(pos, k: int) -> None:
+    """The numba kernels do not check bounds: a wrong shape must stop here, not corrupt memory."""
+    if pos.shape != (k, 3) or pos.dtype != np.float64:
+        raise ValueError(f"expected float64 positions of the CV's {k} particles, shape ({k}, 3); "
+                         f"got {pos.dtype} {pos.shape}")
+
+
 class TorchCV(CVEvaluator):
     """Any TorchScript CV, through autograd (slow: PyTorch's per-call cost)."""
 
@@ -124,6 +131,7 @@ class FastAlignedMLP(CVEvaluator):
         self._jac = np.zeros((self.dim, k, 3))
 
     def __call__(self, pos):
+        _check_shape(pos, len(self.particles))
         p = self.p
         _aligned_mlp(pos, p.reference, p.align, p.components, p.mean, p.std, self._theta,
                      self._shapes, p.activations, self._h, self._z, self._g, self._work,

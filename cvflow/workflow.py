@@ -117,7 +117,9 @@ class Workflow:
         self.features = make_features(self.bundle, cfg.features)
         self.beta = 1.0 / kT(cfg.md.temperature)
         from .bias import resolve_engine
-        self.engine = engine or resolve_engine(cfg.bias.engine)
+        requested = "native" if cfg.execution.walkers > 1 and cfg.bias.engine == "auto" else cfg.bias.engine
+        self.engine = engine or resolve_engine(requested)
+        self.executor = None  # a Dask client, opened when walkers > 1
 
     # -- stages -----------------------------------------------------------------------------
     def _stage(self, name: str, fn):
@@ -130,6 +132,14 @@ class Workflow:
         return info
 
     def run(self) -> dict:
+        try:
+            return self._run()
+        finally:
+            if self.executor is not None:
+                self.executor.close()
+                self.executor = None
+
+    def _run(self) -> dict:
         cfg = self.cfg
         t_start = time.perf_counter()
         iterations = []
@@ -144,6 +154,7 @@ class Workflow:
             entry = {"index": i, "regscore": ck_info.get("regscore"), "threshold": ck_info.get("threshold"),
                      "cv": f"iter_{i:03d}/cv.pt", "fes": md_info.get("fes"), "frames": md_info["frames"],
                      "steps": md_info["steps"], "ess": tr_info.get("ess"),
+                     "walkers_failed": [w["index"] for w in md_info.get("walkers", []) if w["status"] != "done"],
                      "wall_seconds": md_info["wall_seconds"] + tr_info["wall_seconds"] + ck_info["wall_seconds"]}
             iterations.append(entry)
             log.info(f"iteration {i}: regscore {entry['regscore']} threshold {entry['threshold']} "
@@ -166,11 +177,27 @@ class Workflow:
             return Grid.from_dims(self.cfg.bias.grid)
         return Grid.from_list(info["grid"])
 
-    def _start_positions(self, i: int):
-        if i == 0:
-            return None
-        frames = load_frames(iteration_dir(self.run_dir, i - 1) / "md", self.bundle)
-        return frames[-1] if len(frames) else None
+    def _segment(self, out: Path, steps: int, seed: int, cv_path, grid, engine: str, prev_md: Path | None,
+                 progress_label: str, label: str) -> dict:
+        """One MD stage: a single segment started from the last frame of ``prev_md``, or
+        ``execution.walkers`` walkers started from frames of ``prev_md`` spread over the CV."""
+        cfg = self.cfg
+        frames = load_frames(prev_md, self.bundle) if prev_md is not None else np.zeros((0, self.bundle.n_atoms, 3))
+        if cfg.execution.walkers == 1:
+            res = run_segment(cfg, self.bundle, out, steps, seed, cv_path=cv_path, grid=grid, engine=engine,
+                              start_positions=frames[-1] if len(frames) else None,
+                              progress=self.progress.md(progress_label, cfg.md.timestep), label=label)
+            return res.to_dict()
+        from .walkers import Executor, run_walkers, spread_starts
+        if self.executor is None:
+            self.executor = Executor(cfg)
+        xi = cv_values(cv_path, frames) if cv_path is not None and len(frames) else None
+        starts = spread_starts(frames, xi, cfg.execution.walkers)
+        res = run_walkers(cfg, self.bundle, out, steps, seed, cv_path=cv_path, grid=grid, engine=engine,
+                          starts=starts, label=label, executor=self.executor)
+        info = res.to_dict()
+        info["walkers"] = art.read_json(out / "segment.json").get("walkers", [])
+        return info
 
     def _md(self, i: int, it_dir: Path, prev) -> dict:
         cfg = self.cfg
@@ -182,10 +209,9 @@ class Workflow:
             grid, engine = initial_grid(cfg, self.bundle, cv_path), self.engine
         elif i > 0:
             cv_path, grid, engine = self.run_dir / prev["cv"], self._grid_for(prev), self.engine
-        res = run_segment(cfg, self.bundle, it_dir / "md", cfg.md.steps, seed, cv_path=cv_path, grid=grid,
-                          engine=engine, start_positions=self._start_positions(i),
-                          progress=self.progress.md(f"iter {i} MD", cfg.md.timestep), label=f"iteration {i} MD")
-        info = res.to_dict()
+        prev_md = iteration_dir(self.run_dir, i - 1) / "md" if i > 0 else None
+        info = self._segment(it_dir / "md", cfg.md.steps, seed, cv_path, grid, engine, prev_md,
+                             f"iter {i} MD", f"iteration {i} MD")
         info["biased"] = engine != "none"
         info["fes"] = f"iter_{i:03d}/md/fes.csv" if engine != "none" else None
         info["cv_used"] = str(cv_path) if cv_path is not None else None
@@ -277,12 +303,10 @@ class Workflow:
     def _production(self, last_train) -> dict:
         cfg = self.cfg
         out = self.run_dir / "production"
-        frames = load_frames(iteration_dir(self.run_dir, last_train_index(last_train)) / "md", self.bundle)
-        res = run_segment(cfg, self.bundle, out, cfg.convergence.production_steps, derive_seed(cfg.seed, 10_000, 0),
-                          cv_path=self.run_dir / last_train["cv"], grid=self._grid_for(last_train),
-                          engine=self.engine, start_positions=frames[-1] if len(frames) else None,
-                          progress=self.progress.md("production MD", cfg.md.timestep), label="production MD")
-        info = res.to_dict()
+        prev_md = iteration_dir(self.run_dir, last_train_index(last_train)) / "md"
+        info = self._segment(out, cfg.convergence.production_steps, derive_seed(cfg.seed, 10_000, 0),
+                             self.run_dir / last_train["cv"], self._grid_for(last_train), self.engine, prev_md,
+                             "production MD", "production MD")
         info["fes"] = "production/fes.csv"
         info["cv"] = last_train["cv"]
         return info

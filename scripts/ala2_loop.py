@@ -39,7 +39,12 @@ def main() -> int:
     wall = time.time() - t0
     from cvflow.convergence import regscore
     from cvflow.cvs import ramachandran_features
+    from cvflow.config import load_config
+    from cvflow.sampler import load_frames
+    from cvflow.system import build_system
     from cvflow.workflow import cv_values
+    cfg = load_config(args.config)
+    bundle = build_system(cfg.system, cfg.features.atoms)
     s = json.loads((out / "summary.json").read_text())
     rows = []
     stages = [(f"iter_{it['index']:03d}", it) for it in s["iterations"]] + [("production", None)]
@@ -47,8 +52,9 @@ def main() -> int:
         d = out / name
         seg = d / "md" if it is not None else d
         cv = out / (it["cv"] if it is not None else s["final_cv"])
-        t = md.load_dcd(str(seg / "traj.dcd"), top=str(seg / "topology.pdb"))
-        xi = cv_values(cv, t.xyz.astype(np.float64))
+        frames = load_frames(seg, bundle)  # quiet: MDTraj's DCD reader prints from C
+        t = md.Trajectory(frames, md.load_topology(str(seg / "topology.pdb")))
+        xi = cv_values(cv, frames)
         w = np.load(d / "weights.npy") if (d / "weights.npy").exists() else None
         row = {"stage": name, "frames": t.n_frames,
                "regscore": it.get("regscore") if it else None, "threshold": it.get("threshold") if it else None,

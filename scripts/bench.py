@@ -61,6 +61,8 @@ def main(argv=None):
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--train-frames", type=int, default=100_000)
     ap.add_argument("--skip-training", action="store_true")
+    ap.add_argument("--solvents", default="vacuum,implicit",
+                    help="Comma-separated: vacuum, implicit, explicit (TIP3P box, PME).")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import openmm as mm
@@ -83,7 +85,7 @@ def main(argv=None):
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"cvflow-bench-{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=True)
     plats = [mm.Platform.getPlatform(i).getName() for i in range(mm.Platform.getNumPlatforms())]
-    for solvent in ("vacuum", "implicit"):
+    for solvent in args.solvents.split(","):
         bundle = build_system(SystemConfig(pdb=pdb, solvent=solvent), "not element H")
         torch.manual_seed(0)
         idx = bundle.feature_atoms
@@ -99,8 +101,8 @@ def main(argv=None):
             cases.append({"row": {"system": system_name, **row, "platform": plat}, "ctx": ctx, "integ": integ,
                           "steps": steps})
 
-        for p in ("Reference", "CPU"):
-            if p in plats:
+        for p in ("Reference", "CPU", "CUDA", "OpenCL"):
+            if p in plats and not (p == "Reference" and solvent == "explicit"):  # far slower with PME
                 add({"engine": "none"}, bundle.system, p, args.steps)
         # the reference is the fastest platform for the unbiased system: a short probe picks it
         probe = time_cases(cases, 1)

@@ -256,6 +256,12 @@ class NativeEABF:
         self._cv_kernel = None if self._kernel is not None else cv_kernel
         if self._kernel is None:
             self._kernel = step_external
+        # compile (or load from numba's cache) now rather than inside OpenMM's first force
+        # callback, so that the first MD step is not a compile of several seconds
+        sig = (numba.typeof(self._fb), numba.typeof(self._ib))
+        for kern in (self._cv_kernel, self._kernel):
+            if kern is not None and hasattr(kern, "compile"):
+                kern.compile(sig)
         (self._pos, self._xi, self._jac, self._forces, self.lam, self.vlam, self._noise, self.prm, self._lam_prev,
          self.abf_count, self.abf_sum, self.czar_count, self.czar_sum, self._loop, self._row) = (
             arena.view(s) for s in (POS, XI, JAC, FORCES, LAM, VLAM, NOISE, PRM, LAM_PREV, ABF_COUNT, ABF_SUM,

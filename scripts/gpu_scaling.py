@@ -1,0 +1,79 @@
+#!/usr/bin/env python
+"""Cost of the native eABF bias on a GPU as the system and the CV grow (for docs/scaling.md).
+
+Alanine dipeptide in a TIP3P box (PME), padded to reach the wanted size; CVs: a neural CV
+(Kabsch + MLP-40-2) on the 8 backbone atoms, and the same kind of CV on K atoms (the
+backbone plus water oxygens), standing in for a protein's backbone. Steps/s from
+interleaved rounds; every ratio is against unbiased MD on the same platform.
+
+    python scripts/gpu_scaling.py [--paddings 1.0,2.5,4.5] [--cv-atoms 480] [--platform CUDA] [--json FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--paddings", default="1.0,2.5,4.5", help="Solvent padding in nm, comma-separated.")
+    ap.add_argument("--cv-atoms", type=int, default=480)
+    ap.add_argument("--platform", default="CUDA")
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    import openmm as mm
+    from bench import make_context, time_cases
+    from conftest import ALA2_PDB, random_neural_cv
+    from cvflow.bias.native import NativeEABF
+    from cvflow.config import SystemConfig
+    from cvflow.fastcv import load_cv
+    from cvflow.fes import Grid
+    from cvflow.system import build_system
+    import tempfile
+    tmp = Path(tempfile.mkdtemp(prefix="cvflow-gpu-"))
+    rows = []
+    for pad in (float(p) for p in args.paddings.split(",")):
+        bundle = build_system(SystemConfig(pdb=ALA2_PDB, solvent="explicit", padding=f"{pad} nm"), "backbone")
+        top = bundle.mdtraj_topology()
+        waters = top.select("water and name O")
+        big = np.concatenate([bundle.feature_atoms, waters[: max(0, args.cv_atoms - len(bundle.feature_atoms))]])
+        cases = []
+        ctx, integ = make_context(bundle.system, bundle.positions, args.platform, 1)
+        cases.append({"row": {"atoms": bundle.n_atoms, "padding_nm": pad, "cv_atoms": 0}, "ctx": ctx,
+                      "integ": integ, "steps": args.steps})
+        for sel in (bundle.feature_atoms, big):
+            path = random_neural_cv(tmp / f"cv-{pad}-{len(sel)}.pt", bundle, atoms_sel=np.sort(sel))
+            cv = load_cv(path, bundle.n_atoms)
+            bias = NativeEABF(cv, Grid([-1.0, -1.0], [1.0, 1.0], [40, 40]), kappa=1000.0, mass=10.0, friction=1.0,
+                              temperature=300.0, timestep=0.002, fullsamples=100, seed=1, report_interval=500)
+            system = mm.XmlSerializer.deserialize(mm.XmlSerializer.serialize(bundle.system))
+            system.addForce(bias.make_force())
+            ctx, integ = make_context(system, bundle.positions, args.platform, 1)
+            cases.append({"row": {"atoms": bundle.n_atoms, "padding_nm": pad, "cv_atoms": len(sel)}, "ctx": ctx,
+                          "integ": integ, "steps": args.steps})
+        rates = time_cases(cases, args.rounds)
+        for r, c in zip(rates, cases):
+            rows.append({**c["row"], "platform": args.platform, "steps_per_s": r, "ratio": r / rates[0],
+                         "us_per_step": 1e6 / r})
+        del cases
+    print(f"{'atoms':>8} {'CV atoms':>9} {'steps/s':>9} {'us/step':>8} {'ratio':>6}")
+    for r in rows:
+        print(f"{r['atoms']:>8} {r['cv_atoms'] or '-':>9} {r['steps_per_s']:>9,.0f} {r['us_per_step']:>8.1f} "
+              f"{r['ratio']:>6.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
