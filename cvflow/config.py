@@ -230,6 +230,7 @@ class ModelConfig(Strict):
     patience: PositiveInt = 20
     validation_fraction: float = Field(0.2, gt=0, lt=1)
     reweight: bool = True
+    scaling: Literal["feature", "global"] = "feature"
     threads: Optional[PositiveInt] = None
 
 

@@ -15,6 +15,7 @@ the start, so that a killed segment resumes from its last checkpoint, not its st
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 
 import signal
@@ -70,6 +71,20 @@ class SegmentResult:
                 "steps_per_second": self.steps_per_second, "platform": self.platform, "engine": self.engine}
 
 
+BIAS_GROUP = 31
+FORCE_FIELD_GROUPS = (1 << BIAS_GROUP) - 1  # every force group but the bias's
+
+
+def finished_segment(out_dir: Path) -> SegmentResult | None:
+    """The result recorded in ``out_dir/segment.json`` when that segment has finished."""
+    marker = Path(out_dir) / "segment.json"
+    if not marker.exists():
+        return None
+    d = art.read_json(marker)
+    return SegmentResult(Path(out_dir), d["steps"], d["frames"], d["wall_seconds"], d["steps_per_second"],
+                         d["platform"], d["engine"])
+
+
 def derive_seed(root: int, *keys: int) -> int:
     """A seed in [1, 2³¹−1] derived from the root seed and integer keys (OpenMM treats 0 as random)."""
     state = np.random.SeedSequence([int(root), *[int(k) for k in keys]]).generate_state(1)[0]
@@ -103,10 +118,9 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
     """
     out_dir = Path(out_dir)
     done_marker = out_dir / "segment.json"
-    if done_marker.exists():
-        d = art.read_json(done_marker)
-        return SegmentResult(out_dir, d["steps"], d["frames"], d["wall_seconds"], d["steps_per_second"],
-                             d["platform"], d["engine"])
+    finished = finished_segment(out_dir)
+    if finished is not None:
+        return finished
     out_dir.mkdir(parents=True, exist_ok=True)
     md_cfg = cfg.md
     bias = None
@@ -115,11 +129,15 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
         if cv_path is None or grid is None:
             raise ValueError("the native engine needs a CV file and a grid")
         bias = make_bias(cfg, bundle, cv_path, grid, derive_seed(seed, 1))
-        system.addForce(bias.make_force())
     elif engine == "plumed":
         from .bias.plumed import make_plumed_bias
         bias = make_plumed_bias(cfg, bundle, cv_path, grid, derive_seed(seed, 1), out_dir)
-        system.addForce(bias.make_force())
+    if bias is not None:
+        # the bias in a force group of its own, so that the force field's energy can be read
+        # (to catch non-finite energies) without calling the bias, which would advance λ
+        force = bias.make_force()
+        force.setForceGroup(BIAS_GROUP)
+        system.addForce(force)
     integrator = mm.LangevinMiddleIntegrator(md_cfg.temperature * u.kelvin, md_cfg.friction / u.picosecond,
                                              md_cfg.timestep * u.picosecond)
     integrator.setRandomNumberSeed(derive_seed(seed, 0))
@@ -158,15 +176,17 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
         n = min(report - step % report, steps - step)
         sim.step(n)
         step += n
-        # positions only: asking for the energy would evaluate the bias at this step outside the
-        # integrator, which advances λ and breaks bit-for-bit resume. NaN forces show up as NaN positions.
-        state = sim.context.getState(getPositions=True)
+        # the energy of the force field only: evaluating the bias here, outside the integrator,
+        # would advance λ and break bit-for-bit resume
+        state = sim.context.getState(getPositions=True, getEnergy=True, groups=FORCE_FIELD_GROUPS)
         state._getVectorAsNumpy(mm.State.Positions, pos)
         reason = None
         if bias is not None and bias.error:
             reason = bias.error
         elif not np.isfinite(pos).all():
             reason = f"non-finite positions at step {step}"
+        elif not math.isfinite(state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)):
+            reason = f"non-finite potential energy at step {step}"
         if reason is not None:
             _record_blowup(out_dir, chunk_dir, step, last_ckpt, reason, frames, frame_steps)
             kept = (f"the last good state is the checkpoint at step {last_ckpt} in {ckpt_dir}" if last_ckpt > 0

@@ -41,10 +41,15 @@ def block_split(n: int, validation_fraction: float, rng: np.random.Generator, n_
     return train, val
 
 
-def weighted_stats(x: np.ndarray, w: np.ndarray):
+def weighted_stats(x: np.ndarray, w: np.ndarray, scaling: str = "feature"):
+    """Weighted mean and scale of the features. ``feature``: each feature's own standard
+    deviation; ``global``: one scale for all (the root mean square of those), which keeps
+    the relative sizes of the fluctuations, i.e. the geometry of Cartesian features."""
     w = w / w.sum()
     mean = (w[:, None] * x).sum(0)
     std = np.sqrt((w[:, None] * (x - mean) ** 2).sum(0))
+    if scaling == "global":
+        std = np.full_like(std, np.sqrt(np.mean(std ** 2)))
     return mean, np.where(std > 1e-8, std, 1.0)
 
 
@@ -62,7 +67,7 @@ def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progr
     torch.manual_seed(int(rng.integers(2**31)))
     if model_cfg.threads:
         torch.set_num_threads(model_cfg.threads)
-    mean, std = weighted_stats(x, w)
+    mean, std = weighted_stats(x, w, model_cfg.scaling)
     xn = ((x - mean) / std).astype(np.float32)
     wn = (w / w.mean()).astype(np.float32)
     tr, va = block_split(n, model_cfg.validation_fraction, rng)

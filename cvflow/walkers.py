@@ -27,7 +27,8 @@ from . import artifacts as art
 from .config import Config, ConfigError, dump_config
 from .fes import CZARStats, Grid, write_fes
 from .progress import log
-from .sampler import SegmentResult, derive_seed, load_frames, run_segment, write_trajectory
+from .sampler import (SegmentResult, derive_seed, finished_segment, load_frames, run_segment,
+                      write_trajectory)
 
 
 class WalkersFailed(RuntimeError):
@@ -150,11 +151,9 @@ def run_walkers(cfg: Config, bundle, out_dir: Path, steps: int, seed: int, cv_pa
     ex = cfg.execution
     n = ex.walkers
     out_dir = Path(out_dir)
-    done_marker = out_dir / "segment.json"
-    if done_marker.exists():
-        d = art.read_json(done_marker)
-        return SegmentResult(out_dir, d["steps"], d["frames"], d["wall_seconds"], d["steps_per_second"],
-                             d["platform"], d["engine"])
+    finished = finished_segment(out_dir)
+    if finished is not None:
+        return finished
     starts = starts or [None] * n
     own = executor is None
     executor = executor or Executor(cfg)

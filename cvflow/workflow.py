@@ -154,6 +154,7 @@ class Workflow:
             entry = {"index": i, "regscore": ck_info.get("regscore"), "threshold": ck_info.get("threshold"),
                      "cv": f"iter_{i:03d}/cv.pt", "fes": md_info.get("fes"), "frames": md_info["frames"],
                      "steps": md_info["steps"], "ess": tr_info.get("ess"),
+                     "ess_warning": bool(tr_info.get("ess_warning", False)),
                      "walkers_failed": [w["index"] for w in md_info.get("walkers", []) if w["status"] != "done"],
                      "wall_seconds": md_info["wall_seconds"] + tr_info["wall_seconds"] + ck_info["wall_seconds"]}
             iterations.append(entry)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -62,7 +63,7 @@ def main() -> int:
     md_only = max(w["steps"] / w["steps_per_second"] for w in seg["walkers"])
     row = {"system": args.system, "steps_per_walker": steps, "single_2N_s": single, "walkers_2xN_s": walkers,
            "walkers_md_only_s": md_only, "ratio": walkers / single, "ratio_md_only": md_only / single,
-           "cores": __import__("os").cpu_count()}
+           "cores": os.cpu_count()}
     print(f"{args.system}: 1 walker x {2 * steps:,} steps {single:.1f} s; 2 walkers x {steps:,} steps "
           f"{walkers:.1f} s (their MD alone {md_only:.1f} s); ratio {walkers / single:.2f} "
           f"(MD alone {md_only / single:.2f}) on {row['cores']} cores")

@@ -96,6 +96,12 @@ def linear_toy_cv(path: Path, rows) -> Path:
 
 
 @pytest.fixture(scope="session")
+def y_cv(tmp_path_factory) -> Path:
+    """ξ = y of the toy particle, as a cvflow-format (numba) CV."""
+    return linear_toy_cv(tmp_path_factory.mktemp("cv") / "y.pt", [[0.0, 1.0]])
+
+
+@pytest.fixture(scope="session")
 def es_config():
     from cvflow.config import load_config
     return load_config(ES_CONFIG)
@@ -166,3 +172,49 @@ def ala2_run(tmp_path_factory):
     res = CliRunner().invoke(main, ["run", str(ROOT / "configs" / "ala2-quick.yaml"), "--out", str(out), "-q"])
     assert res.exit_code == 0, res.output
     return out, json.loads((out / "summary.json").read_text())
+
+
+def es_loop_checks(run) -> dict:
+    """What issue 3 asks of a finished entropic-switch loop (used by the slow tests and
+    scripts/es_loop.py): convergence, regscores, and three checks of the final CV —
+    separation of the wells, monotonic in x along y = 0 where F(x) ≤ 5 kT, production free
+    energy along the CV against the exact one (RMS in kT where F ≤ 5 kT); plus the
+    Boltzmann-weighted R² of the CV against x."""
+    import json
+    from cvflow.fes import read_fes
+    run = Path(run)
+    s = json.loads((run / "summary.json").read_text())
+    m = torch.jit.load(str(run / s["final_cv"]))
+
+    def cv(xy):
+        pos = np.zeros((len(xy), 1, 3))
+        pos[:, 0, :2] = xy
+        with torch.no_grad():
+            return m(torch.as_tensor(pos)).numpy()[:, 0]
+    xs = np.linspace(-1.6, 1.6, 161)
+    ok = es_exact_fx(xs) * BETA_ES <= 5
+    vals = cv(np.column_stack([xs, np.zeros_like(xs)]))[ok]
+    steps = np.diff(vals)
+    monotonic = bool(np.all(steps > 0) or np.all(steps < 0))
+    c, f, _ = read_fes(run / s["final_fes"])
+    width = c[1, 0] - c[0, 0]
+    edges = np.concatenate([c[:, 0] - width / 2, [c[-1, 0] + width / 2]])
+    err, nbins = rms_kT(f, es_exact_along(cv, edges), BETA_ES)
+    sep = float(abs(cv(np.array([[-1.0, 0.0]]))[0] - cv(np.array([[1.0, 0.0]]))[0]))
+    return {"converged": s["converged"], "iterations": len(s["iterations"]),
+            "regscores": [it["regscore"] for it in s["iterations"]],
+            "thresholds": [it["threshold"] for it in s["iterations"]],
+            "wall_seconds": sum(it["wall_seconds"] for it in s["iterations"]) + s["production"]["wall_seconds"],
+            "monotonic_in_x": monotonic, "separation": sep, "fes_rms_kT": err, "fes_bins": nbins,
+            "r2_x": _boltzmann_r2(cv, 0)}
+
+
+def _boltzmann_r2(cv_fn, axis: int, beta=BETA_ES) -> float:
+    """Squared correlation of ξ with x (axis 0) or y (axis 1) under exp(−βV) on a grid."""
+    X, Y = np.meshgrid(np.linspace(-2.2, 2.2, 121), np.linspace(-1.5, 2.8, 121), indexing="ij")
+    p = np.column_stack([X.ravel(), Y.ravel()])
+    w = np.exp(-beta * es_potential(p[:, 0], p[:, 1]))
+    w /= w.sum()
+    a, b = cv_fn(p), p[:, axis]
+    da, db = a - w @ a, b - w @ b
+    return float((w @ (da * db)) ** 2 / ((w @ da**2) * (w @ db**2)))

@@ -33,7 +33,9 @@ def test_init_never_overwrites(tmp_path):
     assert cfg.read_text() == "mine\n"
 
 
-def test_status_is_plain_text_off_a_terminal(es_run):
+def test_status_is_plain_text_off_a_terminal(es_run, ala2_run):
+    res = invoke("status", ala2_run[0])
+    assert res.exit_code == 0 and "finished" in res.output and "\x1b" not in res.output, res.output
     _, run = es_run
     res = invoke("status", run)
     assert res.exit_code == 0, res.output
@@ -50,7 +52,10 @@ def test_status_of_a_directory_that_is_not_a_run(tmp_path):
     assert res.exit_code == 2 and "manifest.json" in res.output and "Traceback" not in res.output
 
 
-def test_fes_plot_and_a_missing_iteration(es_run, tmp_path):
+def test_fes_plot_and_a_missing_iteration(es_run, ala2_run, tmp_path):
+    res = invoke("fes", ala2_run[0], "--iteration", 1, "-o", tmp_path / "ala2.png")  # a 2-D free energy
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "ala2.png").read_bytes()[:4] == b"\x89PNG"
     _, run = es_run
     png = tmp_path / "fes.png"
     res = invoke("fes", run, "-o", png)
@@ -109,3 +114,37 @@ def test_export_of_ala2_carries_the_reference_structure(ala2_run, tmp_path):
     rep = invoke("report", out)
     assert rep.exit_code == 0, rep.output
     assert (Path(out) / "report" / "cv_map.png").exists()
+
+
+def test_report_renders_in_headless_chromium(es_run):
+    """The report opens in headless Chromium (Debian's `chromium`) with no console messages;
+    skipped where Chromium is not installed."""
+    import shutil
+    import subprocess
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    _, run = es_run
+    assert invoke("report", run).exit_code == 0
+    page = run / "report" / "report.html"
+    p = subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+                        "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "<h1>cvflow report" in p.stdout
+    console = [ln for ln in p.stderr.splitlines() if ":CONSOLE" in ln]
+    assert console == [], console
+
+
+def test_progress_without_a_terminal_has_no_control_characters(tmp_path, x_cv):
+    """A batch job's log: plain lines, no ANSI escapes, carriage returns or other controls."""
+    import subprocess
+    import sys
+    from conftest import ES_CONFIG
+    cmd = [sys.executable, "-m", "cvflow.cli", "sample", str(ES_CONFIG), "--cv", str(x_cv), "--steps", "20000",
+           "--grid=-2,2,40", "--out", str(tmp_path / "run")]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    text = p.stdout + p.stderr
+    assert "ns/day" in text and "step 20000/20000" in text  # the progress lines are there
+    bad = sorted({hex(ord(c)) for c in text if ord(c) < 32 and c not in "\n\t"})
+    assert bad == [], bad

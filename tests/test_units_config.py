@@ -67,3 +67,16 @@ def test_validator_only_raises_config_error(md, bias, seed):
         assert str(e).startswith("config:")
     else:
         assert isinstance(cfg, Config)
+
+
+def test_written_files_are_readable_by_the_group(tmp_path):
+    """Atomic writes must not leave mkstemp's 0600 on results (shared project directories)."""
+    import os
+    from cvflow import artifacts as art
+    old = os.umask(0o022)
+    try:
+        art.write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~art._UMASK
+    assert (tmp_path / "a.txt").stat().st_mode & 0o044 == 0o044
