@@ -142,7 +142,7 @@ def sample(config, cv_path, out, steps, grids, resume, verbose, quiet):
         cfg.md.steps = steps
     bundle = build_system(cfg.system, cfg.features.atoms)
     checked_cv(cv_path, bundle, key="--cv")
-    engine = resolve_engine("native" if cfg.execution.walkers > 1 and cfg.bias.engine == "auto" else cfg.bias.engine)
+    engine = resolve_engine(cfg.bias.engine, cfg.execution.walkers)
     if engine == "none":
         engine = "native"
     if grids:

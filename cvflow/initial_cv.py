@@ -20,14 +20,14 @@ def initial_grid(cfg, bundle, cv_path=None) -> Grid:
     b = cfg.bias
     path = cv_path or b.cv
     m = torch.jit.load(str(path), map_location="cpu").eval()
+    fmt = cv_format(m)
     with torch.no_grad():
-        d = int(m(torch.as_tensor(bundle.positions, dtype=torch.float64 if cv_format(m) else torch.float32)).numel())
+        d = int(m(torch.as_tensor(bundle.positions, dtype=torch.float64 if fmt else torch.float32)).numel())
     for key, dims in (("bias.cv_grid", b.cv_grid), ("bias.grid", b.grid)):
         if dims is not None and len(dims) == d:
             return Grid.from_dims(dims)
         if dims is not None and key == "bias.cv_grid":
             raise ConfigError(f"bias.cv_grid has {len(dims)} dimension(s) but the CV {Path(path).name} gives {d}")
-    fmt = cv_format(m)
     if fmt in ("aligned-mlp/1", "torsions/1"):
         bins = np.full(d, b.bins, dtype=np.int64)
         if fmt == "torsions/1":

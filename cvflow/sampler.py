@@ -17,8 +17,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -311,7 +311,6 @@ def load_frames(seg_dir: Path, bundle: SystemBundle) -> np.ndarray:
 def _quiet_c_stdout():
     """Send file descriptor 1 to /dev/null for the duration (C-level prints), whatever
     Python's ``sys.stdout`` is at the moment (a test runner may have replaced it)."""
-    import sys
     fd = 1
     try:
         sys.stdout.flush()

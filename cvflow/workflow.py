@@ -117,8 +117,7 @@ class Workflow:
         self.features = make_features(self.bundle, cfg.features)
         self.beta = 1.0 / kT(cfg.md.temperature)
         from .bias import resolve_engine
-        requested = "native" if cfg.execution.walkers > 1 and cfg.bias.engine == "auto" else cfg.bias.engine
-        self.engine = engine or resolve_engine(requested)
+        self.engine = engine or resolve_engine(cfg.bias.engine, cfg.execution.walkers)
         self.executor = None  # a Dask client, opened when walkers > 1
 
     # -- stages -----------------------------------------------------------------------------
@@ -179,7 +178,7 @@ class Workflow:
         return Grid.from_list(info["grid"])
 
     def _segment(self, out: Path, steps: int, seed: int, cv_path, grid, engine: str, prev_md: Path | None,
-                 progress_label: str, label: str) -> dict:
+                 label: str) -> dict:
         """One MD stage: a single segment started from the last frame of ``prev_md``, or
         ``execution.walkers`` walkers started from frames of ``prev_md`` spread over the CV."""
         cfg = self.cfg
@@ -187,7 +186,7 @@ class Workflow:
         if cfg.execution.walkers == 1:
             res = run_segment(cfg, self.bundle, out, steps, seed, cv_path=cv_path, grid=grid, engine=engine,
                               start_positions=frames[-1] if len(frames) else None,
-                              progress=self.progress.md(progress_label, cfg.md.timestep), label=label)
+                              progress=self.progress.md(label, cfg.md.timestep), label=label)
             return res.to_dict()
         from .walkers import Executor, run_walkers, spread_starts
         if self.executor is None:
@@ -211,8 +210,7 @@ class Workflow:
         elif i > 0:
             cv_path, grid, engine = self.run_dir / prev["cv"], self._grid_for(prev), self.engine
         prev_md = iteration_dir(self.run_dir, i - 1) / "md" if i > 0 else None
-        info = self._segment(it_dir / "md", cfg.md.steps, seed, cv_path, grid, engine, prev_md,
-                             f"iter {i} MD", f"iteration {i} MD")
+        info = self._segment(it_dir / "md", cfg.md.steps, seed, cv_path, grid, engine, prev_md, f"iteration {i} MD")
         info["biased"] = engine != "none"
         info["fes"] = f"iter_{i:03d}/md/fes.csv" if engine != "none" else None
         info["cv_used"] = str(cv_path) if cv_path is not None else None
@@ -307,7 +305,7 @@ class Workflow:
         prev_md = iteration_dir(self.run_dir, last_train_index(last_train)) / "md"
         info = self._segment(out, cfg.convergence.production_steps, derive_seed(cfg.seed, 10_000, 0),
                              self.run_dir / last_train["cv"], self._grid_for(last_train), self.engine, prev_md,
-                             "production MD", "production MD")
+                             "production MD")
         info["fes"] = "production/fes.csv"
         info["cv"] = last_train["cv"]
         return info

@@ -7,21 +7,24 @@ a checkpoint), ``dim``, ``name`` and ``error`` (a message once a blow-up was see
 """
 
 
-def resolve_engine(name: str) -> str:
-    """``auto`` → ``plumed`` when a PLUMED kernel with DRR and PyTorch is usable, else ``native``.
+def resolve_engine(name: str, walkers: int = 1) -> str:
+    """``auto`` → ``plumed`` when a PLUMED kernel with DRR and PyTorch is usable, else ``native``;
+    with several walkers, ``native`` (only its CZAR statistics merge exactly).
 
     ``plumed`` without a usable kernel is a :class:`~cvflow.config.ConfigError` that says
     what is missing and how to install it; it is raised before any MD runs.
     """
     if name in ("native", "none"):
         return name
+    if name == "auto" and walkers > 1:
+        return "native"
     from .plumed import plumed_status
     status = plumed_status()
     if name == "plumed":
         if not status.usable:
             from ..config import ConfigError
             raise ConfigError(f"bias.engine: plumed is not usable: {status.reason}. "
-                              f"Build a kernel with 'cvflow install-plumed' (or scripts/install-plumed.sh) "
-                              f"and export PLUMED_KERNEL as it prints")
+                              "Build a kernel with scripts/install-plumed.sh (about 20 minutes on 2 cores) "
+                              "and export PLUMED_KERNEL as it prints")
         return "plumed"
     return "plumed" if status.usable else "native"

@@ -260,7 +260,7 @@ class NativeEABF:
         # callback, so that the first MD step is not a compile of several seconds
         sig = (numba.typeof(self._fb), numba.typeof(self._ib))
         for kern in (self._cv_kernel, self._kernel):
-            if kern is not None and hasattr(kern, "compile"):
+            if kern is not None:
                 kern.compile(sig)
         (self._pos, self._xi, self._jac, self._forces, self.lam, self.vlam, self._noise, self.prm, self._lam_prev,
          self.abf_count, self.abf_sum, self.czar_count, self.czar_sum, self._loop, self._row) = (
