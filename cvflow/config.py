@@ -238,6 +238,10 @@ class BootstrapConfig(Strict):
     repeats: int = Field(4, ge=2)
     fraction: float = Field(0.8, gt=0, le=1)
     quantile: float = Field(0.05, ge=0, le=1)
+    # processes that train the bootstrap networks side by side. auto: one per core (at most
+    # `repeats`) when the data are large enough to pay for starting them (≥ 10⁶ feature
+    # values), else 1. Small networks do not gain from more torch threads; they do from this.
+    workers: Union[Literal["auto"], PositiveInt] = "auto"
 
 
 class ConvergenceConfig(Strict):

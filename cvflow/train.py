@@ -7,7 +7,10 @@ noise, and the weighted mean over an epoch is the full weighted loss.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,6 +56,15 @@ def weighted_stats(x: np.ndarray, w: np.ndarray, scaling: str = "feature"):
     return mean, np.where(std > 1e-8, std, 1.0)
 
 
+def _adam(model, cfg) -> torch.optim.Adam:
+    """Adam, fused into one kernel per step where this torch build has it (CPU since 2.4)."""
+    kw = dict(lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    try:
+        return torch.optim.Adam(model.parameters(), fused=True, **kw)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(model.parameters(), **kw)
+
+
 def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progress=None,
                 label: str = "training") -> TrainResult:
     """Train a fresh model (``model_cfg.kind``) on features ``x`` (n, m) with weights ``w``."""
@@ -74,25 +86,28 @@ def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progr
     xt, wt = torch.from_numpy(xn[tr]), torch.from_numpy(wn[tr])
     xv, wv = torch.from_numpy(xn[va]), torch.from_numpy(wn[va])
     model = build_model(model_cfg, x.shape[1])
-    opt = torch.optim.Adam(model.parameters(), lr=model_cfg.learning_rate, weight_decay=model_cfg.weight_decay)
+    opt = _adam(model, model_cfg)
     best_state, best_val, bad = None, math.inf, 0
     history = []
     bs = model_cfg.batch_size
     gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
     epoch = 0
+    wsum = float(wt.sum())
     for epoch in range(1, model_cfg.epochs + 1):
         model.train()
+        # one gather per epoch, then contiguous minibatch views: cheaper than a gather per
+        # minibatch; the loss sum stays a tensor, read once per epoch (no sync per step)
         perm = torch.randperm(len(xt), generator=gen)
-        tot, wsum = 0.0, 0.0
+        xs, ws = xt[perm], wt[perm]
+        tot = torch.zeros(())
         for i in range(0, len(xt), bs):
-            b = perm[i:i + bs]
-            xb, wb = xt[b], wt[b]
+            xb, wb = xs[i:i + bs], ws[i:i + bs]
             loss = model.loss(xb, wb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            tot += float(loss.detach()) * float(wb.sum())
-            wsum += float(wb.sum())
+            tot += loss.detach() * wb.sum()
+        tot = float(tot)
         train_loss = tot / max(wsum, 1e-30)
         model.eval()
         with torch.no_grad():
@@ -121,3 +136,39 @@ def encode(result: TrainResult, x: np.ndarray) -> np.ndarray:
     enc = copy.deepcopy(result.model.encoder).double().eval()
     with torch.no_grad():
         return enc(torch.from_numpy((np.asarray(x, np.float64) - result.mean) / result.std)).numpy()
+
+
+def bootstrap_member(x: np.ndarray, w: np.ndarray, seed: int, model_cfg, label: str = "bootstrap"):
+    """Train one bootstrap network; returns its encoder as a picklable function features → CV."""
+    return functools.partial(encode, train_model(x, w, model_cfg, seed, label=label))
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (a batch job's allocation, not the whole node)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def bootstrap_workers(setting, repeats: int, n_values: int) -> int:
+    """Processes for the bootstrap trainings: ``setting`` (an int or "auto") resolved."""
+    if setting != "auto":
+        return max(1, min(int(setting), repeats))
+    return max(1, min(repeats, usable_cores())) if n_values >= 1_000_000 else 1
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def process_map(workers: int):
+    """A ``map`` over ``workers`` fresh processes (spawned: no forked torch thread pools),
+    each with its share of the cores as torch threads."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    threads = max(1, usable_cores() // workers)
+    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                initargs=(threads,)) as pool:
+        yield pool.map

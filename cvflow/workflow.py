@@ -6,6 +6,7 @@ continues from the last finished stage (and MD from its last checkpoint).
 """
 from __future__ import annotations
 
+import functools
 import platform as _platform
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from .fes import Grid
 from .progress import Progress, log
 from .sampler import derive_seed, load_frames, run_segment
 from .system import SystemBundle, build_system
-from .train import encode, train_model
+from .train import bootstrap_member, bootstrap_workers, encode, process_map, train_model
 from .units import kT
 
 #: config keys that may change on --resume (run length only)
@@ -155,7 +156,12 @@ class Workflow:
                      "steps": md_info["steps"], "ess": tr_info.get("ess"),
                      "ess_warning": bool(tr_info.get("ess_warning", False)),
                      "walkers_failed": [w["index"] for w in md_info.get("walkers", []) if w["status"] != "done"],
-                     "wall_seconds": md_info["wall_seconds"] + tr_info["wall_seconds"] + ck_info["wall_seconds"]}
+                     "wall_seconds": md_info["wall_seconds"] + tr_info["wall_seconds"] + ck_info["wall_seconds"],
+                     # where the time went (issue: reweighting, regscore and bootstrap stay small)
+                     "seconds": {"md": md_info["wall_seconds"], "reweight": tr_info.get("reweight_seconds"),
+                                 "training": tr_info.get("training_seconds"),
+                                 "regscore": ck_info.get("regscore_seconds"),
+                                 "bootstrap": ck_info.get("bootstrap_seconds")}}
             iterations.append(entry)
             log.info(f"iteration {i}: regscore {entry['regscore']} threshold {entry['threshold']} "
                      f"({time.perf_counter() - t0:.1f} s)")
@@ -238,13 +244,17 @@ class Workflow:
         t0 = time.perf_counter()
         frames, x = self._data(it_dir)
         prev_cv = md_info.get("cv_used")
+        t_w = time.perf_counter()
         w = self._weights(i, it_dir, md_info, frames, prev_cv)
+        t_w = time.perf_counter() - t_w
         ess = effective_sample_size(w)
         if ess < cfg.convergence.min_ess_fraction * len(w):
             log.warning(f"iteration {i}: effective sample size {ess:.0f} of {len(w)} frames is low")
         art.write_npy(it_dir / "weights.npy", w)
+        t_t = time.perf_counter()
         result = train_model(x, w, cfg.model, derive_seed(cfg.seed, i, 1),
                              progress=self.progress.train(f"iter {i} training"), label=f"iteration {i} training")
+        t_t = time.perf_counter() - t_t
         art.write_csv(it_dir / "training.csv", ["epoch", "train_loss", "val_loss"], np.array(result.history),
                       comments=["weighted mean squared reconstruction error, normalised features"])
         export_cv(self.features, result.mean, result.std, result.model.encoder, self.bundle.n_atoms,
@@ -256,7 +266,7 @@ class Workflow:
         return {"cv": f"iter_{i:03d}/cv.pt", "grid": grid, "ess": ess, "frames": len(frames),
                 "ess_warning": bool(ess < cfg.convergence.min_ess_fraction * len(w)),
                 "best_val_loss": result.best_val, "epochs": result.epochs_run,
-                "wall_seconds": time.perf_counter() - t0}
+                "reweight_seconds": t_w, "training_seconds": t_t, "wall_seconds": time.perf_counter() - t0}
 
     def _grid_from_values(self, z: np.ndarray) -> dict:
         """Grid over the CV's observed range with a margin, inside the bottleneck's bounds."""
@@ -276,12 +286,16 @@ class Workflow:
             metrics.update(regscore=None, threshold=None, converged=False)
         else:
             frames, x = self._data(it_dir)
+            t_r = time.perf_counter()
             old = cv_values(self.run_dir / prev["cv"], frames)
             new = cv_values(it_dir / "cv.pt", frames)
             score = regscore(old, new)
+            t_r = time.perf_counter() - t_r
+            t_b = time.perf_counter()
             threshold, scores = self._threshold(i, it_dir, x)
             metrics.update(regscore=score, threshold=threshold, converged=bool(score >= threshold),
-                           bootstrap_scores=None if scores is None else scores.tolist())
+                           bootstrap_scores=None if scores is None else scores.tolist(),
+                           regscore_seconds=t_r, bootstrap_seconds=time.perf_counter() - t_b)
         metrics["wall_seconds"] = time.perf_counter() - t0
         art.write_json(it_dir / "metrics.json", metrics)
         return metrics
@@ -292,12 +306,14 @@ class Workflow:
             return float(cfg.convergence.threshold), None
         w = np.load(it_dir / "weights.npy")
         bs = cfg.convergence.bootstrap
-
-        def train_fn(xs, ws, seed):
-            r = train_model(xs, ws, cfg.model, seed, label=f"iteration {i} bootstrap")
-            return lambda xx: encode(r, xx)
+        train_fn = functools.partial(bootstrap_member, model_cfg=cfg.model, label=f"iteration {i} bootstrap")
         rng = np.random.default_rng(derive_seed(cfg.seed, i, 2))
-        return bootstrap_threshold(train_fn, x, w, bs.repeats, bs.fraction, bs.quantile, rng)
+        workers = bootstrap_workers(bs.workers, bs.repeats, x.size)
+        args = (train_fn, x, w, bs.repeats, bs.fraction, bs.quantile, rng)
+        if workers == 1:
+            return bootstrap_threshold(*args)
+        with process_map(workers) as pmap:
+            return bootstrap_threshold(*args, map_fn=pmap)
 
     def _production(self, last_train) -> dict:
         cfg = self.cfg

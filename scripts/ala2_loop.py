@@ -60,7 +60,8 @@ def main() -> int:
                "regscore": it.get("regscore") if it else None, "threshold": it.get("threshold") if it else None,
                "r2_ramachandran": regscore(ramachandran_features(t), xi),
                "r2_ramachandran_weighted": regscore(ramachandran_features(t), xi, w) if w is not None else None,
-               "wall_seconds": it.get("wall_seconds") if it else s.get("production", {}).get("wall_seconds")}
+               "wall_seconds": it.get("wall_seconds") if it else s.get("production", {}).get("wall_seconds"),
+               "seconds": it.get("seconds") if it else None}
         rows.append(row)
     f = lambda v, p: "-" if v is None else format(v, p)  # noqa: E731
     print(f"{args.config} -> {out}: converged={s['converged']}, {len(s['iterations'])} iterations, "
@@ -71,6 +72,11 @@ def main() -> int:
         print(f"{r['stage']:>12} {r['frames']:>7} {f(r['regscore'], '.4f'):>9} {f(r['threshold'], '.4f'):>9} "
               f"{r['r2_ramachandran']:>21.3f} {f(r['r2_ramachandran_weighted'], '.3f'):>9} "
               f"{f(r['wall_seconds'], '.1f'):>9}")
+    parts = [r["seconds"] for r in rows if r["seconds"]]
+    if parts:
+        print("time per part of each iteration (s): " + "; ".join(
+            f"{r['stage']}: " + ", ".join(f"{k} {v:.1f}" for k, v in r["seconds"].items() if v is not None)
+            for r in rows if r["seconds"]))
     if args.json:
         Path(args.json).write_text(json.dumps({"config": args.config, "summary": s, "rows": rows}, indent=1))
     return 0

@@ -38,3 +38,26 @@ def test_bootstrap_threshold_is_the_quantile_of_the_pairwise_scores():
     assert len(scores) == 4 * 3 and thr == pytest.approx(np.quantile(scores, 0.05))
     assert 0.9 < thr <= 1.0
     assert np.allclose(pairwise_regscores([x[:, :1], x[:, :1] * 3]), 1.0)
+
+
+def test_bootstrap_in_worker_processes_matches_the_serial_path():
+    """The bootstrap networks trained in spawned processes (one torch thread each) give the
+    same scores as the same trainings in this process with one thread: the resamples and
+    seeds do not depend on where the trainings run."""
+    import functools
+    import torch
+    from cvflow.config import ModelConfig
+    from cvflow.train import bootstrap_member, bootstrap_workers, process_map
+    rng = np.random.default_rng(5)
+    t = rng.uniform(-1, 1, size=(600, 1))
+    x = np.column_stack([t, t ** 2, 0.1 * rng.normal(size=(600, 1))])
+    w = rng.uniform(0.5, 1.5, size=600)
+    cfg = ModelConfig(hidden=[8], bottleneck=1, epochs=15, batch_size=64, patience=5, threads=1)
+    train = functools.partial(bootstrap_member, model_cfg=cfg)
+    threads = torch.get_num_threads()
+    serial = bootstrap_threshold(train, x, w, 3, 0.8, 0.05, np.random.default_rng(7))
+    torch.set_num_threads(threads)
+    with process_map(2) as pmap:
+        parallel = bootstrap_threshold(train, x, w, 3, 0.8, 0.05, np.random.default_rng(7), map_fn=pmap)
+    assert np.array_equal(serial[1], parallel[1]) and serial[0] == parallel[0]
+    assert bootstrap_workers("auto", 4, 1800) == 1 and bootstrap_workers(3, 2, 10) == 2
