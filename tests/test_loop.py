@@ -160,3 +160,15 @@ def test_reweighting_matters_from_a_run_biased_along_y(tmp_path, y_cv):
     bad = _es_run(tmp_path, "unweighted", bias=start, model={"reweight": False})
     assert good["converged"] and good["r2_x"] > 0.99 and good["fes_rms_kT"] < 0.5
     assert bad["r2_x"] < good["r2_x"] and bad["fes_rms_kT"] > good["fes_rms_kT"]
+
+
+def test_bootstrap_workers_give_the_serial_result(tmp_path, es_run):
+    """`convergence.bootstrap.workers: 2` trains the bootstrap networks in two spawned
+    processes; the run reaches the same regscores and thresholds as the serial run."""
+    cfg = quick_es(tmp_path, tmp_path / "par", convergence={"bootstrap": {"repeats": 2, "workers": 2}})
+    res = CliRunner().invoke(main, ["run", str(cfg), "-q"])
+    assert res.exit_code == 0, res.output
+    serial = json.loads((es_run[1] / "summary.json").read_text())["iterations"]
+    parallel = json.loads((tmp_path / "par" / "summary.json").read_text())["iterations"]
+    assert [(i["regscore"], i["threshold"]) for i in parallel] == [(i["regscore"], i["threshold"]) for i in serial]
+    assert len(serial) >= 2 and serial[1]["threshold"] is not None
