@@ -125,7 +125,10 @@ def test_sigterm_checkpoints_and_resumes_the_same_trajectory(tmp_path, x_cv):
 def _es_run(tmp_path, name, **over):
     d = yaml.safe_load(ES_CONFIG.read_text())
     for sec, vals in over.items():
-        d[sec].update(vals)
+        if isinstance(vals, dict):
+            d[sec].update(vals)
+        else:
+            d[sec] = vals
     d["output"] = str(tmp_path / name)
     cfg = tmp_path / f"{name}.yaml"
     cfg.write_text(yaml.safe_dump(d))
@@ -151,15 +154,28 @@ def test_entropic_switch_loop_finds_x(tmp_path):
 
 @pytest.mark.slow
 def test_reweighting_matters_from_a_run_biased_along_y(tmp_path, y_cv):
-    """Iteration 0 is eABF along y (the wrong CV). With reweighting the loop finds x
-    (measured: Boltzmann-weighted R² with x 0.999, free energy 0.18 kT RMS); with
-    model.reweight: false it learns from the biased distribution (measured: R² 0.959,
-    0.57 kT)."""
+    """Iteration 0 is eABF along y (the wrong CV); three seeds, with and without weights.
+
+    With reweighting, every seed must find x: converged, monotonic in x where F ≤ 5 kT,
+    Boltzmann-weighted R² with x above 0.98 and the free energy within 0.5 kT. Without
+    (model.reweight: false), the autoencoder learns from the y-flattened distribution, whose
+    arc runs from one well up through the upper channel and down to the other; measured
+    (seeds 2024, 1, 7): R² 0.997, 0.954, 0.955, and the last two CVs fold back over x (not
+    monotonic); seed 1 did not converge in 8 iterations. Reweighted: R² 0.9998, 0.993,
+    0.983, all monotonic. One seed alone is not a test of this: seed 2024 alone gave the
+    opposite ordering of R² with the numerics of an earlier version (0.959 unweighted).
+    So the test asks, over the three seeds, that some unweighted CV is not monotonic in x
+    while every reweighted one is, and that the unweighted R² is lower on average than
+    the lowest reweighted one."""
     start = {"cv": str(y_cv), "cv_grid": [{"min": -1.2, "max": 2.8, "bins": 50}]}
-    good = _es_run(tmp_path, "reweighted", bias=start)
-    bad = _es_run(tmp_path, "unweighted", bias=start, model={"reweight": False})
-    assert good["converged"] and good["r2_x"] > 0.99 and good["fes_rms_kT"] < 0.5
-    assert bad["r2_x"] < good["r2_x"] and bad["fes_rms_kT"] > good["fes_rms_kT"]
+    good, bad = [], []
+    for seed in (2024, 1, 7):
+        good.append(_es_run(tmp_path, f"reweighted-{seed}", bias=start, seed=seed))
+        bad.append(_es_run(tmp_path, f"unweighted-{seed}", bias=start, seed=seed, model={"reweight": False}))
+    for g in good:
+        assert g["converged"] and g["monotonic_in_x"] and g["r2_x"] > 0.98 and g["fes_rms_kT"] < 0.5
+    assert not all(b["monotonic_in_x"] for b in bad)
+    assert np.mean([b["r2_x"] for b in bad]) < min(g["r2_x"] for g in good)
 
 
 def test_bootstrap_workers_give_the_serial_result(tmp_path, es_run):
