@@ -157,7 +157,7 @@ class Workflow:
                      "ess_warning": bool(tr_info.get("ess_warning", False)),
                      "walkers_failed": [w["index"] for w in md_info.get("walkers", []) if w["status"] != "done"],
                      "wall_seconds": md_info["wall_seconds"] + tr_info["wall_seconds"] + ck_info["wall_seconds"],
-                     # where the time went (issue: reweighting, regscore and bootstrap stay small)
+                     # where the time went, per part of the iteration
                      "seconds": {"md": md_info["wall_seconds"], "reweight": tr_info.get("reweight_seconds"),
                                  "training": tr_info.get("training_seconds"),
                                  "regscore": ck_info.get("regscore_seconds"),
