@@ -32,6 +32,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))  # bench.make_context
 
 
 def unbiased_frames(bundle, n_frames: int, stride: int, seed: int = 1) -> np.ndarray:
@@ -51,7 +52,7 @@ def unbiased_frames(bundle, n_frames: int, stride: int, seed: int = 1) -> np.nda
 
 def biased_steps_per_s(bundle, cv_path, steps: int = 20000) -> float:
     import openmm as mm
-    from openmm import unit as u
+    from bench import make_context
     from cvflow.bias.native import NativeEABF
     from cvflow.config import GridDim
     from cvflow.fastcv import load_cv
@@ -63,10 +64,7 @@ def biased_steps_per_s(bundle, cv_path, steps: int = 20000) -> float:
                       friction=1.0, temperature=300.0, timestep=0.002, fullsamples=100, seed=1, report_interval=250)
     system = mm.XmlSerializer.deserialize(mm.XmlSerializer.serialize(bundle.system))
     system.addForce(bias.make_force())
-    integ = mm.LangevinMiddleIntegrator(300 * u.kelvin, 1 / u.picosecond, 0.002 * u.picosecond)
-    ctx = mm.Context(system, integ, mm.Platform.getPlatformByName("Reference"))
-    ctx.setPositions(bundle.positions * u.nanometer)
-    integ.step(500)
+    _, integ = make_context(system, bundle.positions, "Reference", 1)
     t0 = time.perf_counter()
     integ.step(steps)
     return steps / (time.perf_counter() - t0)
@@ -107,15 +105,16 @@ def main(argv=None):
     times = {}
 
     def trained_cv(name, w, seed):
+        """Train, export; returns the result, the CV file and the training time."""
         t = time.perf_counter()
         res = train_model(x, w, cfg, seed=seed)
-        times.setdefault(name, time.perf_counter() - t)
+        seconds = time.perf_counter() - t
         path = tmp / f"{name}.pt"
         export_cv(feats, res.mean, res.std, res.model.encoder, bundle.n_atoms, path)
-        return res, path
+        return res, path, seconds
 
     # the "previous" CV and a free energy along it, as an eABF iteration would leave them
-    _, prev_cv = trained_cv("training (previous CV)", None, 1)
+    _, prev_cv, _ = trained_cv("previous", None, 1)
     xi = cv_values(prev_cv, frames)
     grid = Grid.from_dims([GridDim(min=float(v.min()) - 0.01, max=float(v.max()) + 0.01, bins=40) for v in xi.T])
     count, _ = np.histogramdd(xi, bins=[np.linspace(lo, hi, 41) for lo, hi in zip(grid.mins, grid.maxs)])
@@ -128,8 +127,7 @@ def main(argv=None):
     w = normalised_weights(log_weights_from_fes(xi, tmp / "fes.csv", 1 / 2.494))
     times["reweighting"] = time.perf_counter() - t
 
-    times.pop("training (previous CV)")
-    res, new_cv = trained_cv("training", w, 2)
+    res, new_cv, times["training"] = trained_cv("new", w, 2)
     t = time.perf_counter()
     score = regscore(cv_values(prev_cv, frames), cv_values(new_cv, frames))
     times["regression score"] = time.perf_counter() - t
