@@ -242,6 +242,9 @@ class BootstrapConfig(Strict):
     # `repeats`) when the data are large enough to pay for starting them (≥ 10⁶ feature
     # values), else 1. Small networks do not gain from more torch threads; they do from this.
     workers: Union[Literal["auto"], PositiveInt] = "auto"
+    # the threshold is never below this: with a few networks, the low quantile is the worst
+    # pair, and one network that lands in another minimum would let an R² of 0.03 pass.
+    min_threshold: float = Field(0.5, ge=0, le=1)
 
 
 class ConvergenceConfig(Strict):

@@ -28,6 +28,7 @@ class IterationRecord:
     ess: float | None = None
     regscore: float | None = None
     threshold: float | None = None
+    quantile_below_floor: float | None = None  # the bootstrap quantile, when the floor replaced it
     bootstrap: list = field(default_factory=list)
     converged: bool | None = None
     wall_seconds: float = 0.0
@@ -90,6 +91,8 @@ def load_run(run_dir) -> RunRecord:
         if ck:
             rec.regscore, rec.threshold = ck.get("regscore"), ck.get("threshold")
             rec.bootstrap = ck.get("bootstrap_scores") or []
+            if ck.get("threshold_floored"):
+                rec.quantile_below_floor = ck.get("bootstrap_quantile")
             rec.converged = ck.get("converged")
             rec.wall_seconds += ck.get("wall_seconds", 0.0)
         its.append(rec)
@@ -107,7 +110,8 @@ def status_table(run: RunRecord):
         t.add_column(col, justify="right")
     for r in run.iterations:
         t.add_row(str(r.index), fmt(r.frames, "d"), fmt(r.ess, ".0f"), fmt(r.regscore, ".4f"),
-                  fmt(r.threshold, ".4f"), "-" if r.converged is None else ("yes" if r.converged else "no"),
+                  fmt(r.threshold, ".4f") + (" (floor)" if r.quantile_below_floor is not None else ""),
+                  "-" if r.converged is None else ("yes" if r.converged else "no"),
                   f"{r.wall_seconds:.1f}")
     if run.summary and run.summary.get("production"):
         p = run.summary["production"]
@@ -185,12 +189,16 @@ def _plot_convergence(run: RunRecord, out: Path) -> Path | None:
         if r.bootstrap:
             ax.plot(np.full(len(r.bootstrap), r.index) + 0.08, r.bootstrap, ".", color="0.5", alpha=0.7)
     ax.plot([], [], ".", color="0.5", label="bootstrap R² (pairs of resampled fits)")
+    low = [r for r in recs if r.quantile_below_floor is not None]
+    if low:
+        ax.plot([r.index for r in low], [r.quantile_below_floor for r in low], "x", color="C3",
+                label="bootstrap quantile below the floor")
     ax.set_xlabel("iteration")
     ax.set_ylabel("R²")
     ax.set_xticks([r.index for r in recs])
     ax.set_xlim(recs[0].index - 0.5, recs[-1].index + 0.5)
     ax.set_ylim(min([0.0] + [b for r in recs for b in r.bootstrap]), 1.02)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

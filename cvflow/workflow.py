@@ -293,6 +293,14 @@ class Workflow:
             t_r = time.perf_counter() - t_r
             t_b = time.perf_counter()
             threshold, scores = self._threshold(i, it_dir, x)
+            if scores is not None:
+                floor = cfg.convergence.bootstrap.min_threshold
+                metrics.update(bootstrap_quantile=threshold, threshold_floored=bool(threshold < floor))
+                if threshold < floor:
+                    log.warning(f"iteration {i}: the bootstrap quantile {threshold:.3f} is below "
+                                f"convergence.bootstrap.min_threshold; the threshold is {floor} "
+                                f"(pairwise scores {np.round(scores, 3).tolist()})")
+                    threshold = floor
             metrics.update(regscore=score, threshold=threshold, converged=bool(score >= threshold),
                            bootstrap_scores=None if scores is None else scores.tolist(),
                            regscore_seconds=t_r, bootstrap_seconds=time.perf_counter() - t_b)

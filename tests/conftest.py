@@ -184,18 +184,8 @@ def es_loop_checks(run) -> dict:
     from cvflow.fes import read_fes
     run = Path(run)
     s = json.loads((run / "summary.json").read_text())
-    m = torch.jit.load(str(run / s["final_cv"]))
-
-    def cv(xy):
-        pos = np.zeros((len(xy), 1, 3))
-        pos[:, 0, :2] = xy
-        with torch.no_grad():
-            return m(torch.as_tensor(pos)).numpy()[:, 0]
-    xs = np.linspace(-1.6, 1.6, 161)
-    ok = es_exact_fx(xs) * BETA_ES <= 5
-    vals = cv(np.column_stack([xs, np.zeros_like(xs)]))[ok]
-    steps = np.diff(vals)
-    monotonic = bool(np.all(steps > 0) or np.all(steps < 0))
+    cv = toy_cv_fn(run / s["final_cv"])
+    monotonic = monotonic_in_x(cv)
     c, f, _ = read_fes(run / s["final_fes"])
     width = c[1, 0] - c[0, 0]
     edges = np.concatenate([c[:, 0] - width / 2, [c[-1, 0] + width / 2]])
@@ -207,6 +197,65 @@ def es_loop_checks(run) -> dict:
             "wall_seconds": sum(it["wall_seconds"] for it in s["iterations"]) + s["production"]["wall_seconds"],
             "monotonic_in_x": monotonic, "separation": sep, "fes_rms_kT": err, "fes_bins": nbins,
             "r2_x": _boltzmann_r2(cv, 0)}
+
+
+def toy_cv_fn(path):
+    """A toy CV file as a function of (n, 2) points (x, y) → the first CV component."""
+    m = torch.jit.load(str(path))
+
+    def cv(xy):
+        pos = np.zeros((len(xy), 1, 3))
+        pos[:, 0, :2] = xy
+        with torch.no_grad():
+            return m(torch.as_tensor(pos)).numpy()[:, 0]
+    return cv
+
+
+def monotonic_in_x(cv_fn) -> bool:
+    """Is the CV monotonic in x along y = 0 where the exact F(x) ≤ 5 kT?"""
+    xs = np.linspace(-1.6, 1.6, 161)
+    steps = np.diff(cv_fn(np.column_stack([xs, np.zeros_like(xs)]))[es_exact_fx(xs) * BETA_ES <= 5])
+    return bool(np.all(steps > 0) or np.all(steps < 0))
+
+
+Y_START_GRID = [{"min": -1.2, "max": 2.8, "bins": 50}]
+
+
+def es_y_start_run(seed: int, reweight: bool, y_cv: Path, work: Path) -> dict:
+    """Issue 3's sanity check, one run: the entropic-switch loop with iteration 0 biased
+    along y, with or without reweighting, in a subprocess with one thread (so that two run
+    side by side, each reproducible). Returns es_loop_checks plus, per iteration, the CV's
+    Boltzmann-weighted R² with x and y and whether it is monotonic in x."""
+    import json
+    import subprocess
+    import sys
+    import time
+    import yaml
+    name = f"{'reweighted' if reweight else 'unweighted'}-{seed}"
+    d = yaml.safe_load(ES_CONFIG.read_text())
+    d["seed"] = seed
+    d["bias"].update(cv=str(y_cv), cv_grid=Y_START_GRID)
+    d["model"].update(reweight=reweight, threads=1)
+    d["convergence"]["bootstrap"] = {"workers": 1}
+    run = Path(work) / name
+    d["output"] = str(run)
+    cfg = Path(work) / f"{name}.yaml"
+    cfg.write_text(yaml.safe_dump(d))
+    t0 = time.time()
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "cvflow.cli", "run", str(cfg), "-q"], check=True, env=env)
+    s = json.loads((run / "summary.json").read_text())
+    per_it = []
+    for it in s["iterations"]:
+        f = toy_cv_fn(run / it["cv"])
+        per_it.append({"index": it["index"], "regscore": it["regscore"], "threshold": it["threshold"],
+                       "r2_x": round(_boltzmann_r2(f, 0), 4), "r2_y": round(_boltzmann_r2(f, 1), 4),
+                       "monotonic_in_x": monotonic_in_x(f)})
+    r = {"name": name, "seed": seed, "reweight": reweight, "run_seconds": round(time.time() - t0, 1),
+         "per_iteration": per_it}
+    r.update(es_loop_checks(run))
+    r["finds_x"] = bool(r["converged"] and r["monotonic_in_x"] and r["r2_x"] > 0.98)
+    return r
 
 
 def _boltzmann_r2(cv_fn, axis: int, beta=BETA_ES) -> float:

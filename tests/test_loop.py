@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from cvflow.cli import main
-from conftest import ES_CONFIG, es_loop_checks, quick_es
+from conftest import ES_CONFIG, es_loop_checks, es_y_start_run, quick_es
 
 
 def test_run_directory_and_summary(es_run):
@@ -144,8 +145,9 @@ def _es_run(tmp_path, name, **over):
 def test_entropic_switch_loop_finds_x(tmp_path):
     """The shipped config: converges within 8 iterations; the final CV separates the two
     wells, is monotonic in x where F ≤ 5 kT, and the production free energy along it
-    matches the exact one within 0.5 kT RMS where F ≤ 5 kT. Measured (seeds 2024, 1, 7):
-    5, 4, 3 iterations; RMS 0.16, 0.18, 0.09 kT."""
+    matches the exact one within 0.5 kT RMS where F ≤ 5 kT. Measured (seed 2024, with the
+    bootstrap floor): 4 iterations, regscores 0.14, 0.034, 0.997 against thresholds 0.5
+    (floor), 0.5 (floor), 0.867; R² 0.9999 with x; RMS 0.054 kT over 26 bins."""
     r = _es_run(tmp_path, "es")
     assert r["converged"] and r["iterations"] <= 8
     assert r["separation"] > 0.5 and r["monotonic_in_x"]
@@ -154,28 +156,33 @@ def test_entropic_switch_loop_finds_x(tmp_path):
 
 @pytest.mark.slow
 def test_reweighting_matters_from_a_run_biased_along_y(tmp_path, y_cv):
-    """Iteration 0 is eABF along y (the wrong CV); three seeds, with and without weights.
+    """Iteration 0 is eABF along y (the wrong CV); six seeds, with and without weights, two
+    runs at a time with one thread each (about 6 minutes).
 
-    With reweighting, every seed must find x: converged, monotonic in x where F ≤ 5 kT,
-    Boltzmann-weighted R² with x above 0.98 and the free energy within 0.5 kT. Without
-    (model.reweight: false), the autoencoder learns from the y-flattened distribution, whose
-    arc runs from one well up through the upper channel and down to the other; measured
-    (seeds 2024, 1, 7): R² 0.997, 0.954, 0.955, and the last two CVs fold back over x (not
-    monotonic); seed 1 did not converge in 8 iterations. Reweighted: R² 0.9998, 0.993,
-    0.983, all monotonic. One seed alone is not a test of this: seed 2024 alone gave the
-    opposite ordering of R² with the numerics of an earlier version (0.959 unweighted).
-    So the test asks, over the three seeds, that some unweighted CV is not monotonic in x
-    while every reweighted one is, and that the unweighted R² is lower on average than
-    the lowest reweighted one."""
-    start = {"cv": str(y_cv), "cv_grid": [{"min": -1.2, "max": 2.8, "bins": 50}]}
-    good, bad = [], []
-    for seed in (2024, 1, 7):
-        good.append(_es_run(tmp_path, f"reweighted-{seed}", bias=start, seed=seed))
-        bad.append(_es_run(tmp_path, f"unweighted-{seed}", bias=start, seed=seed, model={"reweight": False}))
+    With reweighting, every run must find x: converged, monotonic in x where F ≤ 5 kT,
+    Boltzmann-weighted R² with x above 0.98, and the production free energy within 0.5 kT
+    of the exact one. Without (model.reweight: false), the autoencoder learns from the
+    flattened distribution of the previous CV: first y or the arc from one well up through
+    the upper channel to the other, then an arc that folds back over x; the loop settles
+    there. Measured with scripts/reweighting_sweep.py (docs/measurements/
+    reweighting-sweep-cpu-vm.json), seeds 1–10 and 2024: reweighted 11 of 11 find x (R²
+    0.982–0.9999); unweighted 10 of 11 converge to a CV that is not monotonic in x (R²
+    0.945–0.969), and one (seed 2024) finds x (R² 0.994). Seeds 1–6 here all gave the
+    non-monotonic CV; the test allows one of six to find x, as seed 2024 did, so that a
+    change of numerics that moves one run does not fail it. The median unweighted R² must
+    stay below the lowest reweighted one."""
+    jobs = [(seed, rw) for seed in range(1, 7) for rw in (True, False)]
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda j: es_y_start_run(j[0], j[1], y_cv, tmp_path), jobs))
+    for r in runs:
+        print(r["name"], {k: r[k] for k in ("converged", "iterations", "r2_x", "monotonic_in_x", "fes_rms_kT")},
+              [p["r2_x"] for p in r["per_iteration"]])
+    good = [r for r in runs if r["reweight"]]
+    bad = [r for r in runs if not r["reweight"]]
     for g in good:
-        assert g["converged"] and g["monotonic_in_x"] and g["r2_x"] > 0.98 and g["fes_rms_kT"] < 0.5
-    assert not all(b["monotonic_in_x"] for b in bad)
-    assert np.mean([b["r2_x"] for b in bad]) < min(g["r2_x"] for g in good)
+        assert g["finds_x"] and g["fes_rms_kT"] < 0.5, g
+    assert sum(not b["monotonic_in_x"] for b in bad) >= 5
+    assert np.median([b["r2_x"] for b in bad]) < min(g["r2_x"] for g in good)
 
 
 def test_bootstrap_workers_give_the_serial_result(tmp_path, es_run):
@@ -188,3 +195,27 @@ def test_bootstrap_workers_give_the_serial_result(tmp_path, es_run):
     parallel = json.loads((tmp_path / "par" / "summary.json").read_text())["iterations"]
     assert [(i["regscore"], i["threshold"]) for i in parallel] == [(i["regscore"], i["threshold"]) for i in serial]
     assert len(serial) >= 2 and serial[1]["threshold"] is not None
+
+
+def test_bootstrap_threshold_has_a_floor(tmp_path):
+    """`convergence.bootstrap.min_threshold`: a bootstrap quantile below it is raised to it,
+    with the raw quantile and a flag kept in metrics.json and shown by `cvflow status`. With
+    the floor at 1, no regscore passes, so the run must not converge."""
+    cfg = quick_es(tmp_path, tmp_path / "floor", convergence={"bootstrap": {"repeats": 2, "min_threshold": 1.0}})
+    res = CliRunner().invoke(main, ["run", str(cfg), "-q"])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "floor"
+    s = json.loads((run / "summary.json").read_text())
+    assert not s["converged"] and len(s["iterations"]) == 3
+    for i in (1, 2):
+        m = json.loads((run / f"iter_{i:03d}" / "metrics.json").read_text())
+        assert m["threshold"] == 1.0 and m["threshold_floored"] and not m["converged"]
+        assert m["bootstrap_quantile"] < 1.0 and m["regscore"] < 1.0
+        assert np.isclose(m["bootstrap_quantile"], np.quantile(m["bootstrap_scores"], 0.05))
+    from cvflow.report import load_run, status_table
+    rec = load_run(run)
+    assert [r.quantile_below_floor is not None for r in rec.iterations] == [False, True, True]
+    from rich.console import Console
+    con = Console(width=200, record=True)
+    con.print(status_table(rec))
+    assert con.export_text().count("1.0000 (floor)") == 2
