@@ -182,7 +182,7 @@ def _plot_convergence(run: RunRecord, out: Path) -> Path | None:
     if not recs:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = plt.subplots(figsize=(8.0, 3.8))
     ax.plot([r.index for r in recs], [r.regscore for r in recs], "o-", label="regscore(ξ_{i-1}, ξ_i)")
     ax.plot([r.index for r in recs], [r.threshold for r in recs], "s--", color="C3", label="threshold")
     for r in recs:
@@ -198,7 +198,7 @@ def _plot_convergence(run: RunRecord, out: Path) -> Path | None:
     ax.set_xticks([r.index for r in recs])
     ax.set_xlim(recs[0].index - 0.5, recs[-1].index + 0.5)
     ax.set_ylim(min([0.0] + [b for r in recs for b in r.bootstrap]), 1.02)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over points
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
