@@ -278,7 +278,6 @@ class Workflow:
         return Grid(lo, hi, [b.bins] * len(lo)).to_list()
 
     def _check(self, i: int, it_dir: Path, prev, tr_info) -> dict:
-        cfg = self.cfg
         t0 = time.perf_counter()
         metrics = {"index": i, "ess": tr_info["ess"], "ess_warning": tr_info.get("ess_warning", False),
                    "frames": tr_info["frames"], "best_val_loss": tr_info["best_val_loss"]}
@@ -292,26 +291,20 @@ class Workflow:
             score = regscore(old, new)
             t_r = time.perf_counter() - t_r
             t_b = time.perf_counter()
-            threshold, scores = self._threshold(i, it_dir, x)
-            if scores is not None:
-                floor = cfg.convergence.bootstrap.min_threshold
-                metrics.update(bootstrap_quantile=threshold, threshold_floored=bool(threshold < floor))
-                if threshold < floor:
-                    log.warning(f"iteration {i}: the bootstrap quantile {threshold:.3f} is below "
-                                f"convergence.bootstrap.min_threshold; the threshold is {floor} "
-                                f"(pairwise scores {np.round(scores, 3).tolist()})")
-                    threshold = floor
-            metrics.update(regscore=score, threshold=threshold, converged=bool(score >= threshold),
-                           bootstrap_scores=None if scores is None else scores.tolist(),
+            thr = self._threshold(i, it_dir, x)
+            metrics.update(regscore=score, **thr, converged=bool(score >= thr["threshold"]),
                            regscore_seconds=t_r, bootstrap_seconds=time.perf_counter() - t_b)
         metrics["wall_seconds"] = time.perf_counter() - t0
         art.write_json(it_dir / "metrics.json", metrics)
         return metrics
 
-    def _threshold(self, i: int, it_dir: Path, x: np.ndarray):
+    def _threshold(self, i: int, it_dir: Path, x: np.ndarray) -> dict:
+        """The convergence threshold for iteration ``i`` and, with ``auto``, how it was found:
+        the pairwise bootstrap scores, their quantile and whether the floor
+        (``convergence.bootstrap.min_threshold``) replaced it. Keys as in metrics.json."""
         cfg = self.cfg
         if cfg.convergence.threshold != "auto":
-            return float(cfg.convergence.threshold), None
+            return {"threshold": float(cfg.convergence.threshold), "bootstrap_scores": None}
         w = np.load(it_dir / "weights.npy")
         bs = cfg.convergence.bootstrap
         train_fn = functools.partial(bootstrap_member, model_cfg=cfg.model, label=f"iteration {i} bootstrap")
@@ -319,9 +312,17 @@ class Workflow:
         workers = bootstrap_workers(bs.workers, bs.repeats, x.size)
         args = (train_fn, x, w, bs.repeats, bs.fraction, bs.quantile, rng)
         if workers == 1:
-            return bootstrap_threshold(*args)
-        with process_map(workers) as pmap:
-            return bootstrap_threshold(*args, map_fn=pmap)
+            quantile, scores = bootstrap_threshold(*args)
+        else:
+            with process_map(workers) as pmap:
+                quantile, scores = bootstrap_threshold(*args, map_fn=pmap)
+        floored = quantile < bs.min_threshold
+        if floored:
+            log.warning(f"iteration {i}: the bootstrap quantile {quantile:.3f} is below "
+                        f"convergence.bootstrap.min_threshold; the threshold is {bs.min_threshold} "
+                        f"(pairwise scores {np.round(scores, 3).tolist()})")
+        return {"threshold": max(quantile, bs.min_threshold), "bootstrap_quantile": quantile,
+                "threshold_floored": bool(floored), "bootstrap_scores": scores.tolist()}
 
     def _production(self, last_train) -> dict:
         cfg = self.cfg

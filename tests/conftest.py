@@ -135,19 +135,30 @@ def build_ala2():
     return build_system(SystemConfig(pdb=ALA2_PDB), "backbone")
 
 
-def quick_es(tmp_path, out, **over):
-    """A short entropic-switch loop config (about 20 s): writes it under tmp_path."""
+def write_es_config(path: Path, out: Path, *overrides: dict) -> Path:
+    """The shipped entropic-switch config with `overrides` applied in order (a dict updates
+    its section, anything else replaces it) and output `out`, written to `path`."""
     import yaml
     d = yaml.safe_load(ES_CONFIG.read_text())
-    d["md"].update(steps=20_000, report_interval=50, checkpoint_interval=5_000)
-    d["model"].update(epochs=40, patience=10, threads=1)
-    d["convergence"].update(max_iterations=3, production_steps=20_000, bootstrap={"repeats": 2})
-    for k, v in over.items():
-        d[k].update(v)
+    for over in overrides:
+        for sec, vals in over.items():
+            if isinstance(vals, dict):
+                d[sec].update(vals)
+            else:
+                d[sec] = vals
     d["output"] = str(out)
-    p = tmp_path / f"{out.name}.yaml"
-    p.write_text(yaml.safe_dump(d))
-    return p
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+QUICK_ES = {"md": {"steps": 20_000, "report_interval": 50, "checkpoint_interval": 5_000},
+            "model": {"epochs": 40, "patience": 10, "threads": 1},
+            "convergence": {"max_iterations": 3, "production_steps": 20_000, "bootstrap": {"repeats": 2}}}
+
+
+def quick_es(tmp_path, out, **over):
+    """A short entropic-switch loop config (about 20 s): writes it under tmp_path."""
+    return write_es_config(tmp_path / f"{out.name}.yaml", out, QUICK_ES, over)
 
 
 @pytest.fixture(scope="session")
@@ -230,17 +241,11 @@ def es_y_start_run(seed: int, reweight: bool, y_cv: Path, work: Path) -> dict:
     import subprocess
     import sys
     import time
-    import yaml
     name = f"{'reweighted' if reweight else 'unweighted'}-{seed}"
-    d = yaml.safe_load(ES_CONFIG.read_text())
-    d["seed"] = seed
-    d["bias"].update(cv=str(y_cv), cv_grid=Y_START_GRID)
-    d["model"].update(reweight=reweight, threads=1)
-    d["convergence"]["bootstrap"] = {"workers": 1}
     run = Path(work) / name
-    d["output"] = str(run)
-    cfg = Path(work) / f"{name}.yaml"
-    cfg.write_text(yaml.safe_dump(d))
+    cfg = write_es_config(Path(work) / f"{name}.yaml", run, {
+        "seed": seed, "bias": {"cv": str(y_cv), "cv_grid": Y_START_GRID},
+        "model": {"reweight": reweight, "threads": 1}, "convergence": {"bootstrap": {"workers": 1}}})
     t0 = time.time()
     env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
     subprocess.run([sys.executable, "-m", "cvflow.cli", "run", str(cfg), "-q"], check=True, env=env)

@@ -14,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from cvflow.cli import main
-from conftest import ES_CONFIG, es_loop_checks, es_y_start_run, quick_es
+from conftest import ES_CONFIG, es_loop_checks, es_y_start_run, quick_es, write_es_config
 
 
 def test_run_directory_and_summary(es_run):
@@ -124,15 +124,7 @@ def test_sigterm_checkpoints_and_resumes_the_same_trajectory(tmp_path, x_cv):
 
 
 def _es_run(tmp_path, name, **over):
-    d = yaml.safe_load(ES_CONFIG.read_text())
-    for sec, vals in over.items():
-        if isinstance(vals, dict):
-            d[sec].update(vals)
-        else:
-            d[sec] = vals
-    d["output"] = str(tmp_path / name)
-    cfg = tmp_path / f"{name}.yaml"
-    cfg.write_text(yaml.safe_dump(d))
+    cfg = write_es_config(tmp_path / f"{name}.yaml", tmp_path / name, over)
     t0 = time.time()
     res = CliRunner().invoke(main, ["run", str(cfg), "-q"])
     assert res.exit_code == 0, res.output
