@@ -249,6 +249,8 @@ class BootstrapConfig(Strict):
 
 class ConvergenceConfig(Strict):
     max_iterations: PositiveInt = 8
+    # passes (regscore ≥ an unfloored threshold) in a row needed to stop
+    consecutive: PositiveInt = 1
     threshold: Union[Literal["auto"], Annotated[float, Field(gt=0, le=1)]] = "auto"
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
     production_steps: PositiveInt = 200_000
@@ -287,6 +289,65 @@ class ExecutionConfig(Strict):
         return self
 
 
+_TORSIONS = ("phi", "psi", "chi1", "chi2", "omega")
+
+
+class DistanceBox(Strict):
+    """A distance between the centres of two MDTraj selections, inside ``range``."""
+    between: list[str]
+    range: list[Length]
+
+    @model_validator(mode="after")
+    def _two(self):
+        if len(self.between) != 2:
+            raise ValueError("distance.between takes two MDTraj selections")
+        if len(self.range) != 2 or not self.range[0] < self.range[1]:
+            raise ValueError("distance.range takes [low, high] with low < high, e.g. ['0 nm', '0.5 nm']")
+        return self
+
+
+class RMSDBox(Strict):
+    """RMSD (after optimal superposition of ``atoms``) to a reference structure, inside ``range``."""
+    reference: Path
+    atoms: str = "backbone"
+    range: list[Length]
+
+    @model_validator(mode="after")
+    def _range(self):
+        if len(self.range) != 2 or not self.range[0] < self.range[1]:
+            raise ValueError("rmsd.range takes [low, high] with low < high, e.g. ['0 nm', '0.15 nm']")
+        return self
+
+
+class StateDef(Strict):
+    """A named state: a box in observables that MDTraj computes. Torsions are in degrees,
+    ``[low, high]``, of residue ``residue`` (0-based; default: the first residue that has
+    that torsion); a box with low > high wraps through ±180 (e.g. ``psi: [120, -120]``).
+    A frame is in the state when every observable given is inside its box."""
+    residue: Optional[Annotated[int, Field(ge=0)]] = None
+    phi: Optional[list[float]] = None
+    psi: Optional[list[float]] = None
+    chi1: Optional[list[float]] = None
+    chi2: Optional[list[float]] = None
+    omega: Optional[list[float]] = None
+    distance: Optional[DistanceBox] = None
+    rmsd: Optional[RMSDBox] = None
+
+    @model_validator(mode="after")
+    def _boxes(self):
+        given = [k for k in _TORSIONS if getattr(self, k) is not None]
+        for k in given:
+            box = getattr(self, k)
+            if len(box) != 2 or not all(-180.0 <= v <= 180.0 for v in box) or box[0] == box[1]:
+                raise ValueError(f"{k} takes [low, high] in degrees within [-180, 180], e.g. [-180, 0]")
+        if not given and self.distance is None and self.rmsd is None:
+            raise ValueError("a state needs at least one box: phi, psi, chi1, chi2, omega, distance or rmsd")
+        return self
+
+    def torsion_boxes(self) -> dict:
+        return {k: getattr(self, k) for k in _TORSIONS if getattr(self, k) is not None}
+
+
 class Config(Strict):
     """A whole cvflow run."""
     seed: int = Field(2024, ge=0)
@@ -297,6 +358,7 @@ class Config(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     convergence: ConvergenceConfig = Field(default_factory=ConvergenceConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    states: Optional[dict[str, StateDef]] = None
     output: Optional[Path] = None
 
     @model_validator(mode="after")
@@ -305,6 +367,9 @@ class Config(Strict):
         if self.execution.walkers > 1 and self.bias.engine == "plumed":
             raise ValueError("execution.walkers > 1 needs bias.engine: native (DRR's CZAR output holds "
                              "gradients, which cannot be merged exactly; cvflow's counts and sums can)")
+        if self.states is not None and self.system.is_toy:
+            raise ValueError("states are boxes in molecular observables (phi, psi, distance, rmsd); "
+                             "a toy system has none")
         if g is not None and len(g) != self.model.bottleneck:
             raise ValueError(f"bias.grid has {len(g)} dimension(s) but the learned CV has model.bottleneck = "
                              f"{self.model.bottleneck}; give the initial CV's grid as bias.cv_grid")
@@ -366,6 +431,9 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     cfg.system.pdb = res(cfg.system.pdb)
     cfg.bias.cv = res(cfg.bias.cv)
     cfg.features.reference = res(cfg.features.reference)
+    for st in (cfg.states or {}).values():
+        if st.rmsd is not None:
+            st.rmsd.reference = res(st.rmsd.reference)
     return cfg
 
 
@@ -403,6 +471,9 @@ def check_input_files(cfg: Config) -> None:
                    ("features.reference", cfg.features.reference)):
         if p is not None and not Path(p).is_file():
             raise ConfigError(f"{key}: file not found: {p}")
+    for name, st in (cfg.states or {}).items():
+        if st.rmsd is not None and not Path(st.rmsd.reference).is_file():
+            raise ConfigError(f"states.{name}.rmsd.reference: file not found: {st.rmsd.reference}")
 
 
 def dump_config(cfg: Config) -> dict:

@@ -6,11 +6,12 @@ import itertools
 import numpy as np
 
 
-def regscore(a: np.ndarray, b: np.ndarray, w: np.ndarray | None = None) -> float:
-    """R² of the least-squares fit b ≈ W a + c, over all output dimensions.
+def regscores(a: np.ndarray, b: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """R² of the least-squares fit b_k ≈ W_k a + c_k, one per output k of the new CV.
 
     ``a`` (n, d1) is the old CV and ``b`` (n, d2) the new one, on the same frames.
-    R² = 1 − Σ‖b − b̂‖² / Σ‖b − mean(b)‖², each sum weighted by ``w`` when given.
+    R²_k = 1 − Σ(b_k − b̂_k)² / Σ(b_k − mean b_k)², each sum weighted by ``w`` when given.
+    An output that does not vary scores 0.
     """
     a = np.asarray(a, np.float64).reshape(len(a), -1)
     b = np.asarray(b, np.float64).reshape(len(b), -1)
@@ -20,12 +21,25 @@ def regscore(a: np.ndarray, b: np.ndarray, w: np.ndarray | None = None) -> float
     coef, *_ = np.linalg.lstsq(design * sw, b * sw, rcond=None)
     resid = b - design @ coef
     mean = (b * w[:, None]).sum(0) / w.sum()
-    tot = (((b - mean) ** 2) * w[:, None]).sum()
-    return float(1.0 - ((resid ** 2) * w[:, None]).sum() / tot) if tot > 0 else 0.0
+    tot = (((b - mean) ** 2) * w[:, None]).sum(0)
+    res = ((resid ** 2) * w[:, None]).sum(0)
+    safe = np.where(tot > 0, tot, 1.0)
+    return np.where(tot > 0, 1.0 - res / safe, 0.0)
+
+
+def regscore(a: np.ndarray, b: np.ndarray, w: np.ndarray | None = None) -> float:
+    """The regression score of the new CV ``b`` on the old one ``a``: the weakest output's R²
+    (:func:`regscores`).
+
+    Pooling the residuals of all outputs would let a well-explained output of large variance
+    hide one that is not explained at all (scores [1.00, 0.001] pool to 0.99 when the first
+    output varies 1000 times more); the stop rule asks that every output be explained.
+    """
+    return float(np.min(regscores(a, b, w)))
 
 
 def pairwise_regscores(cvs: list[np.ndarray]) -> np.ndarray:
-    """regscore for every ordered pair of CVs (they are not symmetric)."""
+    """regscore (weakest output) for every ordered pair of CVs (they are not symmetric)."""
     return np.array([regscore(a, b) for a, b in itertools.permutations(cvs, 2)])
 
 

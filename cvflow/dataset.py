@@ -5,7 +5,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from .features import AlignedFeatures
-from .fes import fes_interpolator, read_fes
+from .fes import fes_on_frames, read_fes
 
 
 def make_features(bundle, features_cfg) -> AlignedFeatures:
@@ -25,19 +25,30 @@ def make_features(bundle, features_cfg) -> AlignedFeatures:
     return AlignedFeatures(idx, ref[idx], align=features_cfg.align)
 
 
-def log_weights_from_fes(xi: np.ndarray, fes_path, beta: float) -> np.ndarray:
-    """log ŵ_j = −β F(ξ_j) − log Σ_k exp(−β F(ξ_k)), in float64 (log-sum-exp)."""
+def log_weights_from_fes(xi: np.ndarray, fes_path, beta: float) -> tuple[np.ndarray, dict]:
+    """log ŵ_j = −β F(ξ_j) − log Σ_k exp(−β F(ξ_k)), in float64 (log-sum-exp).
+
+    Frames whose ξ has no free energy (outside the grid, in an unsampled bin, or in a
+    region of the grid that the CZAR gradient does not connect to the main one) get
+    log ŵ = −inf: they are left out of the reweighted data rather than given an arbitrary
+    weight. Returns ``(log ŵ, info)``; ``info`` counts those frames.
+    """
     centres, f, _, periods = read_fes(fes_path, with_periods=True)
-    interp = fes_interpolator(centres, f, periods)
-    logw = -beta * interp(np.asarray(xi, np.float64).reshape(len(xi), -1))
-    return logw - logsumexp(logw)
+    fx = fes_on_frames(centres, f, np.asarray(xi, np.float64).reshape(len(xi), -1), periods)
+    known = np.isfinite(fx)
+    logw = np.where(known, -beta * np.where(known, fx, 0.0), -np.inf)
+    if known.any():
+        logw = logw - logsumexp(logw[known])
+    n = len(xi)
+    info = {"frames": int(n), "frames_without_free_energy": int(n - known.sum()),
+            "fraction_without_free_energy": float((n - known.sum()) / n) if n else 0.0}
+    return logw, info
 
 
 def normalised_weights(logw: np.ndarray) -> np.ndarray:
-    w = np.exp(logw - logsumexp(logw))
+    """Weights summing to one from log-weights (−inf: weight 0)."""
+    w = np.exp(logw - np.max(logw))
     return w / w.sum()
-
-
 def effective_sample_size(w: np.ndarray) -> float:
     """Kish's effective sample size (Σw)² / Σw²."""
     w = np.asarray(w, np.float64)

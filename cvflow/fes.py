@@ -3,11 +3,22 @@
 CZAR (Lesage et al., J. Phys. Chem. B 121, 3676, 2017) estimates the gradient of the
 free energy along ξ from an extended-system run:
 
-    ∇F(z) = −kT ∇ ln ρ̄(z) + κ (⟨λ⟩_z − z)
+    ∇F(z) = −kT ∇ ln ρ̃(z) + ⟨κ (λ − ξ)⟩_z
 
-where ρ̄ is the (biased) histogram of ξ and ⟨λ⟩_z the mean of λ among samples with ξ
-in bin z. The statistics are a count and a sum of λ per bin, so those of several runs
-(walkers) add exactly.
+where ρ̃ is the (biased) histogram of ξ and ⟨κ(λ − ξ)⟩_z the mean coupling force over the
+samples with ξ in bin z. It is accumulated per sample, as Colvars and PLUMED's DRR do:
+forming κ(⟨λ⟩_z − z_centre) instead adds κ(⟨ξ⟩_z − z_centre) ≈ κh²/12 · d ln ρ̃/dz, which
+with κ = kT/h² is a twelfth of the histogram term. The statistics are a count and a sum of
+κ(λ − ξ) per bin. Those of several runs add exactly (walkers), and because each sample
+carries its own κ, so do parts run with different κ (a stage recovered from a blow-up with
+a softer coupling): for a mixture, the pooled histogram term and the pooled mean force
+combine to the same ∇F.
+
+Separate visited regions. The gradient relates bins only through a chain of usable
+neighbours. Bins are grouped into connected regions (through periodic edges too), and the
+free energy is integrated on the region that holds the most samples; other regions get no
+free energy (NaN), because nothing in the gradient fixes their offset. The same rule holds
+in 1-D and 2-D (:func:`connected_regions`).
 """
 from __future__ import annotations
 
@@ -83,19 +94,21 @@ class Grid:
 
 @dataclass
 class CZARStats:
-    """Additive CZAR statistics on a grid: sample count and Σλ per bin of ξ."""
+    """Additive CZAR statistics on a grid: per bin of ξ, the sample count and Σ κ(λ − ξ) in
+    kJ/mol per CV unit (λ − ξ as the nearest image on periodic dimensions). ``kappa`` is the
+    coupling at the start, for the record; the sums carry each sample's own κ."""
     grid: Grid
     kappa: float
     kT: float
     count: np.ndarray   # (*bins,)
-    sum_lambda: np.ndarray  # (*bins, dim)
+    sum_coupling: np.ndarray  # (*bins, dim): Σ κ (λ − ξ) over the samples in each bin
 
     def merge(self, other: "CZARStats") -> "CZARStats":
         """Statistics of two runs on the same grid, as if they were one run."""
         if not self.grid.same_as(other.grid):
             raise ValueError("cannot merge CZAR statistics on different grids")
         return CZARStats(self.grid, self.kappa, self.kT, self.count + other.count,
-                         self.sum_lambda + other.sum_lambda)
+                         self.sum_coupling + other.sum_coupling)
 
     def gradient(self, min_count: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """CZAR gradient ``(*bins, dim)`` in kJ/mol per CV unit, and the mask of usable bins."""
@@ -104,34 +117,94 @@ class CZARStats:
         ok = count >= min_count
         with np.errstate(divide="ignore", invalid="ignore"):
             logrho = np.where(ok, np.log(np.where(ok, count, 1.0)), np.nan)
-            mean_lam = self.sum_lambda / count[..., None]
-        z = g.mesh()
+            mean_coupling = self.sum_coupling / count[..., None]
         grad = np.full(tuple(g.bins) + (g.dim,), np.nan)
         for i in range(g.dim):
             dlog = _finite_gradient(logrho, g.widths[i], axis=i, periodic=bool(g.periodic[i]))
-            grad[..., i] = -self.kT * dlog + self.kappa * (mean_lam[..., i] - z[..., i])
+            grad[..., i] = -self.kT * dlog + mean_coupling[..., i]
         mask = ok & np.all(np.isfinite(grad), axis=-1)
         return grad, mask
 
+    def regions(self, min_count: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Labels of the connected regions of usable bins (0: unusable), and the mask of the
+        main region: the one that holds the most samples."""
+        _, mask = self.gradient(min_count)
+        labels = connected_regions(mask, self.grid.periodic)
+        return labels, main_region(labels, self.count)
+
     def free_energy(self, min_count: int = 1) -> np.ndarray:
-        """Free energy on the grid in kJ/mol, minimum 0, NaN where unsampled."""
-        grad, mask = self.gradient(min_count)
+        """Free energy on the grid in kJ/mol, minimum 0, on the main connected region of
+        usable bins; NaN elsewhere (unsampled, or in a region the gradient cannot relate)."""
+        grad, _ = self.gradient(min_count)
+        _, main = self.regions(min_count)
         if self.grid.dim == 1:
-            f = integrate_1d(grad[:, 0], self.grid.widths[0], mask, periodic=bool(self.grid.periodic[0]))
+            f = integrate_1d(grad[:, 0], self.grid.widths[0], main, periodic=bool(self.grid.periodic[0]))
         else:
-            f = integrate_2d(grad, self.grid.widths, mask, periodic=self.grid.periodic)
+            f = integrate_2d(grad, self.grid.widths, main, periodic=self.grid.periodic)
         return f - np.nanmin(f) if np.any(np.isfinite(f)) else f
+
+    def region_summary(self, min_count: int = 1) -> dict:
+        """How the samples split over the connected regions (for logs and summary.json)."""
+        labels, main = self.regions(min_count)
+        total = float(self.count.sum())
+        n = int(labels.max())
+        in_main = float(self.count[main].sum())
+        return {"regions": n, "samples": int(total),
+                "fraction_in_main_region": in_main / total if total else 0.0,
+                "fraction_elsewhere": 1.0 - in_main / total if total else 0.0}
 
     def save(self, path) -> None:
         np.savez(path, mins=self.grid.mins, maxs=self.grid.maxs, bins=self.grid.bins,
-                 periodic=self.grid.periodic, kappa=self.kappa, kT=self.kT, count=self.count, sum_lambda=self.sum_lambda)
+                 periodic=self.grid.periodic, kappa=self.kappa, kT=self.kT, count=self.count, sum_coupling=self.sum_coupling)
 
     @classmethod
     def load(cls, path) -> "CZARStats":
         d = np.load(path)
         periodic = d["periodic"] if "periodic" in d.files else None
-        return cls(Grid(d["mins"], d["maxs"], d["bins"], periodic), float(d["kappa"]), float(d["kT"]),
-                   d["count"], d["sum_lambda"])
+        grid = Grid(d["mins"], d["maxs"], d["bins"], periodic)
+        if "sum_coupling" in d.files:
+            sums = d["sum_coupling"]
+        else:  # written by cvflow 0.1 (Σλ per bin): the bin centre stands in for each sample's ξ
+            sums = float(d["kappa"]) * (d["sum_lambda"] - d["count"][..., None] * grid.mesh())
+        return cls(grid, float(d["kappa"]), float(d["kT"]), d["count"], sums)
+
+
+def connected_regions(mask: np.ndarray, periodic) -> np.ndarray:
+    """Labels 1..n of the connected regions of ``mask`` (neighbours along each axis, and
+    across the edge of a periodic axis); 0 outside the mask."""
+    from scipy import ndimage
+    mask = np.asarray(mask, bool)
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return labels
+    parent = list(range(n + 1))
+
+    def find(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+    for axis, p in enumerate(np.asarray(periodic, bool).reshape(mask.ndim)):
+        if not p or mask.shape[axis] < 2:
+            continue
+        first = np.take(labels, 0, axis=axis).ravel()
+        last = np.take(labels, -1, axis=axis).ravel()
+        for a, b in zip(first, last):
+            if a and b:
+                parent[find(a)] = find(b)
+    roots = np.array([find(a) for a in range(n + 1)])
+    _, renum = np.unique(roots, return_inverse=True)  # root 0 (background) stays 0
+    return renum[labels]
+
+
+def main_region(labels: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Mask of the labelled region that holds the most samples (ties: the lowest label)."""
+    n = int(labels.max())
+    if n == 0:
+        return np.zeros(labels.shape, bool)
+    per = np.bincount(labels.ravel(), weights=np.asarray(count, float).ravel(), minlength=n + 1)
+    per[0] = -1.0
+    return labels == int(np.argmax(per))
 
 
 def _finite_gradient(a: np.ndarray, h: float, axis: int, periodic: bool = False) -> np.ndarray:
@@ -233,9 +306,14 @@ def integrate_2d(grad: np.ndarray, widths: np.ndarray, mask: np.ndarray, periodi
     return f
 
 
-def write_fes(path, stats: CZARStats, engine: str = "native") -> None:
-    """``fes.csv``: bin centres, free energy (kJ/mol, minimum 0) and sample count."""
+def write_fes(path, stats: CZARStats, engine: str = "native") -> dict:
+    """``fes.csv``: bin centres, free energy (kJ/mol, minimum 0) and sample count.
+
+    Returns :meth:`CZARStats.region_summary`; bins outside the main connected region of
+    sampled bins have no free energy (NaN), and a comment line says how many samples they hold.
+    """
     f = stats.free_energy()
+    regions = stats.region_summary()
     mesh = stats.grid.mesh().reshape(-1, stats.grid.dim)
     header = [f"cv{i + 1}" for i in range(stats.grid.dim)] + ["free_energy", "count"]
     rows = np.column_stack([mesh, f.reshape(-1), stats.count.reshape(-1)])
@@ -244,7 +322,10 @@ def write_fes(path, stats: CZARStats, engine: str = "native") -> None:
         "cv columns: bin centres in CV units; free_energy: kJ/mol, minimum 0, NaN where unsampled",
         f"kT = {stats.kT:.6g} kJ/mol; kappa = {stats.kappa:.6g} kJ/mol/cv^2",
         _PERIODS + " ".join(f"{p:.17g}" for p in stats.grid.periods) + "  (0: not periodic)",
+        f"regions: {regions['regions']} connected region(s) of sampled bins; free energy on the main one, "
+        f"which holds {100 * regions['fraction_in_main_region']:.2f}% of the samples (other regions: NaN)",
     ])
+    return regions
 
 
 _PERIODS = "periods: "
@@ -267,33 +348,62 @@ def read_fes(path, with_periods: bool = False):
     return out + (periods,)
 
 
-def fes_interpolator(centres: np.ndarray, f: np.ndarray, periods=None):
-    """A function ξ (n, d) → F (n,) by linear interpolation on the grid (nearest outside).
+def fes_on_frames(centres: np.ndarray, f: np.ndarray, xi: np.ndarray, periods=None) -> np.ndarray:
+    """F at each frame's ξ, by multilinear interpolation between bin centres, using only
+    centres where F is known (weights renormalised over those).
 
-    Periodic dimensions (``periods[i] > 0``) wrap: ξ is mapped into the grid's period and
-    the first and last bins are interpolated across the boundary.
+    A frame outside the grid, or in a bin with no F (unsampled, or outside the main
+    connected region), gets NaN: nothing relates its free energy to the others, so it must
+    not be given an arbitrary one. Periodic dimensions (``periods[i] > 0``) wrap.
     """
-    from scipy.interpolate import RegularGridInterpolator
+    centres = np.asarray(centres, float)
     d = centres.shape[1]
     periods = np.zeros(d) if periods is None else np.asarray(periods, float)
     axes = [np.unique(centres[:, i]) for i in range(d)]
-    grid_f = f.reshape([len(a) for a in axes])
-    finite = np.isfinite(grid_f)
-    if not finite.all():
-        # fill unsampled bins with the highest sampled free energy (they get tiny weight)
-        grid_f = np.where(finite, grid_f, np.nanmax(grid_f) if finite.any() else 0.0)
-    lows = [a[0] - 0.5 * (a[1] - a[0]) if len(a) > 1 else a[0] for a in axes]
+    shape = tuple(len(a) for a in axes)
+    grid_f = np.asarray(f, float).reshape(shape)
+    xi = np.asarray(xi, float).reshape(-1, d)
+    n = len(xi)
+    widths = np.array([a[1] - a[0] if len(a) > 1 else 1.0 for a in axes])
+    lows = np.array([a[0] - 0.5 * w for a, w in zip(axes, widths)])
+    u = np.empty((n, d))
+    own = np.empty((n, d), np.int64)
+    inside = np.ones(n, bool)
     for i in range(d):
+        v = xi[:, i]
         if periods[i] > 0:
-            grid_f = np.concatenate([np.take(grid_f, [-1], axis=i), grid_f, np.take(grid_f, [0], axis=i)], axis=i)
-            axes[i] = np.concatenate([[axes[i][-1] - periods[i]], axes[i], [axes[i][0] + periods[i]]])
-    interp = RegularGridInterpolator(axes, grid_f, bounds_error=False, fill_value=None, method="linear")
-
-    def evaluate(xi):
-        xi = np.asarray(xi, float).reshape(-1, d).copy()
+            v = lows[i] + np.mod(v - lows[i], periods[i])
+        k = np.floor((v - lows[i]) / widths[i]).astype(np.int64)
+        if periods[i] > 0:
+            k = np.mod(k, shape[i])
+        inside &= (k >= 0) & (k < shape[i])
+        own[:, i] = np.clip(k, 0, shape[i] - 1)
+        u[:, i] = (v - lows[i]) / widths[i] - 0.5  # position in units of bins from the first centre
+    out = np.full(n, np.nan)
+    own_f = grid_f[tuple(own.T)]
+    ok = inside & np.isfinite(own_f)
+    if not ok.any():
+        return out
+    base = np.floor(u[ok]).astype(np.int64)
+    frac = u[ok] - base
+    num = np.zeros(ok.sum())
+    den = np.zeros(ok.sum())
+    for corner in range(2 ** d):
+        idx = np.empty_like(base)
+        wgt = np.ones(ok.sum())
+        valid = np.ones(ok.sum(), bool)
         for i in range(d):
+            bit = (corner >> i) & 1
+            j = base[:, i] + bit
             if periods[i] > 0:
-                xi[:, i] = lows[i] + np.mod(xi[:, i] - lows[i], periods[i])
-        clipped = np.column_stack([np.clip(xi[:, i], axes[i][0], axes[i][-1]) for i in range(d)])
-        return interp(clipped)
-    return evaluate
+                j = np.mod(j, shape[i])
+            valid &= (j >= 0) & (j < shape[i])
+            idx[:, i] = np.clip(j, 0, shape[i] - 1)
+            wgt *= frac[:, i] if bit else 1.0 - frac[:, i]
+        fc = grid_f[tuple(idx.T)]
+        use = valid & np.isfinite(fc) & (wgt > 0)
+        num[use] += wgt[use] * fc[use]
+        den[use] += wgt[use]
+    # den > 0 always: the frame's own bin is a finite corner with weight ≥ 1/2^d
+    out[ok] = num / den
+    return out

@@ -65,10 +65,12 @@ class SegmentResult:
     steps_per_second: float
     platform: str
     engine: str
+    fes_regions: dict | None = None  # CZARStats.region_summary() of a biased segment
 
     def to_dict(self) -> dict:
         return {"steps": self.steps, "frames": self.frames, "wall_seconds": self.wall_seconds,
-                "steps_per_second": self.steps_per_second, "platform": self.platform, "engine": self.engine}
+                "steps_per_second": self.steps_per_second, "platform": self.platform, "engine": self.engine,
+                "fes_regions": self.fes_regions}
 
 
 BIAS_GROUP = 31
@@ -82,7 +84,7 @@ def finished_segment(out_dir: Path) -> SegmentResult | None:
         return None
     d = art.read_json(marker)
     return SegmentResult(Path(out_dir), d["steps"], d["frames"], d["wall_seconds"], d["steps_per_second"],
-                         d["platform"], d["engine"])
+                         d["platform"], d["engine"], d.get("fes_regions"))
 
 
 def derive_seed(root: int, *keys: int) -> int:
@@ -206,9 +208,9 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
         if progress is not None:
             progress(step, steps)
     wall = time.perf_counter() - t0
-    n_frames = _finalize(cfg, bundle, sim, bias, out_dir, chunk_dir)
+    n_frames, regions = _finalize(cfg, bundle, sim, bias, out_dir, chunk_dir)
     result = SegmentResult(out_dir, steps, n_frames, wall, (steps - start_step) / max(wall, 1e-9),
-                           platform.getName(), engine)
+                           platform.getName(), engine, regions)
     art.write_json(done_marker, result.to_dict())
     return result
 
@@ -250,7 +252,7 @@ def _concat(chunk_dir: Path, prefix: str, width: int | None = None) -> np.ndarra
     return np.concatenate(parts)
 
 
-def _finalize(cfg: Config, bundle: SystemBundle, sim, bias, out_dir: Path, chunk_dir: Path) -> int:
+def _finalize(cfg: Config, bundle: SystemBundle, sim, bias, out_dir: Path, chunk_dir: Path) -> tuple[int, dict | None]:
     frames = _concat(chunk_dir, "frames")
     frame_steps = _concat(chunk_dir, "steps")
     art.write_npy(out_dir / "frame_steps.npy", frame_steps.astype(np.int64))
@@ -259,6 +261,7 @@ def _finalize(cfg: Config, bundle: SystemBundle, sim, bias, out_dir: Path, chunk
     else:
         write_trajectory(out_dir, bundle, frames)
     dt = cfg.md.timestep
+    regions = None
     if bias is not None:
         rows = _concat(chunk_dir, "colvar", 1 + 2 * bias.dim)
         d = bias.dim
@@ -272,13 +275,13 @@ def _finalize(cfg: Config, bundle: SystemBundle, sim, bias, out_dir: Path, chunk
         with art.atomic_path(out_dir / "czar.npz") as tmp:
             with open(tmp, "wb") as fh:
                 stats.save(fh)
-        write_fes(out_dir / "fes.csv", stats, engine=bias.name)
+        regions = write_fes(out_dir / "fes.csv", stats, engine=bias.name)
     state = sim.context.getState(getPositions=True, getVelocities=True)
     art.write_text(out_dir / "state.xml", mm.XmlSerializer.serialize(state))
     art.write_bytes(out_dir / "checkpoint.chk", sim.context.createCheckpoint())
     for f in chunk_dir.glob("*.npy"):
         f.unlink()
-    return len(frames)
+    return len(frames), regions
 
 
 def write_trajectory(out_dir: Path, bundle: SystemBundle, frames: np.ndarray) -> None:

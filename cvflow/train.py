@@ -1,9 +1,11 @@
 """Weighted training with early stopping on contiguous validation blocks.
 
 The loss is the weighted mean Σ w‖x − x̂‖² / Σ w (weights not squared). Minibatches are
-drawn uniformly (shuffled frames) and each batch's loss is weighted; we chose this over
-multinomial resampling by weight because it keeps every frame and adds no resampling
-noise, and the weighted mean over an epoch is the full weighted loss.
+drawn uniformly (shuffled frames). The weights are scaled to mean one over the training
+set and each batch's loss is Σ_batch w‖x − x̂‖² / batch size, an unbiased estimate of the
+full loss (a batch's own Σw in the denominator would be a ratio estimator, biased when the
+weights are uneven). We chose this over multinomial resampling by weight because it keeps
+every frame and adds no resampling noise.
 """
 from __future__ import annotations
 
@@ -81,10 +83,13 @@ def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progr
         torch.set_num_threads(model_cfg.threads)
     mean, std = weighted_stats(x, w, model_cfg.scaling)
     xn = ((x - mean) / std).astype(np.float32)
-    wn = (w / w.mean()).astype(np.float32)
     tr, va = block_split(n, model_cfg.validation_fraction, rng)
-    xt, wt = torch.from_numpy(xn[tr]), torch.from_numpy(wn[tr])
-    xv, wv = torch.from_numpy(xn[va]), torch.from_numpy(wn[va])
+    if w[tr].sum() <= 0 or w[va].sum() <= 0:
+        raise TrainingError(f"{label}: all the weight lies in the {'validation' if w[tr].sum() <= 0 else 'training'} "
+                            "blocks; the reweighted data are too few to train on")
+    # mean one over each set: the batch loss Σ w l / n is then unbiased for Σ w l / Σ w
+    xt, wt = torch.from_numpy(xn[tr]), torch.from_numpy((w[tr] / w[tr].mean()).astype(np.float32))
+    xv, wv = torch.from_numpy(xn[va]), torch.from_numpy((w[va] / w[va].mean()).astype(np.float32))
     model = build_model(model_cfg, x.shape[1])
     opt = _adam(model, model_cfg)
     best_state, best_val, bad = None, math.inf, 0
@@ -92,7 +97,6 @@ def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progr
     bs = model_cfg.batch_size
     gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
     epoch = 0
-    wsum = float(wt.sum())
     for epoch in range(1, model_cfg.epochs + 1):
         model.train()
         # one gather per epoch, then contiguous minibatch views: cheaper than a gather per
@@ -106,9 +110,8 @@ def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progr
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            tot += loss.detach() * wb.sum()
-        tot = float(tot)
-        train_loss = tot / max(wsum, 1e-30)
+            tot += loss.detach() * len(wb)
+        train_loss = float(tot) / len(xt)
         model.eval()
         with torch.no_grad():
             val_loss = float(model.loss(xv, wv))

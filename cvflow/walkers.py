@@ -242,18 +242,21 @@ def _merge(cfg: Config, bundle, out_dir: Path, done: list[WalkerOutcome], failed
     if header is not None:
         art.write_csv(out_dir / "colvar.csv", header + ["walker"], np.concatenate(colvar),
                       comments=["time in ps; cv and lambda in CV units; walkers one after another"])
+    regions = None
     if stats is not None:
         with art.atomic_path(out_dir / "czar.npz") as tmp:
             with open(tmp, "wb") as fh:
                 stats.save(fh)
-        write_fes(out_dir / "fes.csv", stats, engine=f"{engine}, {len(done)} walkers merged")
+        regions = write_fes(out_dir / "fes.csv", stats, engine=f"{engine}, {len(done)} walkers merged")
     results = [o.result for o in done]
     total = int(sum(r["steps"] for r in results))
     info = {"steps": total, "frames": int(len(frames)), "wall_seconds": wall,
             "steps_per_second": total / max(wall, 1e-9), "platform": results[0]["platform"], "engine": engine,
+            "fes_regions": regions,
             "walkers": [{"index": o.index, "status": o.status, "attempts": o.attempts, "error": o.error,
                          **({"steps": o.result["steps"], "frames": o.result["frames"],
                              "steps_per_second": o.result["steps_per_second"]} if o.result else {})}
                         for o in sorted(done + failed, key=lambda o: o.index)]}
     art.write_json(out_dir / "segment.json", info)
-    return SegmentResult(out_dir, total, int(len(frames)), wall, info["steps_per_second"], info["platform"], engine)
+    return SegmentResult(out_dir, total, int(len(frames)), wall, info["steps_per_second"], info["platform"], engine,
+                         regions)

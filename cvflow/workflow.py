@@ -17,7 +17,7 @@ import yaml
 from . import __version__
 from . import artifacts as art
 from .config import Config, ConfigError, dump_config
-from .convergence import bootstrap_threshold, regscore
+from .convergence import bootstrap_threshold, regscores
 from .dataset import effective_sample_size, log_weights_from_fes, make_features, normalised_weights
 from .export import export_cv
 from .features import featurize
@@ -152,6 +152,10 @@ class Workflow:
             tr_info = self._stage(f"iter_{i:03d}/train", lambda: self._train(i, it_dir, prev, md_info))
             ck_info = self._stage(f"iter_{i:03d}/check", lambda: self._check(i, it_dir, prev, tr_info))
             entry = {"index": i, "regscore": ck_info.get("regscore"), "threshold": ck_info.get("threshold"),
+                     "regscore_per_output": ck_info.get("regscore_per_output"),
+                     "bootstrap_quantile": ck_info.get("bootstrap_quantile"),
+                     "threshold_floored": ck_info.get("threshold_floored"), "passed": ck_info.get("passed"),
+                     "fes_regions": md_info.get("fes_regions"), "reweighting": tr_info.get("reweighting"),
                      "cv": f"iter_{i:03d}/cv.pt", "fes": md_info.get("fes"), "frames": md_info["frames"],
                      "steps": md_info["steps"], "ess": tr_info.get("ess"),
                      "ess_warning": bool(tr_info.get("ess_warning", False)),
@@ -171,7 +175,15 @@ class Workflow:
                 break
         final_cv = f"iter_{iterations[-1]['index']:03d}/cv.pt"
         prod = self._stage("production/md", lambda: self._production(prev))
-        summary = {"converged": converged, "iterations": iterations, "final_cv": final_cv,
+        last = iterations[-1]
+        summary = {"converged": converged,
+                   # how the stop was decided: the last iteration's score against an unfloored threshold
+                   "convergence": {"rule": f"regscore (weakest output) >= bootstrap threshold, threshold not "
+                                           f"floored, {cfg.convergence.consecutive} time(s) in a row",
+                                   "regscore": last["regscore"], "threshold": last["threshold"],
+                                   "threshold_floored": last["threshold_floored"],
+                                   "iterations": len(iterations)},
+                   "iterations": iterations, "final_cv": final_cv,
                    "final_fes": prod.get("fes"), "production": prod,
                    "engine": self.engine, "wall_seconds_this_session": time.perf_counter() - t_start}
         art.write_json(self.run_dir / "summary.json", summary)
@@ -226,18 +238,26 @@ class Workflow:
         frames = load_frames(it_dir / "md", self.bundle)
         return frames, featurize(frames, self.features)
 
-    def _weights(self, i: int, it_dir: Path, md_info, frames, prev_cv_path):
-        """Normalised weights ŵ ∝ exp(−β F(ξ_{i−1}(x))) for a biased iteration, else uniform."""
+    def _weights(self, i: int, it_dir: Path, md_info, frames, prev_cv_path) -> tuple[np.ndarray, dict]:
+        """Normalised weights ŵ ∝ exp(−β F(ξ_{i−1}(x))) for a biased iteration, else uniform;
+        and how many frames had no free energy (left out with weight 0)."""
         n = len(frames)
         if not md_info["biased"] or not self.cfg.model.reweight:
-            return np.full(n, 1.0 / n)
+            return np.full(n, 1.0 / n), {}
+        from .train import TrainingError
         xi = cv_values(prev_cv_path, frames)
-        logw = log_weights_from_fes(xi, it_dir / "md" / "fes.csv", self.beta)
+        logw, info = log_weights_from_fes(xi, it_dir / "md" / "fes.csv", self.beta)
+        if info["frames_without_free_energy"] == n:
+            raise TrainingError(f"iteration {i} reweighting: no frame has a CZAR free energy "
+                                f"(all {n} lie outside the sampled grid of {it_dir / 'md' / 'fes.csv'})")
+        if info["frames_without_free_energy"]:
+            log.warning(f"iteration {i} reweighting: {info['frames_without_free_energy']} of {n} frames "
+                        f"({100 * info['fraction_without_free_energy']:.1f}%) lie outside the main connected "
+                        "region of the CZAR free energy (or outside its grid) and get weight 0")
         w = normalised_weights(logw)
         if not np.all(np.isfinite(w)):
-            from .train import TrainingError
             raise TrainingError(f"iteration {i}: weights are not finite")
-        return w
+        return w, info
 
     def _train(self, i: int, it_dir: Path, prev, md_info) -> dict:
         cfg = self.cfg
@@ -245,7 +265,7 @@ class Workflow:
         frames, x = self._data(it_dir)
         prev_cv = md_info.get("cv_used")
         t_w = time.perf_counter()
-        w = self._weights(i, it_dir, md_info, frames, prev_cv)
+        w, w_info = self._weights(i, it_dir, md_info, frames, prev_cv)
         t_w = time.perf_counter() - t_w
         ess = effective_sample_size(w)
         if ess < cfg.convergence.min_ess_fraction * len(w):
@@ -265,7 +285,7 @@ class Workflow:
         export_plumed(cfg, self.bundle, it_dir / "cv.pt", Grid.from_list(grid), it_dir / "plumed")
         return {"cv": f"iter_{i:03d}/cv.pt", "grid": grid, "ess": ess, "frames": len(frames),
                 "ess_warning": bool(ess < cfg.convergence.min_ess_fraction * len(w)),
-                "best_val_loss": result.best_val, "epochs": result.epochs_run,
+                "best_val_loss": result.best_val, "epochs": result.epochs_run, "reweighting": w_info,
                 "reweight_seconds": t_w, "training_seconds": t_t, "wall_seconds": time.perf_counter() - t0}
 
     def _grid_from_values(self, z: np.ndarray) -> dict:
@@ -288,15 +308,35 @@ class Workflow:
             t_r = time.perf_counter()
             old = cv_values(self.run_dir / prev["cv"], frames)
             new = cv_values(it_dir / "cv.pt", frames)
-            score = regscore(old, new)
+            per_output = regscores(old, new)
+            score = float(per_output.min())
             t_r = time.perf_counter() - t_r
             t_b = time.perf_counter()
             thr = self._threshold(i, it_dir, x)
-            metrics.update(regscore=score, **thr, converged=bool(score >= thr["threshold"]),
+            metrics.update(regscore=score, regscore_per_output=per_output.tolist(), **thr,
                            regscore_seconds=t_r, bootstrap_seconds=time.perf_counter() - t_b)
+            metrics.update(self._stop_rule(i, score, thr))
         metrics["wall_seconds"] = time.perf_counter() - t0
         art.write_json(it_dir / "metrics.json", metrics)
         return metrics
+
+    def _stop_rule(self, i: int, score: float, thr: dict) -> dict:
+        """An iteration passes when its regscore reaches the threshold and the threshold was
+        not floored: a floored threshold means the bootstrap networks disagree, so the CV is
+        not yet determined by the data, and that never counts as convergence. The run has
+        converged after ``convergence.consecutive`` passes in a row."""
+        passed = bool(score >= thr["threshold"] and not thr.get("threshold_floored", False))
+        before = 0
+        if i > 0:
+            prev_metrics = iteration_dir(self.run_dir, i - 1) / "metrics.json"
+            if prev_metrics.exists():
+                before = int(art.read_json(prev_metrics).get("passes_in_a_row", 0))
+        in_a_row = before + 1 if passed else 0
+        if thr.get("threshold_floored") and score >= thr["threshold"]:
+            log.warning(f"iteration {i}: regscore {score:.4f} reaches the floored threshold, but the bootstrap "
+                        "networks disagree (their quantile is below the floor): not converged")
+        return {"passed": passed, "passes_in_a_row": in_a_row,
+                "converged": bool(in_a_row >= self.cfg.convergence.consecutive)}
 
     def _threshold(self, i: int, it_dir: Path, x: np.ndarray) -> dict:
         """The convergence threshold for iteration ``i`` and, with ``auto``, how it was found:

@@ -118,13 +118,13 @@ def main(argv=None):
     xi = cv_values(prev_cv, frames)
     grid = Grid.from_dims([GridDim(min=float(v.min()) - 0.01, max=float(v.max()) + 0.01, bins=40) for v in xi.T])
     count, _ = np.histogramdd(xi, bins=[np.linspace(lo, hi, 41) for lo, hi in zip(grid.mins, grid.maxs)])
-    # ⟨λ⟩ at the bin centre: the CZAR free energy is then −kT ln ρ(ξ) of these frames
-    stats = CZARStats(grid, 1000.0, 2.494, count, count[..., None] * grid.mesh().reshape(count.shape + (2,)))
+    # ⟨λ − ξ⟩ = 0 in every bin: the CZAR free energy is then −kT ln ρ(ξ) of these frames
+    stats = CZARStats(grid, 1000.0, 2.494, count, np.zeros(count.shape + (2,)))
     write_fes(tmp / "fes.csv", stats)
 
     t = time.perf_counter()
     xi = cv_values(prev_cv, frames)
-    w = normalised_weights(log_weights_from_fes(xi, tmp / "fes.csv", 1 / 2.494))
+    w = normalised_weights(log_weights_from_fes(xi, tmp / "fes.csv", 1 / 2.494)[0])
     times["reweighting"] = time.perf_counter() - t
 
     res, new_cv, times["training"] = trained_cv("new", w, 2)

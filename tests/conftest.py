@@ -20,6 +20,12 @@ _PLUMED_KERNEL = os.environ.pop("PLUMED_KERNEL", None)
 
 
 @pytest.fixture
+def fixed_rng():
+    """A numpy generator with a fixed seed; every test that draws numbers takes it."""
+    return np.random.default_rng(7)
+
+
+@pytest.fixture
 def plumed_kernel(monkeypatch):
     """The PLUMED kernel (PLUMED_KERNEL, restored for this test); skip with the reason if unusable."""
     if not _PLUMED_KERNEL:

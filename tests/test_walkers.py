@@ -44,7 +44,7 @@ def test_two_walkers_merge_exactly_and_match_one_walker_of_twice_the_length(tmp_
     parts = [CZARStats.load(two / "walkers" / f"w{k:02d}" / "czar.npz") for k in range(2)]
     merged = CZARStats.load(two / "czar.npz")
     assert np.array_equal(merged.count, parts[0].count + parts[1].count)
-    assert np.allclose(merged.sum_lambda, parts[0].sum_lambda + parts[1].sum_lambda, rtol=0, atol=1e-9)
+    assert np.allclose(merged.sum_coupling, parts[0].sum_coupling + parts[1].sum_coupling, rtol=0, atol=1e-9)
     assert len(np.load(two / "traj.npy")) == seg["frames"] == 2 * (100_000 // 50)
     c, f2, _ = read_fes(two / "fes.csv")
     _, f1, _ = read_fes(one / "fes.csv")

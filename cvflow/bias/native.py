@@ -5,8 +5,8 @@ integrated by cvflow with its own Langevin thermostat, in step with OpenMM's
 LangevinMiddle integrator: each force evaluation at step n uses (x_n, λ_n), then λ moves
 to λ_{n+1} by the same kick–drift–thermostat–drift scheme. The ABF force on λ is minus
 the running mean of κ(ξ − λ) in λ's bin, ramped in linearly over ``fullsamples``, with
-harmonic walls at the grid edges. CZAR statistics (count, Σλ per bin of ξ) are taken at
-every step. The per-step work is one numba kernel.
+harmonic walls at the grid edges. CZAR statistics (count and Σ κ(λ − ξ) per bin of ξ, one
+term per sample) are taken at every step. The per-step work is one numba kernel.
 """
 from __future__ import annotations
 
@@ -95,9 +95,9 @@ def eabf_step(xi, jac, forces, lam, vlam, noise, prm, mins, widths, nb, periods,
               abf_count, abf_sum, czar_count, czar_sum, loop, coef):
     """One eABF step. Writes the atom forces, advances λ, returns the coupling energy.
 
-    ``prm`` = [kappa, mass, dt, exp(-γ dt), sqrt((1-a²) kT/m), fullsamples, wall_kappa, sample].
+    ``prm`` = [kappa, mass, dt, exp(-γ dt), sqrt((1-a²) kT/m), fullsamples, wall_kappa].
     On periodic dimensions (``periods[d]`` > 0) ξ − λ is the nearest image, λ stays in
-    [min, max), the walls are off, and the CZAR sums take the image of λ nearest ξ.
+    [min, max), the walls are off, and the CZAR sums take λ − ξ as the nearest image.
 
     On a periodic dimension the ABF force is made conservative: its mean along each loop
     (kept in ``loop``, see :func:`loop_sums`) is subtracted. A true mean force integrates
@@ -107,7 +107,7 @@ def eabf_step(xi, jac, forces, lam, vlam, noise, prm, mins, widths, nb, periods,
     dipeptide and on an angle on the entropic switch).
     """
     kappa, mass, dt, a, sig = prm[0], prm[1], prm[2], prm[3], prm[4]
-    full, wall, sample = prm[5], prm[6], prm[7]
+    full, wall = prm[5], prm[6]
     dim = xi.shape[0]
     energy = 0.0
     for d in range(dim):
@@ -125,20 +125,19 @@ def eabf_step(xi, jac, forces, lam, vlam, noise, prm, mins, widths, nb, periods,
             forces[i, r] = acc
     # statistics at (x_n, λ_n)
     bl = _flat_bin(lam, mins, widths, nb, periods)
-    if sample > 0.0:
-        bz = _flat_bin(xi, mins, widths, nb, periods)
-        if bz >= 0:
-            czar_count[bz] += 1
-            for d in range(dim):
-                czar_sum[bz, d] += _wrap(xi[d], mins[d], periods[d]) - coef[d] / kappa
-        if bl >= 0:
-            n = abf_count[bl]
-            for d in range(dim):
-                old = _applied_mean(n, abf_sum[bl, d], full)
-                abf_sum[bl, d] += coef[d]
-                if periods[d] > 0.0:
-                    loop[d, _loop_index(bl, d, nb)] += _applied_mean(n + 1, abf_sum[bl, d], full) - old
-            abf_count[bl] = n + 1
+    bz = _flat_bin(xi, mins, widths, nb, periods)
+    if bz >= 0:
+        czar_count[bz] += 1
+        for d in range(dim):
+            czar_sum[bz, d] -= coef[d]  # κ(λ − ξ) of this sample (CZAR's per-sample term)
+    if bl >= 0:
+        n = abf_count[bl]
+        for d in range(dim):
+            old = _applied_mean(n, abf_sum[bl, d], full)
+            abf_sum[bl, d] += coef[d]
+            if periods[d] > 0.0:
+                loop[d, _loop_index(bl, d, nb)] += _applied_mean(n + 1, abf_sum[bl, d], full) - old
+        abf_count[bl] = n + 1
     # force on λ: coupling, ABF bias, walls
     for d in range(dim):
         f = coef[d]
@@ -234,7 +233,7 @@ class NativeEABF:
         self.kappa = float(kappa)
         a = np.exp(-friction * timestep)
         prm = np.array([kappa, mass, timestep, a, np.sqrt((1 - a * a) * self.kT / mass),
-                        float(fullsamples), float(wall_kappa if wall_kappa is not None else kappa), 1.0])
+                        float(fullsamples), float(wall_kappa if wall_kappa is not None else kappa)])
         self.seed = int(seed)
         self.report_interval = int(report_interval)
         nbins = int(np.prod(grid.bins))

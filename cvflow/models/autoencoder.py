@@ -32,8 +32,14 @@ class MLP(nn.Module):
 
 
 def weighted_mse(x: Tensor, x_hat: Tensor, w: Tensor) -> Tensor:
-    """Σ_j w_j ‖x_j − x̂_j‖² / Σ_j w_j: the weights are not squared."""
-    return (w * ((x - x_hat) ** 2).sum(dim=-1)).sum() / w.sum()
+    """Σ_j w_j ‖x_j − x̂_j‖² / n over a batch of n frames, the weights not squared.
+
+    The trainer gives weights with mean one over the data set, so over the whole set this
+    is Σ w‖x − x̂‖² / Σ w, and over a uniformly drawn minibatch it is an unbiased estimate
+    of it. (Dividing each batch by its own Σw would be a ratio estimator, biased where the
+    weights are uneven: it under-weights the heaviest frames.)
+    """
+    return (w * ((x - x_hat) ** 2).sum(dim=-1)).sum() / w.shape[0]
 
 
 class Autoencoder(nn.Module):
@@ -55,6 +61,3 @@ class Autoencoder(nn.Module):
 
     def loss(self, x: Tensor, w: Tensor) -> Tensor:
         return weighted_mse(x, self(x), w)
-
-    #: range of the CV (the bottleneck activation is tanh)
-    cv_range = (-1.0, 1.0)
