@@ -81,6 +81,15 @@ class SystemConfig(Strict):
         return self.potential is not None
 
 
+class RecoveryConfig(Strict):
+    """What a biased MD stage does after a blow-up (non-finite or runaway positions, energy
+    or CV, or an exception in a force): restart from its last checkpoint with the coupling
+    κ (and λ's mass, so that τ stays) scaled by ``kappa_factor``, at most ``attempts``
+    times per stage. ``attempts: 0`` stops at the first blow-up."""
+    attempts: int = Field(3, ge=0)
+    kappa_factor: float = Field(0.5, gt=0, lt=1)
+
+
 class MDConfig(Strict):
     """Langevin dynamics settings."""
     temperature: Temperature = "300 K"
@@ -91,6 +100,7 @@ class MDConfig(Strict):
     checkpoint_interval: PositiveInt = 10_000
     platform: Literal["auto", "Reference", "CPU", "CUDA", "OpenCL"] = "auto"
     threads: Optional[PositiveInt] = None
+    recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
 
     @model_validator(mode="after")
     def _intervals(self):

@@ -25,16 +25,28 @@ def make_features(bundle, features_cfg) -> AlignedFeatures:
     return AlignedFeatures(idx, ref[idx], align=features_cfg.align)
 
 
-def log_weights_from_fes(xi: np.ndarray, fes_path, beta: float) -> tuple[np.ndarray, dict]:
+def log_weights_from_fes(xi: np.ndarray, fes_path, beta: float,
+                         divide_by_histogram: bool = False) -> tuple[np.ndarray, dict]:
     """log ŵ_j = −β F(ξ_j) − log Σ_k exp(−β F(ξ_k)), in float64 (log-sum-exp).
+
+    The paper's weights assume that the biased run sampled ξ uniformly. With
+    ``divide_by_histogram``, they are divided by the run's own histogram of ξ (the
+    ``count`` column of ``fes.csv``): ŵ ∝ exp(−β F(ξ)) / ρ̃(ξ), the exact ratio of the
+    equilibrium to the biased density of ξ, which also holds where eABF has not yet
+    flattened ρ̃ (early in a run, during the ``fullsamples`` ramp).
 
     Frames whose ξ has no free energy (outside the grid, in an unsampled bin, or in a
     region of the grid that the CZAR gradient does not connect to the main one) get
     log ŵ = −inf: they are left out of the reweighted data rather than given an arbitrary
     weight. Returns ``(log ŵ, info)``; ``info`` counts those frames.
     """
-    centres, f, _, periods = read_fes(fes_path, with_periods=True)
-    fx = fes_on_frames(centres, f, np.asarray(xi, np.float64).reshape(len(xi), -1), periods)
+    centres, f, count, periods = read_fes(fes_path, with_periods=True)
+    xi = np.asarray(xi, np.float64).reshape(len(xi), -1)
+    fx = fes_on_frames(centres, f, xi, periods)
+    if divide_by_histogram:
+        with np.errstate(divide="ignore"):
+            log_rho = np.where((count > 0) & np.isfinite(f), np.log(np.maximum(count, 1e-300)), np.nan)
+        fx = fx + fes_on_frames(centres, log_rho, xi, periods) / beta
     known = np.isfinite(fx)
     logw = np.where(known, -beta * np.where(known, fx, 0.0), -np.inf)
     if known.any():

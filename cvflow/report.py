@@ -233,7 +233,10 @@ def _plot_weights(run: RunRecord, out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for r in recs:
         w = np.load(r.dir / "weights.npy")
-        ax.hist(np.log10(w * len(w)), bins=40, histtype="step", label=f"iter {r.index}: ESS {r.ess:.0f} / {len(w)}")
+        left_out = int(np.sum(w <= 0))  # frames with no free energy (outside the main region)
+        note = f", {left_out} left out" if left_out else ""
+        ax.hist(np.log10(w[w > 0] * len(w)), bins=40, histtype="step",
+                label=f"iter {r.index}: ESS {r.ess:.0f} / {len(w)}{note}")
     ax.set_xlabel("log10(n · w)   (0: a uniform weight)")
     ax.set_ylabel("frames")
     ax.legend(fontsize=8)

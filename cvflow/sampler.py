@@ -33,6 +33,7 @@ from .bias.native import BlowUpError, NativeEABF
 from .config import Config
 from .fastcv import load_cv
 from .fes import Grid, write_fes
+from .progress import log
 from .system import SystemBundle, choose_platform, clone_system, platform_properties
 from .units import kT
 
@@ -66,11 +67,12 @@ class SegmentResult:
     platform: str
     engine: str
     fes_regions: dict | None = None  # CZARStats.region_summary() of a biased segment
+    recoveries: list | None = None  # blow-ups recovered from, with a softer coupling
 
     def to_dict(self) -> dict:
         return {"steps": self.steps, "frames": self.frames, "wall_seconds": self.wall_seconds,
                 "steps_per_second": self.steps_per_second, "platform": self.platform, "engine": self.engine,
-                "fes_regions": self.fes_regions}
+                "fes_regions": self.fes_regions, "recoveries": self.recoveries or []}
 
 
 BIAS_GROUP = 31
@@ -84,7 +86,7 @@ def finished_segment(out_dir: Path) -> SegmentResult | None:
         return None
     d = art.read_json(marker)
     return SegmentResult(Path(out_dir), d["steps"], d["frames"], d["wall_seconds"], d["steps_per_second"],
-                         d["platform"], d["engine"], d.get("fes_regions"))
+                         d["platform"], d["engine"], d.get("fes_regions"), d.get("recoveries"))
 
 
 def derive_seed(root: int, *keys: int) -> int:
@@ -150,16 +152,11 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
     chunk_dir = out_dir / "chunks"
     chunk_dir.mkdir(exist_ok=True)
     progress_file = ckpt_dir / "progress.json"
+    recoveries_file = out_dir / "recoveries.json"
+    recoveries = art.read_json(recoveries_file) if recoveries_file.exists() else []
     step = 0
     if progress_file.exists():
-        prog = art.read_json(progress_file)
-        step = int(prog["step"])
-        sim.context.loadCheckpoint((ckpt_dir / prog["chk"]).read_bytes())
-        if bias is not None:
-            bias.load_state_arrays(np.load(ckpt_dir / prog["bias"]))
-        for f in chunk_dir.glob("*.npy"):  # chunks written after the last checkpoint
-            if not f.name.startswith("good") and int(f.stem.split("_")[1]) > step:
-                f.unlink()
+        step = _restore_checkpoint(sim, bias, ckpt_dir, chunk_dir)
     else:
         start = bundle.positions if start_positions is None else start_positions
         sim.context.setPositions(start * u.nanometer)
@@ -167,6 +164,8 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
             sim.context.setPeriodicBoxVectors(*(bundle.box * u.nanometer))
         sim.context.setVelocitiesToTemperature(md_cfg.temperature * u.kelvin, derive_seed(seed, 2))
         sim.context.setStepCount(0)
+        # a checkpoint at step 0: a blow-up before the first interval can recover from it
+        _write_checkpoint(sim, bias, ckpt_dir, chunk_dir, 0, [], [])
     report = md_cfg.report_interval
     frames: list[np.ndarray] = []
     frame_steps: list[int] = []
@@ -174,26 +173,47 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
     t0 = time.perf_counter()
     start_step = step
     last_ckpt = step
+    runaway = _runaway_distance(bundle)
     while step < steps:
         n = min(report - step % report, steps - step)
-        sim.step(n)
-        step += n
-        # the energy of the force field only: evaluating the bias here, outside the integrator,
-        # would advance λ and break bit-for-bit resume
-        state = sim.context.getState(getPositions=True, getEnergy=True, groups=FORCE_FIELD_GROUPS)
-        state._getVectorAsNumpy(mm.State.Positions, pos)
         reason = None
+        try:
+            sim.step(n)
+        except Exception as e:  # an exception in a force (OpenMM, or a bias): a blow-up
+            reason = f"{type(e).__name__} during steps {step + 1}-{step + n}: {(str(e) or '?').splitlines()[0][:200]}"
+        step += n
         if bias is not None and bias.error:
-            reason = bias.error
-        elif not np.isfinite(pos).all():
-            reason = f"non-finite positions at step {step}"
-        elif not math.isfinite(state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)):
-            reason = f"non-finite potential energy at step {step}"
+            reason = bias.error  # names the exact step
+        if reason is None:
+            # the energy of the force field only: evaluating the bias here, outside the integrator,
+            # would advance λ and break bit-for-bit resume
+            state = sim.context.getState(getPositions=True, getEnergy=True, groups=FORCE_FIELD_GROUPS)
+            state._getVectorAsNumpy(mm.State.Positions, pos)
+            if not np.isfinite(pos).all():
+                reason = f"non-finite positions at step {step}"
+            elif np.abs(pos - pos.mean(0)).max() > runaway:
+                reason = f"runaway positions at step {step} (an atom {np.abs(pos - pos.mean(0)).max():.3g} nm from the centre)"
+            elif not math.isfinite(state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)):
+                reason = f"non-finite potential energy at step {step}"
         if reason is not None:
             _record_blowup(out_dir, chunk_dir, step, last_ckpt, reason, frames, frame_steps)
-            kept = (f"the last good state is the checkpoint at step {last_ckpt} in {ckpt_dir}" if last_ckpt > 0
-                    else "no checkpoint had been written yet")
-            raise BlowUpError(f"{label}: {reason}; {kept}; frames up to step "
+            if bias is not None and hasattr(bias, "soften") and len(recoveries) < md_cfg.recovery.attempts:
+                old_kappa = bias.kappa
+                step = last_ckpt = _restore_checkpoint(sim, bias, ckpt_dir, chunk_dir)
+                bias.soften(md_cfg.recovery.kappa_factor)
+                recoveries.append({"step": int(step), "reason": reason, "resumed_from_step": int(last_ckpt),
+                                   "kappa_before": old_kappa, "kappa_after": bias.kappa})
+                art.write_json(recoveries_file, recoveries)
+                # the softer coupling is part of the state from here on: checkpoint it at once
+                _write_checkpoint(sim, bias, ckpt_dir, chunk_dir, step, [], [])
+                frames, frame_steps = [], []
+                log.warning(f"{label}: {reason}; recovered: restarted from the checkpoint at step {last_ckpt} "
+                            f"with a softer coupling, kappa {old_kappa:.4g} -> {bias.kappa:.4g} kJ/mol/cv^2 "
+                            f"(recovery {len(recoveries)} of at most {md_cfg.recovery.attempts})")
+                continue
+            tried = (f" after {len(recoveries)} recoveries with a softer coupling" if recoveries else "")
+            kept = f"the last good state is the checkpoint at step {last_ckpt} in {ckpt_dir}"
+            raise BlowUpError(f"{label}: {reason}{tried}; {kept}; frames up to step "
                               f"{frame_steps[-1] if frame_steps else last_ckpt} saved in {chunk_dir}")
         if step % report == 0:
             frames.append(pos.copy())
@@ -210,9 +230,32 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
     wall = time.perf_counter() - t0
     n_frames, regions = _finalize(cfg, bundle, sim, bias, out_dir, chunk_dir)
     result = SegmentResult(out_dir, steps, n_frames, wall, (steps - start_step) / max(wall, 1e-9),
-                           platform.getName(), engine, regions)
+                           platform.getName(), engine, regions, recoveries)
     art.write_json(done_marker, result.to_dict())
     return result
+
+
+def _runaway_distance(bundle: SystemBundle) -> float:
+    """Distance from the centre (nm) past which an atom counts as runaway: far beyond any box
+    or molecule (a blow-up sends atoms to 1e38 nm within a few steps)."""
+    size = float(np.ptp(bundle.positions, axis=0).max()) if bundle.positions.size else 1.0
+    if bundle.box is not None:
+        size = max(size, float(np.abs(bundle.box).max()))
+    return max(100.0, 50.0 * size)
+
+
+def _restore_checkpoint(sim, bias, ckpt_dir: Path, chunk_dir: Path) -> int:
+    """Load the checkpoint that ``progress.json`` names (MD and bias state); drop the chunks
+    written after it. Returns its step."""
+    prog = art.read_json(ckpt_dir / "progress.json")
+    step = int(prog["step"])
+    sim.context.loadCheckpoint((ckpt_dir / prog["chk"]).read_bytes())
+    if bias is not None:
+        bias.load_state_arrays(np.load(ckpt_dir / prog["bias"]))
+    for f in chunk_dir.glob("*.npy"):  # chunks written after the last checkpoint
+        if not f.name.startswith("good") and int(f.stem.split("_")[1]) > step:
+            f.unlink()
+    return step
 
 
 def _record_blowup(out_dir: Path, chunk_dir: Path, step: int, last_ckpt: int, reason: str,

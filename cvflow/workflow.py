@@ -156,6 +156,7 @@ class Workflow:
                      "bootstrap_quantile": ck_info.get("bootstrap_quantile"),
                      "threshold_floored": ck_info.get("threshold_floored"), "passed": ck_info.get("passed"),
                      "fes_regions": md_info.get("fes_regions"), "reweighting": tr_info.get("reweighting"),
+                     "recoveries": md_info.get("recoveries", []), "states": tr_info.get("states"),
                      "cv": f"iter_{i:03d}/cv.pt", "fes": md_info.get("fes"), "frames": md_info["frames"],
                      "steps": md_info["steps"], "ess": tr_info.get("ess"),
                      "ess_warning": bool(tr_info.get("ess_warning", False)),
@@ -175,6 +176,11 @@ class Workflow:
                 break
         final_cv = f"iter_{iterations[-1]['index']:03d}/cv.pt"
         prod = self._stage("production/md", lambda: self._production(prev))
+        analysis = self._stage("production/analysis", lambda: self._analyse_production(prev))
+        if analysis.get("states"):
+            from .states import format_states
+            for line in format_states(analysis["states"]):
+                log.info(f"production states: {line.strip()}")
         last = iterations[-1]
         summary = {"converged": converged,
                    # how the stop was decided: the last iteration's score against an unfloored threshold
@@ -184,7 +190,8 @@ class Workflow:
                                    "threshold_floored": last["threshold_floored"],
                                    "iterations": len(iterations)},
                    "iterations": iterations, "final_cv": final_cv,
-                   "final_fes": prod.get("fes"), "production": prod,
+                   "final_fes": prod.get("fes"), "production": prod, "production_analysis": analysis,
+                   "states": analysis.get("states"),
                    "engine": self.engine, "wall_seconds_this_session": time.perf_counter() - t_start}
         art.write_json(self.run_dir / "summary.json", summary)
         self.manifest.current(None)
@@ -271,6 +278,7 @@ class Workflow:
         if ess < cfg.convergence.min_ess_fraction * len(w):
             log.warning(f"iteration {i}: effective sample size {ess:.0f} of {len(w)} frames is low")
         art.write_npy(it_dir / "weights.npy", w)
+        states = self._states(frames, it_dir / "md", prev_cv, md_info["biased"])
         t_t = time.perf_counter()
         result = train_model(x, w, cfg.model, derive_seed(cfg.seed, i, 1),
                              progress=self.progress.train(f"iter {i} training"), label=f"iteration {i} training")
@@ -286,6 +294,7 @@ class Workflow:
         return {"cv": f"iter_{i:03d}/cv.pt", "grid": grid, "ess": ess, "frames": len(frames),
                 "ess_warning": bool(ess < cfg.convergence.min_ess_fraction * len(w)),
                 "best_val_loss": result.best_val, "epochs": result.epochs_run, "reweighting": w_info,
+                "states": states,
                 "reweight_seconds": t_w, "training_seconds": t_t, "wall_seconds": time.perf_counter() - t0}
 
     def _grid_from_values(self, z: np.ndarray) -> dict:
@@ -363,6 +372,40 @@ class Workflow:
                         f"(pairwise scores {np.round(scores, 3).tolist()})")
         return {"threshold": max(quantile, bs.min_threshold), "bootstrap_quantile": quantile,
                 "threshold_floored": bool(floored), "bootstrap_scores": scores.tolist()}
+
+    def _states(self, frames: np.ndarray, seg_dir: Path, cv_path, biased: bool, weights_out: Path | None = None):
+        """Populations and free energies of the config's ``states`` on a segment's frames,
+        reweighted by ŵ ∝ exp(−β F(ξ)) / ρ̃(ξ) when the segment was biased (see
+        :func:`cvflow.dataset.log_weights_from_fes`). None when no states are configured."""
+        if not self.cfg.states and weights_out is None:
+            return None
+        n = len(frames)
+        if biased:
+            logw, _ = log_weights_from_fes(cv_values(cv_path, frames), seg_dir / "fes.csv", self.beta,
+                                           divide_by_histogram=True)
+            w = normalised_weights(logw) if np.isfinite(logw).any() else np.full(n, 1.0 / n)
+        else:
+            w = np.full(n, 1.0 / n)
+        if weights_out is not None:
+            art.write_npy(weights_out, w)
+        if not self.cfg.states:
+            return None
+        import mdtraj as md
+        from .states import state_free_energies, state_membership
+        traj = md.Trajectory(frames.astype(np.float32), self.bundle.mdtraj_topology())
+        res = state_free_energies(state_membership(traj, self.cfg.states), w, 1.0 / self.beta,
+                                  seed=derive_seed(self.cfg.seed, 20_000))
+        res["ess"] = effective_sample_size(w)
+        return res
+
+    def _analyse_production(self, last_train) -> dict:
+        """Production frames reweighted (``production/weights.npy``) and the states' free energies."""
+        out = self.run_dir / "production"
+        frames = load_frames(out, self.bundle)
+        states = self._states(frames, out, self.run_dir / last_train["cv"], True, weights_out=out / "weights.npy")
+        if states is not None:
+            art.write_json(out / "states.json", states)
+        return {"weights": "production/weights.npy", "states": states}
 
     def _production(self, last_train) -> dict:
         cfg = self.cfg

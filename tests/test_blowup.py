@@ -1,6 +1,8 @@
 """Blow-ups stop MD with an error that names the step; the last good state is kept."""
 import json
 
+import pytest
+
 import numpy as np
 import torch
 import yaml
@@ -64,3 +66,66 @@ def test_nan_potential_stops_with_error_and_keeps_state(tmp_path, x_cv):
                                     "--steps", "50000", "--grid=-2,2,40", "-q"])
     blow = _check_kept_state(out, res)
     assert "non-finite" in blow["reason"]
+
+
+def test_stiff_coupling_blows_up_and_recovers_with_a_softer_one(tmp_path, es_config):
+    """κ = 10⁷ kJ/mol/cv² on ξ = (x, y) of a 1-amu particle at 20 fs: the coupling's period
+    (2 fs) is shorter than the time step, so the first steps blow up for sure. The stage
+    restarts from its step-0 checkpoint with κ × 10⁻⁴ (period 0.2 ps) and finishes; the
+    recovery is recorded, and the statistics of the blown-up steps are not kept.
+    Then the same stage, stopped after the recovery and resumed, ends bit for bit the same."""
+    from cvflow.config import GridDim
+    from cvflow.fes import CZARStats, Grid
+    from cvflow.sampler import _STOP, run_segment
+    from cvflow.system import build_system
+    from conftest import linear_toy_cv
+    cfg = es_config.model_copy(deep=True)
+    cfg.bias.kappa = 1e7
+    cfg.md.recovery.kappa_factor = 1e-4
+    cfg.md.checkpoint_interval = 1000
+    bundle = build_system(cfg.system)
+    cv = linear_toy_cv(tmp_path / "xy.pt", [[1.0, 0.0], [0.0, 1.0]])
+    grid = Grid.from_dims([GridDim(min=-2.0, max=2.0, bins=20), GridDim(min=-1.2, max=2.8, bins=20)])
+    res = run_segment(cfg, bundle, tmp_path / "a", 6000, seed=3, cv_path=cv, grid=grid)
+    assert len(res.recoveries) == 1
+    rec = res.recoveries[0]
+    assert rec["kappa_before"] == pytest.approx(1e7) and rec["kappa_after"] == pytest.approx(1e3)
+    assert rec["resumed_from_step"] == 0 and rec["step"] == 0
+    assert json.loads((tmp_path / "a" / "segment.json").read_text())["recoveries"] == res.recoveries
+    stats = CZARStats.load(tmp_path / "a" / "czar.npz")
+    assert stats.count.sum() == 6000  # only the steps after the restart are counted
+    assert np.isfinite(np.load(tmp_path / "a" / "traj.npy")).all()
+
+    def stop_after(step, total):
+        if step >= 3000:
+            _STOP["flag"] = True
+    from cvflow.sampler import StopRequested
+    try:
+        with pytest.raises(StopRequested):
+            run_segment(cfg, bundle, tmp_path / "b", 6000, seed=3, cv_path=cv, grid=grid, progress=stop_after)
+    finally:
+        _STOP["flag"] = False
+    res_b = run_segment(cfg, bundle, tmp_path / "b", 6000, seed=3, cv_path=cv, grid=grid)
+    assert res_b.recoveries == res.recoveries
+    for name in ("traj.npy", "frame_steps.npy"):
+        assert np.array_equal(np.load(tmp_path / "a" / name), np.load(tmp_path / "b" / name))
+    a, b = CZARStats.load(tmp_path / "a" / "czar.npz"), CZARStats.load(tmp_path / "b" / "czar.npz")
+    assert np.array_equal(a.count, b.count) and np.array_equal(a.sum_coupling, b.sum_coupling)
+
+
+def test_recovery_off_stops_at_the_first_blow_up(tmp_path, es_config):
+    from cvflow.bias.native import BlowUpError
+    from cvflow.config import GridDim
+    from cvflow.fes import Grid
+    from cvflow.sampler import run_segment
+    from cvflow.system import build_system
+    from conftest import linear_toy_cv
+    cfg = es_config.model_copy(deep=True)
+    cfg.bias.kappa = 1e7
+    cfg.md.recovery.attempts = 0
+    bundle = build_system(cfg.system)
+    cv = linear_toy_cv(tmp_path / "xy.pt", [[1.0, 0.0], [0.0, 1.0]])
+    grid = Grid.from_dims([GridDim(min=-2.0, max=2.0, bins=20), GridDim(min=-1.2, max=2.8, bins=20)])
+    with pytest.raises(BlowUpError, match=r"md: .* at step \d+.*checkpoint at step 0"):
+        run_segment(cfg, bundle, tmp_path / "a", 6000, seed=3, cv_path=cv, grid=grid)
+    assert json.loads((tmp_path / "a" / "blowup.json").read_text())["last_checkpoint_step"] == 0

@@ -313,12 +313,17 @@ class NativeEABF:
             self._cv_step(self._fb, self._ib)
         elif self._kernel is step_external:
             self._xi[:], self._jac[...] = self.cv(self._pos)
-        energy = self._step(self._fb, self._ib)
+        try:
+            energy = self._step(self._fb, self._ib)
+        except Exception as e:  # e.g. a division by zero in the CV kernel on wild positions
+            energy = math.nan
+            self.error = f"{type(e).__name__} in the bias kernel at step {step}: {e}"
         self.noise_counter += 1
         if step % self.report_interval == 0:
             self._colvar.append(np.concatenate([[step], self._xi, self._lam_prev]))
         if not math.isfinite(energy):
-            self.error = f"non-finite CV value {self._xi.tolist()} at step {step}"
+            if self.error is None:
+                self.error = f"non-finite CV value {self._xi.tolist()} at step {step}"
             self._forces[:] = 0.0
             energy = 0.0
         self._energy = energy
@@ -356,8 +361,22 @@ class NativeEABF:
         return CZARStats(self.grid, self.kappa, self.kT, self.czar_count.reshape(shape).copy(),
                          self.czar_sum.reshape(shape + (self.dim,)).copy())
 
+    def soften(self, factor: float) -> None:
+        """Scale the coupling κ by ``factor`` (< 1 after a blow-up), and λ's mass with it so
+        that the period τ of λ in the coupling well stays the same. The walls stay."""
+        kappa, mass = self.prm[0] * factor, self.prm[1] * factor
+        a = self.prm[3]
+        self.prm[0], self.prm[1] = kappa, mass
+        self.prm[4] = np.sqrt((1 - a * a) * self.kT / mass)
+        self.kappa = float(kappa)
+
     def state_arrays(self) -> dict:
         return {"lam": self.lam, "vlam": self.vlam, "abf_count": self.abf_count, "abf_sum": self.abf_sum,
+                "prm": self.prm,
+                # the last evaluation: a checkpoint taken after it (step 0 is evaluated when the
+                # velocities are set) must not sample that step again when it is loaded
+                "last_step": np.array(self._last_step), "pos": self._pos, "forces": self._forces,
+                "energy": np.array(self._energy),
                 "czar_count": self.czar_count, "czar_sum": self.czar_sum,
                 "noise_counter": np.array(self.noise_counter), "initialised": np.array(self.initialised),
                 "vlam_rng": np.array(str(self._vlam_init_rng.bit_generator.state))}
@@ -365,6 +384,10 @@ class NativeEABF:
     def load_state_arrays(self, d) -> None:
         for key in ("lam", "vlam", "abf_count", "abf_sum", "czar_count", "czar_sum"):
             getattr(self, key)[...] = d[key]
+        if "prm" in d.files:  # κ, λ's mass and noise may have been softened after a blow-up
+            self.prm[...] = d["prm"]
+            self.kappa = float(self.prm[0])
+        self.error = None
         self._loop[...] = loop_sums(self.abf_count, self.abf_sum, self.grid.bins, self._periods, self.prm[5])
         self.noise_counter = int(d["noise_counter"])
         self._noise_end = 0
@@ -372,4 +395,8 @@ class NativeEABF:
         import ast
         self._vlam_init_rng.bit_generator.state = ast.literal_eval(str(d["vlam_rng"]))
         self._last_step = -1
+        if "last_step" in d.files:
+            self._last_step = int(d["last_step"])
+            self._pos[...], self._forces[...] = d["pos"], d["forces"]
+            self._energy = float(d["energy"])
         self._colvar = []

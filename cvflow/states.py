@@ -1,0 +1,139 @@
+"""Named states (boxes in observables that MDTraj computes) and the free energies between them.
+
+A state is a box in torsions (φ, ψ, χ1, χ2, ω of one residue, degrees), in a distance
+between two atom selections (nm), or in the RMSD to a reference structure (nm); see
+:class:`cvflow.config.StateDef`. From weighted frames, a state's population is
+P(S) = Σ_{j ∈ S} w_j / Σ_j w_j, and the free energy of S relative to the reference state R
+(the first one in the config) is ΔF = −kT ln(P(S) / P(R)), in kJ/mol. Error bars come from a
+bootstrap over contiguous blocks of frames (MD frames are correlated; whole blocks are
+resampled), as the standard deviation over the resamples.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+TORSION_FUNCS = {"phi": "compute_phi", "psi": "compute_psi", "chi1": "compute_chi1", "chi2": "compute_chi2",
+                 "omega": "compute_omega"}
+
+
+def _in_box(values_deg: np.ndarray, box) -> np.ndarray:
+    lo, hi = float(box[0]), float(box[1])
+    if lo <= hi:
+        return (values_deg >= lo) & (values_deg <= hi)
+    return (values_deg >= lo) | (values_deg <= hi)  # wraps through ±180
+
+
+def torsion_values(traj, name: str, residue: int | None) -> np.ndarray:
+    """The torsion ``name`` (phi, psi, ...) of residue ``residue`` (default: the first residue
+    that has it), in degrees, one per frame."""
+    import mdtraj as md
+    from .config import ConfigError
+    idx, ang = getattr(md, TORSION_FUNCS[name])(traj)
+    if idx.shape[0] == 0:
+        raise ConfigError(f"states: the system has no {name} torsion")
+    if residue is None:
+        col = 0
+    else:
+        owners = [traj.topology.atom(int(q[1])).residue.index for q in idx]
+        if residue not in owners:
+            raise ConfigError(f"states: residue {residue} has no {name} torsion (residues with one: "
+                              f"{sorted(set(owners))})")
+        col = owners.index(residue)
+    return np.degrees(ang[:, col])
+
+
+def state_membership(traj, states: dict) -> dict[str, np.ndarray]:
+    """For each named state, a boolean per frame: inside every box the state gives."""
+    import mdtraj as md
+    from .config import ConfigError
+    out = {}
+    for name, st in states.items():
+        inside = np.ones(traj.n_frames, bool)
+        for tors, box in st.torsion_boxes().items():
+            inside &= _in_box(torsion_values(traj, tors, st.residue), box)
+        if st.distance is not None:
+            groups = []
+            for sel in st.distance.between:
+                try:
+                    atoms = traj.topology.select(sel)
+                except Exception as e:
+                    raise ConfigError(f"states.{name}.distance: MDTraj cannot read the selection {sel!r}: "
+                                      f"{str(e).splitlines()[0][:120]}") from None
+                if len(atoms) == 0:
+                    raise ConfigError(f"states.{name}.distance: the selection {sel!r} matches no atom")
+                groups.append(traj.xyz[:, atoms].mean(1))
+            d = np.linalg.norm(groups[0] - groups[1], axis=-1)
+            inside &= (d >= st.distance.range[0]) & (d <= st.distance.range[1])
+        if st.rmsd is not None:
+            ref = md.load(str(st.rmsd.reference))
+            atoms = traj.topology.select(st.rmsd.atoms)
+            if ref.n_atoms != traj.n_atoms:
+                raise ConfigError(f"states.{name}.rmsd.reference: {st.rmsd.reference} has {ref.n_atoms} atoms, "
+                                  f"the system has {traj.n_atoms}")
+            r = md.rmsd(traj, ref, 0, atom_indices=atoms)
+            inside &= (r >= st.rmsd.range[0]) & (r <= st.rmsd.range[1])
+        out[name] = inside
+    return out
+
+
+def _free_energies(member: dict, w: np.ndarray, kT: float, ref: str) -> tuple[dict, dict]:
+    tot = w.sum()
+    pops = {k: float(w[m].sum() / tot) for k, m in member.items()}
+    with np.errstate(divide="ignore"):
+        dfs = {k: float(-kT * np.log(pops[k] / pops[ref])) if pops[ref] > 0 and pops[k] > 0 else float("nan")
+               for k in member}
+    return pops, dfs
+
+
+def state_free_energies(member: dict[str, np.ndarray], w: np.ndarray, kT: float, blocks: int = 10,
+                        resamples: int = 200, seed: int = 0) -> dict:
+    """Populations and ΔF (kJ/mol, relative to the first state) with block-bootstrap errors.
+
+    Parameters
+    ----------
+    member : name → (n,) bool, which frames are in each state
+    w : (n,) array
+        Frame weights (any normalisation); frames in time order.
+    kT : float, kJ/mol
+    """
+    names = list(member)
+    ref = names[0]
+    w = np.asarray(w, float)
+    n = len(w)
+    pops, dfs = _free_energies(member, w, kT, ref)
+    edges = np.linspace(0, n, min(blocks, n) + 1).astype(int)
+    rng = np.random.default_rng(seed)
+    boot_p = {k: [] for k in names}
+    boot_f = {k: [] for k in names}
+    nb = len(edges) - 1
+    for _ in range(resamples if nb >= 2 else 0):
+        pick = rng.integers(nb, size=nb)
+        idx = np.concatenate([np.arange(edges[b], edges[b + 1]) for b in pick])
+        if w[idx].sum() <= 0:
+            continue
+        p, f = _free_energies({k: m[idx] for k, m in member.items()}, w[idx], kT, ref)
+        for k in names:
+            boot_p[k].append(p[k])
+            boot_f[k].append(f[k])
+
+    def err(vals):
+        vals = np.asarray(vals, float)
+        vals = vals[np.isfinite(vals)]
+        return float(vals.std(ddof=1)) if len(vals) > 1 else float("nan")
+    return {"reference_state": ref, "frames": int(n), "blocks": nb,
+            "populations": {k: {"value": pops[k], "error": err(boot_p[k])} for k in names},
+            "delta_f": {k: {"value": dfs[k], "error": err(boot_f[k])} for k in names if k != ref},
+            "units": "kJ/mol; delta_f = F(state) - F(reference_state); errors: block bootstrap standard deviation"}
+
+
+def format_states(res: dict) -> list[str]:
+    """Lines for the terminal: each state's population and ΔF against the reference state."""
+    ref = res["reference_state"]
+    lines = []
+    for k, p in res["populations"].items():
+        line = f"{k:>12}: population {p['value']:.4f} ± {p['error']:.4f}"
+        if k != ref:
+            d = res["delta_f"][k]
+            line += f"   ΔF({k} − {ref}) = {d['value']:.2f} ± {d['error']:.2f} kJ/mol"
+        lines.append(line)
+    return lines

@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""Alanine dipeptide at the paper's protocol over several seeds, against the metadynamics reference.
+
+    python scripts/ala2_paper.py [--config configs/ala2-paper.yaml] [--seeds 1 2 3 4] [--jobs 2]
+                                 [--out runs/ala2-paper] [--json docs/measurements/ala2-paper-cpu-vm.json]
+
+Each seed is one `cvflow run` (one thread each, ``--jobs`` at a time; a finished run
+directory is only read, an unfinished one is resumed). The table gives, per seed and
+iteration: regscore and threshold (and whether it was floored), the R² of a linear
+regression of the CV onto (cos φ, sin φ, cos ψ, sin ψ) on that iteration's frames, the
+fraction of frames with φ > 0, recoveries from blow-ups, and the wall time of each part;
+then, for the production run, ΔF(C7ax − C7eq) with its block-bootstrap error against the
+reference of scripts/ala2_reference.py (docs/measurements/ala2-reference.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_one(config: str, out: Path, seed: int) -> float:
+    """`cvflow run` for one seed (resumed when unfinished); returns its wall time, s."""
+    t0 = time.time()
+    if (out / "summary.json").exists():
+        return 0.0
+    cfg_text = Path(config).read_text()
+    seeded = out.parent / f"{out.name}.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    import yaml
+    cfg = yaml.safe_load(cfg_text)
+    cfg["seed"] = seed
+    base = Path(config).resolve().parent
+    cfg["system"]["pdb"] = str((base / cfg["system"]["pdb"]).resolve())
+    seeded.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    cmd = [sys.executable, "-m", "cvflow.cli", "-q", "run", str(seeded), "--out", str(out)]
+    if out.exists() and any(out.iterdir()):
+        cmd.append("--resume")
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    with open(out.parent / f"{out.name}.log", "a") as log:
+        subprocess.run(cmd, check=False, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return time.time() - t0
+
+
+def analyse(config: str, out: Path) -> dict:
+    import mdtraj as md
+    from cvflow.config import load_config
+    from cvflow.convergence import regscore
+    from cvflow.cvs import ramachandran_features
+    from cvflow.sampler import load_frames
+    from cvflow.system import build_system
+    from cvflow.workflow import cv_values
+    if not (out / "summary.json").exists():
+        log = out.parent / f"{out.name}.log"
+        return {"run": str(out), "finished": False,
+                "error": log.read_text().strip().splitlines()[-1] if log.exists() and log.read_text().strip() else "?"}
+    cfg = load_config(config)
+    bundle = build_system(cfg.system, cfg.features.atoms)
+    s = json.loads((out / "summary.json").read_text())
+    rows = []
+    for it in s["iterations"]:
+        d = out / f"iter_{it['index']:03d}"
+        frames = load_frames(d / "md", bundle)
+        t = md.Trajectory(frames, bundle.mdtraj_topology())
+        phi = np.degrees(md.compute_phi(t)[1][:, 0])
+        xi = cv_values(out / it["cv"], frames)
+        rows.append({"iteration": it["index"], "regscore": it["regscore"],
+                     "regscore_per_output": it.get("regscore_per_output"), "threshold": it["threshold"],
+                     "bootstrap_quantile": it.get("bootstrap_quantile"), "floored": it.get("threshold_floored"),
+                     "r2_ramachandran": regscore(ramachandran_features(t), xi),
+                     "phi_positive": float(np.mean(phi > 0)), "recoveries": len(it.get("recoveries") or []),
+                     "seconds": it.get("seconds"), "states": it.get("states")})
+    prod = out / "production"
+    frames = load_frames(prod, bundle)
+    t = md.Trajectory(frames, bundle.mdtraj_topology())
+    phi = np.degrees(md.compute_phi(t)[1][:, 0])
+    xi = cv_values(out / s["final_cv"], frames)
+    states = s.get("states") or {}
+    df = (states.get("delta_f") or {}).get("C7ax", {})
+    return {"run": str(out), "finished": True, "converged": s["converged"], "iterations": rows,
+            "production": {"r2_ramachandran": regscore(ramachandran_features(t), xi),
+                           "phi_positive": float(np.mean(phi > 0)), "seconds": s["production"]["wall_seconds"],
+                           "recoveries": len(s["production"].get("recoveries") or []),
+                           "ess": states.get("ess")},
+            "delta_f": df.get("value"), "delta_f_error": df.get("error"),
+            "wall_seconds": sum((it.get("wall_seconds") or 0) for it in s["iterations"])
+            + s["production"]["wall_seconds"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default=str(ROOT / "configs" / "ala2-paper.yaml"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4])
+    ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    ap.add_argument("--out", default="runs/ala2-paper")
+    ap.add_argument("--reference", default=str(ROOT / "docs" / "measurements" / "ala2-reference.json"))
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    outs = [Path(args.out) / f"seed{s}" for s in args.seeds]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        walls = list(pool.map(lambda a: run_one(args.config, *a), zip(outs, args.seeds)))
+    ref = json.loads(Path(args.reference).read_text())
+    ref_df, ref_err = ref["delta_f_C7ax_minus_C7eq"], ref["error"]
+    results = []
+    print(f"reference ΔF(C7ax − C7eq) = {ref_df:.2f} ± {ref_err:.2f} kJ/mol (well-tempered metadynamics)")
+    for seed, out, wall in zip(args.seeds, outs, walls):
+        r = analyse(args.config, out)
+        r["seed"], r["wall_seconds_this_call"] = seed, wall
+        results.append(r)
+        if not r["finished"]:
+            print(f"seed {seed}: did not finish: {r['error']}")
+            continue
+        print(f"seed {seed}: converged={r['converged']} after {len(r['iterations'])} iterations, "
+              f"{r['wall_seconds'] / 60:.1f} min of stage time")
+        print(f"  {'iter':>4} {'regscore':>9} {'threshold':>10} {'R2 phi/psi':>10} {'phi>0':>6} {'recov':>5} "
+              f"{'md s':>6} {'train s':>7} {'boot s':>6}")
+        for it in r["iterations"]:
+            sec = it["seconds"] or {}
+            f = lambda v, p: "-" if v is None else format(v, p)  # noqa: E731
+            thr = f(it["threshold"], ".4f") + ("*" if it["floored"] else " ")
+            print(f"  {it['iteration']:>4} {f(it['regscore'], '.4f'):>9} {thr:>10} {it['r2_ramachandran']:>10.3f} "
+                  f"{it['phi_positive']:>6.3f} {it['recoveries']:>5} {f(sec.get('md'), '.0f'):>6} "
+                  f"{f(sec.get('training'), '.0f'):>7} {f(sec.get('bootstrap'), '.0f'):>6}")
+        p = r["production"]
+        dev = None if r["delta_f"] is None else r["delta_f"] - ref_df
+        print(f"  production: R2 {p['r2_ramachandran']:.3f}, phi>0 {p['phi_positive']:.3f}, "
+              f"ΔF(C7ax − C7eq) = {f(r['delta_f'], '.2f')} ± {f(r['delta_f_error'], '.2f')} kJ/mol "
+              f"(reference {ref_df:.2f}; difference {f(dev, '+.2f')}), {p['seconds']:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"config": args.config, "reference": ref_df,
+                                               "reference_error": ref_err, "seeds": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
