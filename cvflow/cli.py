@@ -311,6 +311,18 @@ def status(run_dir):
         from rich import box
         table.box = box.ASCII
     _console().print(table)
+    _echo_states(run)
+
+
+def _echo_states(run) -> None:
+    """The states' populations and free energies: production's, else the last iteration's."""
+    from .report import latest_states
+    from .states import format_states
+    label, states = latest_states(run)
+    if states:
+        click.echo(f"states ({label}, reweighted; kJ/mol, block-bootstrap errors):")
+        for line in format_states(states):
+            click.echo(line)
 
 
 @main.command()
@@ -325,6 +337,7 @@ def fes(run_dir, iteration, output):
     path, label = fes_path(run, iteration)
     plot_fes(path, run.kT, Path(output), label)
     click.echo(f"{output}: free energy of {label} ({path})")
+    _echo_states(run)
 
 
 @main.command()

@@ -119,6 +119,18 @@ def status_table(run: RunRecord):
     return t
 
 
+def latest_states(run: RunRecord) -> tuple[str, dict | None]:
+    """The states' free energies of production when it has them, else of the last iteration."""
+    if run.summary and run.summary.get("states"):
+        return "production", run.summary["states"]
+    stages = art.read_json(run.dir / "manifest.json").get("stages", {}) if (run.dir / "manifest.json").exists() else {}
+    for r in reversed(run.iterations):
+        st = (stages.get(f"iter_{r.index:03d}/train") or {}).get("states")
+        if st:
+            return f"iteration {r.index}", st
+    return "", None
+
+
 # -- plots ---------------------------------------------------------------------------------
 
 def _plt():
@@ -255,6 +267,38 @@ def _final_frames(run: RunRecord, bundle):
     return None
 
 
+def _plot_ramachandran(run: RunRecord, out: Path) -> Path | None:
+    """The reweighted free energy of production on (φ, ψ), for a peptide."""
+    prod = run.dir / "production"
+    if not ((prod / "weights.npy").exists() and (prod / "traj.dcd").exists()):
+        return None
+    import mdtraj as md
+    from .sampler import _quiet_c_stdout
+    with _quiet_c_stdout():
+        t = md.load_dcd(str(prod / "traj.dcd"), top=str(prod / "topology.pdb"))
+    phi, psi = md.compute_phi(t)[1], md.compute_psi(t)[1]
+    if phi.shape[1] == 0 or psi.shape[1] == 0:
+        return None
+    w = np.load(prod / "weights.npy")
+    edges = np.linspace(-180, 180, 61)
+    h, _, _ = np.histogram2d(np.degrees(phi[:, 0]), np.degrees(psi[:, 0]), [edges, edges], weights=w)
+    with np.errstate(divide="ignore"):
+        f = -run.kT * np.log(h / h.sum())
+    f -= f[np.isfinite(f)].min()
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    im = ax.imshow(np.where(np.isfinite(f), f, np.nan).T, origin="lower", extent=(-180, 180, -180, 180),
+                   cmap="viridis", vmax=min(40.0, float(np.nanmax(np.where(np.isfinite(f), f, np.nan)))))
+    fig.colorbar(im, ax=ax, label="free energy (kJ/mol)")
+    ax.set_xlabel("φ (degrees)")
+    ax.set_ylabel("ψ (degrees)")
+    ax.set_title("production, reweighted")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def _plot_cv_map(run: RunRecord, out: Path) -> Path | None:
     """Molecules: the Ramachandran plane coloured by each CV component. Toys: the CV's
     contours over the potential."""
@@ -350,7 +394,9 @@ def write_report(run_dir) -> Path:
             ("training", "Training curves (solid: training set; dashed: validation set)", _plot_training,
              "training.png"),
             ("weights", "Reweighting factors of each biased iteration, with the effective sample size",
-             _plot_weights, "weights.png")):
+             _plot_weights, "weights.png"),
+            ("Ramachandran map", "Production frames reweighted by exp(−βF(ξ))/ρ̃(ξ): free energy on (φ, ψ)",
+             _plot_ramachandran, "ramachandran.png")):
         p = fn(run, out / name)
         if p is not None:
             figs.append((section, caption, p))
@@ -364,6 +410,16 @@ def write_report(run_dir) -> Path:
             f"kT = {kT:.4f} kJ/mol.</p>",
             "<table><tr><th>iteration</th><th>frames</th><th>ESS</th><th>regscore</th><th>threshold</th>"
             f"<th>wall time (s)</th></tr>{rows}</table>"]
+    label, states = latest_states(run)
+    if states:
+        ref = states["reference_state"]
+        srows = "".join(
+            f"<tr><td>{html.escape(k)}</td><td>{p['value']:.4f} ± {p['error']:.4f}</td><td>"
+            + ("0 (reference)" if k == ref else
+               f"{states['delta_f'][k]['value']:.2f} ± {states['delta_f'][k]['error']:.2f}") + "</td></tr>"
+            for k, p in states["populations"].items())
+        body.append(f"<h2>States ({html.escape(label)})</h2><table><tr><th>state</th><th>population</th>"
+                    f"<th>ΔF − F({html.escape(ref)}) (kJ/mol)</th></tr>{srows}</table>")
     section = None
     for sec, caption, p in figs:
         if sec != section:

@@ -95,12 +95,27 @@ def derive_seed(root: int, *keys: int) -> int:
     return int(state) % (2**31 - 2) + 1
 
 
+def coupling_kappa(cfg: Config, bundle: SystemBundle, cv_path, grid: Grid, particles) -> float:
+    """κ for eABF on the CV in ``cv_path``: ``bias.kappa``, or with ``auto`` kT/h² bounded by
+    the stable κ of :mod:`cvflow.cvstats` when the training stage recorded the CV's gradients
+    in ``cv_stats.json`` beside it."""
+    from .cvstats import stable_kappa
+    stats_file = Path(cv_path).parent / "cv_stats.json"
+    stable = None
+    if cfg.bias.kappa == "auto" and stats_file.exists():
+        st = art.read_json(stats_file)
+        masses = [bundle.system.getParticleMass(int(i)).value_in_unit(u.dalton) for i in particles]
+        stable = stable_kappa(st["grad_max"], min(m for m in masses if m > 0), cfg.md.timestep)
+    return cfg.bias.kappa_for(grid.widths, kT(cfg.md.temperature), stable)
+
+
 def make_bias(cfg: Config, bundle: SystemBundle, cv_path, grid: Grid, seed: int) -> NativeEABF:
     """The native eABF bias on the CV in ``cv_path``."""
     from .cvcheck import checked_cv
     cv = checked_cv(cv_path, bundle)
     b = cfg.bias
-    kappa = b.kappa_for(grid.widths, kT(cfg.md.temperature))
+    kappa = coupling_kappa(cfg, bundle, cv_path, grid, cv.particles)
+    log.debug(f"eABF coupling: kappa {kappa:.4g} kJ/mol/cv^2 on {Path(cv_path).name}")
     return NativeEABF(cv, grid, kappa=kappa, mass=b.ext_mass(kappa), friction=b.friction,
                       temperature=cfg.md.temperature, timestep=cfg.md.timestep,
                       fullsamples=b.fullsamples, seed=seed, report_interval=cfg.md.report_interval,

@@ -287,6 +287,10 @@ class Workflow:
                       comments=["weighted mean squared reconstruction error, normalised features"])
         export_cv(self.features, result.mean, result.std, result.model.encoder, self.bundle.n_atoms,
                   it_dir / "cv.pt", check_positions=frames[:: max(1, len(frames) // 50)])
+        from .cvstats import gradient_stats
+        from .fastcv import load_cv
+        cv_stats = gradient_stats(load_cv(it_dir / "cv.pt", self.bundle.n_atoms), frames)
+        art.write_json(it_dir / "cv_stats.json", cv_stats)
         z = encode(result, x)
         grid = self._grid_from_values(z)
         from .bias.plumed import export_plumed
@@ -294,7 +298,7 @@ class Workflow:
         return {"cv": f"iter_{i:03d}/cv.pt", "grid": grid, "ess": ess, "frames": len(frames),
                 "ess_warning": bool(ess < cfg.convergence.min_ess_fraction * len(w)),
                 "best_val_loss": result.best_val, "epochs": result.epochs_run, "reweighting": w_info,
-                "states": states,
+                "states": states, "cv_gradient": cv_stats,
                 "reweight_seconds": t_w, "training_seconds": t_t, "wall_seconds": time.perf_counter() - t0}
 
     def _grid_from_values(self, z: np.ndarray) -> dict:

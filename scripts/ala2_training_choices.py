@@ -36,6 +36,8 @@ def main() -> int:
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.3, 0.5, 0.8])
     ap.add_argument("--repeats", type=int, nargs="+", default=[4, 8])
     ap.add_argument("--draws", type=int, default=3)
+    ap.add_argument("--bootstrap-scaling", default="global", choices=["feature", "global"])
+    ap.add_argument("--skip-scaling", action="store_true", help="only the bootstrap part")
     ap.add_argument("--json", default=str(ROOT / "docs" / "measurements" / "ala2-training-choices.json"))
     args = ap.parse_args()
     import mdtraj as md
@@ -62,7 +64,7 @@ def main() -> int:
         w = np.load(d / "weights.npy")
         rama = ramachandran_features(md.Trajectory(frames, bundle.mdtraj_topology()))
         rec = {"iteration": i, "frames": len(x), "scaling": {}, "bootstrap": []}
-        for scaling in ("feature", "global"):
+        for scaling in () if args.skip_scaling else ("feature", "global"):
             mc = cfg.model.model_copy(update={"scaling": scaling, "threads": 1})
             cvs, r2, r2w, t0 = [], [], [], time.time()
             for s in range(args.seeds):
@@ -77,7 +79,7 @@ def main() -> int:
             print(f"iter {i} scaling={scaling}: R² onto (cos/sin φ, ψ) {np.round(r2, 3).tolist()} "
                   f"(weighted {np.round(r2w, 3).tolist()}); pairwise regscore min {min(agree):.3f} "
                   f"median {np.median(agree):.3f}", flush=True)
-        mc = cfg.model.model_copy(update={"threads": 1})
+        mc = cfg.model.model_copy(update={"threads": 1, "scaling": args.bootstrap_scaling})
 
         def train_fn(xs, ws, seed):
             return bootstrap_member(xs, ws, seed, mc)

@@ -479,7 +479,8 @@ def plumed_spec(cfg, bundle, cv_path, grid: Grid, model_dir) -> PlumedInputSpec:
     module = torch.jit.load(str(cv_path), map_location="cpu")
     fmt = str(module.cvflow_format) if hasattr(module, "cvflow_format") else ""
     b = cfg.bias
-    kappa = b.kappa_for(grid.widths, _kT(cfg.md.temperature))
+    from ..sampler import coupling_kappa
+    kappa = coupling_kappa(cfg, bundle, cv_path, grid, ev.particles)
     if fmt == "torsions/1":
         quads = module.quads.numpy()
         kind, particles = "torsions", np.unique(quads)
