@@ -191,6 +191,9 @@ class BiasConfig(Strict):
     bins: PositiveInt = 60
     fullsamples: PositiveInt = 200
     wall_kappa: Optional[ForceConstant] = None
+    # with kappa auto, keep ω Δt of the coupling at or below this at the steepest gradient of
+    # the learned CV on its training frames (cvflow.cvstats); null: no bound
+    max_omega_dt: Optional[Annotated[float, Field(gt=0, le=2)]] = 1.0
 
     @model_validator(mode="after")
     def _features_need_cv(self):

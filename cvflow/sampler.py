@@ -102,10 +102,11 @@ def coupling_kappa(cfg: Config, bundle: SystemBundle, cv_path, grid: Grid, parti
     from .cvstats import stable_kappa
     stats_file = Path(cv_path).parent / "cv_stats.json"
     stable = None
-    if cfg.bias.kappa == "auto" and stats_file.exists():
+    if cfg.bias.kappa == "auto" and cfg.bias.max_omega_dt is not None and stats_file.exists():
         st = art.read_json(stats_file)
         masses = [bundle.system.getParticleMass(int(i)).value_in_unit(u.dalton) for i in particles]
-        stable = stable_kappa(st["grad_max"], min(m for m in masses if m > 0), cfg.md.timestep)
+        stable = stable_kappa(st["grad_max"], min(m for m in masses if m > 0), cfg.md.timestep,
+                              cfg.bias.max_omega_dt)
     return cfg.bias.kappa_for(grid.widths, kT(cfg.md.temperature), stable)
 
 
