@@ -302,12 +302,14 @@ class Workflow:
                 "reweight_seconds": t_w, "training_seconds": t_t, "wall_seconds": time.perf_counter() - t0}
 
     def _grid_from_values(self, z: np.ndarray) -> dict:
-        """Grid over the CV's observed range with a margin, inside the bottleneck's bounds."""
+        """Grid over the CV's observed range with a margin, inside the model's ``cv_range``."""
+        from .models import MODELS
         b = self.cfg.bias
+        low, high = MODELS[self.cfg.model.kind].cv_range
         lo, hi = z.min(0), z.max(0)
         span = np.maximum(hi - lo, 1e-3)
-        lo = np.maximum(lo - b.grid_margin * span, -1.0)
-        hi = np.minimum(hi + b.grid_margin * span, 1.0)
+        lo = np.maximum(lo - b.grid_margin * span, low)
+        hi = np.minimum(hi + b.grid_margin * span, high)
         return Grid(lo, hi, [b.bins] * len(lo)).to_list()
 
     def _check(self, i: int, it_dir: Path, prev, tr_info) -> dict:

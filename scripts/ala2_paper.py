@@ -42,7 +42,7 @@ def run_one(config: str, out: Path, seed: int) -> float:
     base = Path(config).resolve().parent
     cfg["system"]["pdb"] = str((base / cfg["system"]["pdb"]).resolve())
     seeded.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    cmd = [sys.executable, "-m", "cvflow.cli", "-q", "run", str(seeded), "--out", str(out)]
+    cmd = [sys.executable, "-m", "cvflow.cli", "run", str(seeded), "--out", str(out), "-q"]
     if out.exists() and any(out.iterdir()):
         cmd.append("--resume")
     env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", MKL_NUM_THREADS="1")

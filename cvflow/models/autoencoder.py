@@ -45,6 +45,9 @@ def weighted_mse(x: Tensor, x_hat: Tensor, w: Tensor) -> Tensor:
 class Autoencoder(nn.Module):
     """Encoder with a bounded bottleneck (tanh) and a mirrored decoder with linear output."""
 
+    #: the values the CV can take (the bottleneck activation is tanh); the eABF grid stays inside
+    cv_range = (-1.0, 1.0)
+
     def __init__(self, n_features: int, hidden: list[int], bottleneck: int, activation: str = "tanh"):
         super().__init__()
         enc_sizes = [n_features, *hidden, bottleneck]
