@@ -123,3 +123,72 @@ class Manifest:
     def current(self, stage: str | None) -> None:
         self.data["current"] = stage
         write_json(self.path, self.data)
+
+
+class Heartbeat:
+    """``heartbeat.json`` in a run directory while a process works on it: host, pid and the
+    time, rewritten every ``interval`` seconds by a daemon thread and removed on a clean
+    exit. ``cvflow status`` tells a live run from a dead one by it (a killed job leaves a
+    stale one)."""
+
+    def __init__(self, run_dir: Path, interval: float = 30.0):
+        self.path = Path(run_dir) / "heartbeat.json"
+        self.interval = interval
+        self._stop = None
+
+    def _beat(self) -> None:
+        import socket
+        import time
+        write_json(self.path, {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time(),
+                               "interval_seconds": self.interval})
+
+    def __enter__(self):
+        import threading
+        self._stop = threading.Event()
+        self._beat()
+
+        def loop():
+            while not self._stop.wait(self.interval):
+                try:
+                    self._beat()
+                except OSError:
+                    pass
+        threading.Thread(target=loop, daemon=True, name="cvflow-heartbeat").start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+        return False
+
+
+def liveness(run_dir: Path) -> str | None:
+    """``None`` when no process works on the run; else a phrase such as ``running (pid 12,
+    this host)`` or ``stopped or killed (last heartbeat 2 h ago on node7)``."""
+    import socket
+    import time
+    path = Path(run_dir) / "heartbeat.json"
+    if not path.exists():
+        return None
+    try:
+        hb = read_json(path)
+    except (OSError, ValueError):
+        return None
+    age = time.time() - float(hb.get("time", 0))
+    ago = f"{age:.0f} s" if age < 120 else (f"{age / 60:.0f} min" if age < 7200 else f"{age / 3600:.1f} h")
+    if hb.get("host") == socket.gethostname():
+        try:
+            os.kill(int(hb["pid"]), 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        except (PermissionError, KeyError, ValueError, TypeError):
+            alive = age < 3 * float(hb.get("interval_seconds", 30))
+        return (f"running (pid {hb['pid']}, last heartbeat {ago} ago)" if alive
+                else f"killed (pid {hb.get('pid')} is gone; last heartbeat {ago} ago)")
+    if age < 3 * float(hb.get("interval_seconds", 30)):
+        return f"running on {hb.get('host')} (pid {hb.get('pid')}, last heartbeat {ago} ago)"
+    return f"stopped or killed on {hb.get('host')} (last heartbeat {ago} ago)"

@@ -25,18 +25,29 @@ class RunError(click.ClickException):
 
 
 def _guard(fn):
-    """Turn known exceptions into clean messages."""
+    """Turn exceptions into one-line messages: the user's input (exit 2), known run-time
+    failures (exit 1), an interrupt (130). Anything else is cvflow's fault: one line that
+    names it, with the traceback written to a file (shown with -vv)."""
     import functools
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .config import ConfigError
+        from .config import ConfigError, one_line
         try:
             return fn(*args, **kwargs)
         except ConfigError as e:
             raise UserError(str(e)) from None
         except click.ClickException:
             raise
+        except KeyboardInterrupt:
+            click.echo("cvflow: interrupted", err=True)
+            sys.exit(130)
+        except MemoryError:
+            raise RunError("out of memory; use a smaller grid (bias.bins), fewer frames "
+                           "(md.report_interval) or a smaller model") from None
+        except OSError as e:  # a file that cannot be written or read: the user's environment
+            where = e.filename or ""
+            raise UserError(f"{where}{': ' if where else ''}{e.strerror or one_line(e)}") from None
         except Exception as e:  # known run-time failures: blow-ups, NaN losses, stop requests
             from .bias.native import BlowUpError
             from .sampler import StopRequested
@@ -47,8 +58,20 @@ def _guard(fn):
                 sys.exit(143)
             if isinstance(e, (BlowUpError, TrainingError, WalkersFailed)):
                 raise RunError(str(e)) from None
-            raise
+            if kwargs.get("verbose", 0) >= 2:
+                raise
+            raise RunError(f"internal error: {type(e).__name__}: {one_line(e, 200)} "
+                           f"(traceback in {_save_traceback()}; please report it)") from None
     return wrapper
+
+
+def _save_traceback() -> str:
+    import tempfile
+    import traceback
+    fd, path = tempfile.mkstemp(prefix="cvflow-traceback-", suffix=".txt")
+    with open(fd, "w") as fh:
+        fh.write(traceback.format_exc())
+    return path
 
 
 def _setup(verbose: int, quiet: bool):
@@ -92,8 +115,11 @@ def validate(config, verbose, quiet):
     _setup(verbose, quiet)
     from .config import load_config
     from .system import build_system
+    from .system import choose_platform
     cfg = load_config(config)
     bundle = build_system(cfg.system, cfg.features.atoms)
+    if cfg.execution.backend == "local":  # on a cluster, MD runs on other nodes
+        choose_platform(cfg.md.platform, bundle.n_atoms, bundle.system)
     if cfg.bias.cv is not None:
         import tempfile
         from .cvcheck import checked_cv
@@ -134,19 +160,28 @@ def sample(config, cv_path, out, steps, grids, resume, verbose, quiet):
     from .initial_cv import initial_grid
     from .progress import log
     from .sampler import install_signal_handlers, run_segment
-    from .system import build_system
+    from .system import build_system, choose_platform
     cfg = load_config(config)
     if steps is not None:
         if steps <= 0:
             raise ConfigError(f"--steps must be positive, got {steps}")
         cfg.md.steps = steps
     bundle = build_system(cfg.system, cfg.features.atoms)
-    checked_cv(cv_path, bundle, key="--cv")
+    choose_platform(cfg.md.platform, bundle.n_atoms, bundle.system)
+    cv_dim = checked_cv(cv_path, bundle, key="--cv").dim  # (the evaluator itself is not kept: see cvflow.arena)
     engine = resolve_engine(cfg.bias.engine, cfg.execution.walkers)
     if engine == "none":
         engine = "native"
     if grids:
+        if len(grids) != cv_dim:
+            raise ConfigError(f"--grid: given {len(grids)} time(s), but {Path(cv_path).name} has {cv_dim} "
+                              f"output(s); give one --grid per output")
         grid = Grid.from_dims([_parse_grid(g) for g in grids])
+        import numpy as np
+        from .config import MAX_GRID_CELLS
+        cells = int(np.prod(grid.bins))
+        if cells > MAX_GRID_CELLS:
+            raise ConfigError(f"--grid: {cells:,} cells; at most {MAX_GRID_CELLS:,} are allowed")
     else:
         grid = initial_grid(cfg, bundle, cv_path)
     out = Path(out)
@@ -238,16 +273,21 @@ def run(config, resume, out, verbose, quiet):
     run_dir = Path(out) if out else cfg.output
     if run_dir is None:
         raise ConfigError("output: no run directory; set 'output:' in the config or pass --out")
+    from . import artifacts as art
+    from .progress import add_logfile
     wf = Workflow(cfg, run_dir, progress)
     resolved = prepare_run_dir(cfg, run_dir, resume)
+    add_logfile(Path(run_dir) / "run.log")
     _record_engine(run_dir, resolved, wf.engine)
-    log.info(f"run directory {run_dir}; bias engine {wf.engine}")
+    log.info(f"run directory {run_dir}; bias engine {wf.engine}; config {config}")
     install_signal_handlers()
-    summary = wf.run()
+    with art.Heartbeat(run_dir):
+        summary = wf.run()
+    from .workflow import score_text
     last = summary["iterations"][-1]
     state = "converged" if summary["converged"] else "not converged"
     click.echo(f"{run_dir}: {state} after {len(summary['iterations'])} iterations "
-               f"(regscore {last['regscore']}, threshold {last['threshold']}); "
+               f"(0 to {last['index']}; last: {score_text(last)}); "
                f"final CV {summary['final_cv']}, free energy {summary['final_fes']}")
 
 
@@ -342,14 +382,16 @@ def fes(run_dir, iteration, output):
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("-o", "--out", "out", type=click.Path(file_okay=False), default=None,
+              help="Where to write it (default: RUN_DIR/report; for a run directory you cannot write to).")
 @with_verbosity
 @_guard
-def report(run_dir, verbose, quiet):
+def report(run_dir, out, verbose, quiet):
     """Write RUN_DIR/report/report.html with its PNGs: free energies, the CV map, convergence,
     training curves and the reweighting factors."""
     _setup(verbose, quiet)
     from .report import write_report
-    path = write_report(run_dir)
+    path = write_report(run_dir, out)
     click.echo(f"{path}")
 
 
@@ -371,8 +413,12 @@ def doctor():
     import openmm as mm
     from .bias import resolve_engine
     from .bias.plumed import plumed_status
+    from .system import platform_problem
     plats = [mm.Platform.getPlatform(i).getName() for i in range(mm.Platform.getNumPlatforms())]
     click.echo(f"OpenMM {mm.__version__}: platforms {', '.join(plats)}")
+    for name in ("CUDA", "OpenCL", "CPU", "Reference"):
+        why = platform_problem(name)
+        click.echo(f"platform {name}: {'usable' if why is None else 'not usable: ' + why}")
     click.echo("engine native: usable (built in)")
     st = plumed_status()
     click.echo(f"engine plumed: {'usable' if st.usable else 'not usable'}: {st.reason}")

@@ -18,6 +18,18 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainSerial
 from .units import UnitError, parse_quantity
 
 
+def one_line(text, limit: int = 160) -> str:
+    """The first non-empty line of ``text`` (an exception: its message, or its type when the
+    message is empty), cut at a word boundary to at most ``limit`` characters."""
+    if isinstance(text, BaseException):
+        text = str(text) or type(text).__name__
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    first = " ".join(lines[0].split()) if lines else "?"
+    if len(first) <= limit:
+        return first
+    return first[:limit].rsplit(" ", 1)[0] + " ..."
+
+
 class ConfigError(Exception):
     """A problem with the user's input; printed as one or two lines, exit status 2."""
 
@@ -101,6 +113,27 @@ class MDConfig(Strict):
     platform: Literal["auto", "Reference", "CPU", "CUDA", "OpenCL"] = "auto"
     threads: Optional[PositiveInt] = None
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v):
+        if not 0 < v < 10_000:
+            raise ValueError(f"must be above 0 K (and below 10,000 K), got {v:g} K")
+        return v
+
+    @field_validator("timestep")
+    @classmethod
+    def _timestep(cls, v):
+        if not v > 0:
+            raise ValueError(f"must be positive, got {v:g} ps")
+        return v
+
+    @field_validator("friction")
+    @classmethod
+    def _friction(cls, v):
+        if v < 0:
+            raise ValueError(f"must not be negative, got {v:g} /ps")
+        return v
 
     @model_validator(mode="after")
     def _intervals(self):
@@ -391,10 +424,44 @@ class Config(Strict):
         if self.states is not None and self.system.is_toy:
             raise ValueError("states are boxes in molecular observables (phi, psi, distance, rmsd); "
                              "a toy system has none")
+        # molecules: beyond 5 fs even hydrogen-mass-repartitioned systems blow up
+        if not self.system.is_toy and self.md.timestep > MAX_MOLECULAR_TIMESTEP:
+            raise ValueError(f"md.timestep is {self.md.timestep * 1000:g} fs; molecular dynamics needs at most "
+                             f"{MAX_MOLECULAR_TIMESTEP * 1000:g} fs (2 fs with constraints: HBonds is usual)")
+        cells = grid_cells(self)
+        if cells > MAX_GRID_CELLS:
+            raise ValueError(f"the eABF grid would have {cells:,} cells ({grid_cells_text(self)}); cvflow keeps "
+                             f"several arrays per cell, so at most {MAX_GRID_CELLS:,} cells are allowed "
+                             f"(e.g. 1000 bins in 1-D, 1000 x 1000 in 2-D)")
         if g is not None and len(g) != self.model.bottleneck:
             raise ValueError(f"bias.grid has {len(g)} dimension(s) but the learned CV has model.bottleneck = "
                              f"{self.model.bottleneck}; give the initial CV's grid as bias.cv_grid")
         return self
+
+
+MAX_MOLECULAR_TIMESTEP = 0.005  # ps
+MAX_GRID_CELLS = 1_000_000
+
+
+def _cells(dims) -> int:
+    return math.prod(d.bins for d in dims) if dims else 1
+
+
+def grid_cells(cfg: "Config") -> int:
+    """The most cells any eABF grid of this run has: the given grids, and the grid of
+    ``bias.bins`` per dimension of the learned CV."""
+    b = cfg.bias
+    return max(_cells(b.grid) if b.grid else b.bins ** cfg.model.bottleneck,
+               _cells(b.cv_grid) if b.cv_grid else 0)
+
+
+def grid_cells_text(cfg: "Config") -> str:
+    b = cfg.bias
+    if b.grid:
+        return "bias.grid: " + " x ".join(str(d.bins) for d in b.grid)
+    if b.cv_grid and _cells(b.cv_grid) >= b.bins ** cfg.model.bottleneck:
+        return "bias.cv_grid: " + " x ".join(str(d.bins) for d in b.cv_grid)
+    return f"bias.bins: {b.bins} per dimension of a {cfg.model.bottleneck}-D CV"
 
 
 # ---------------------------------------------------------------------------------------
@@ -458,17 +525,35 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     return cfg
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader for which a key given twice in one mapping is an error (PyYAML keeps
+    the last silently: a second ``md:`` section would reset the first to defaults)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' appears twice (lines {seen[key] + 1} and "
+                    f"{key_node.start_mark.line + 1}); give each key once", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path: str | Path, check_files: bool = True) -> Config:
     """Read and validate a YAML config; raise :class:`ConfigError` with a clear message."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text (UTF-8) file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        problem = getattr(e, "problem", None) or one_line(e)
         raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (system:, md:, bias:, ...)")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError
+from .config import ConfigError, one_line
 from .fastcv import CVEvaluator, load_cv
 
 
@@ -21,7 +21,8 @@ def checked_cv(path, bundle, key: str = "bias.cv", fast: bool = True) -> CVEvalu
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:
-        raise ConfigError(f"{key}: {path} is not a TorchScript file ({str(e).splitlines()[0][:120]})") from None
+        raise ConfigError(f"{key}: {path} is not a TorchScript file (save the model with "
+                          f"torch.jit.script(model).save(path)); torch says: {one_line(str(e), 100)}") from None
     n = bundle.n_atoms
     declared = getattr(module, "n_atoms", None) if hasattr(module, "n_atoms") else None
     if declared is not None and int(declared) != n:
@@ -33,10 +34,51 @@ def checked_cv(path, bundle, key: str = "bias.cv", fast: bool = True) -> CVEvalu
     except Exception as e:
         first = str(e).strip().splitlines()
         hint = next((ln for ln in first if "index" in ln.lower() or "size" in ln.lower()), first[-1] if first else "")
-        raise ConfigError(f"{key}: {path.name} fails on the {n} atoms of the system: {hint.strip()[:160]}") from None
+        raise ConfigError(f"{key}: {path.name} fails on the {n} atoms of the system: {one_line(hint, 160)}") from None
     if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.shape[0] not in (1, 2):
         shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
         raise ConfigError(f"{key}: {path.name} returns shape {shape}; a CV must return a 1-D tensor of 1 or 2 values")
     if not torch.isfinite(y).all():
         raise ConfigError(f"{key}: {path.name} returns non-finite values at the starting structure")
+    _check_gradient(module, x, path, key)
     return load_cv(path, n, fast=fast)
+
+
+def _check_gradient(module, x: torch.Tensor, path: Path, key: str) -> None:
+    """The bias force is −κ (ξ − λ) ∂ξ/∂x: every output must have a finite gradient with
+    respect to the positions."""
+    why = None
+    gen = torch.Generator().manual_seed(0)
+    nonzero = None
+    try:
+        # the starting structure and two nearby ones (a gradient of zero at one point may be
+        # a stationary point; zero at all three is a step function such as round or argmax)
+        for trial in range(3):
+            xg = (x + (0.01 * torch.randn(x.shape, generator=gen, dtype=x.dtype) if trial else 0)).detach()
+            xg.requires_grad_(True)
+            y = module(xg)
+            if not y.requires_grad:
+                why = "its output does not depend on the positions through differentiable operations"
+                break
+            for i in range(y.shape[0]):
+                (g,) = torch.autograd.grad(y[i], xg, retain_graph=True, allow_unused=True)
+                if g is None:
+                    why = f"output {i} does not depend on the positions"
+                elif not torch.isfinite(g).all():
+                    why = f"the gradient of output {i} is not finite at the starting structure"
+                else:
+                    nonzero = (nonzero if nonzero is not None else torch.zeros(y.shape[0], dtype=torch.bool))
+                    nonzero[i] |= bool((g != 0).any())
+                if why:
+                    break
+            if why:
+                break
+        if why is None and nonzero is not None and not nonzero.all():
+            i = int((~nonzero).nonzero()[0])
+            why = f"the gradient of output {i} is zero at and around the starting structure"
+    except Exception as e:
+        why = one_line(str(e), 120)
+    if why:
+        raise ConfigError(f"{key}: {path.name} cannot be differentiated with respect to the positions ({why}); "
+                          f"the bias force needs dξ/dx")
+

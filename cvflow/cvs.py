@@ -114,12 +114,12 @@ class FeatureInputCV(nn.Module):
 def wrap_feature_cv(model_path, features, n_atoms: int, out_path, key: str = "bias.cv") -> Path:
     """Compose a features-taking TorchScript model with its declared features into one
     cvflow CV file (positions → CV). Errors name the key and what does not fit."""
-    from .config import ConfigError
+    from .config import ConfigError, one_line
     model_path, out_path = Path(model_path), Path(out_path)
     try:
         model = torch.jit.load(str(model_path), map_location="cpu").eval()
     except Exception as e:
-        raise ConfigError(f"{key}: {model_path} is not a TorchScript file ({str(e).splitlines()[0][:120]})") from None
+        raise ConfigError(f"{key}: {model_path} is not a TorchScript file ({one_line(e, 120)})") from None
     for f in features:
         if max(f.atoms) >= n_atoms:
             raise ConfigError(f"bias.cv_features: atom index {max(f.atoms)} in a {f.kind} feature, "
@@ -212,7 +212,10 @@ def torsions_packed(fb, ib):
     _torsions(f2(fb, ib, POS), i2(ib, CV_SLOTS), f1(fb, ib, XI), f3(fb, ib, JAC))
 
 
-@numba.njit(cache=True, inline="always")
+# not inline="always": with cache=True, a function that inlines it loads from numba's cache
+# broken ("NRT_adapt_ndarray_to_python: 'descr' is NULL" on the second process; numba 0.6x);
+# LLVM inlines a function this small anyway
+@numba.njit(cache=True)
 def _cross(a0, a1, a2, b0, b1, b2):
     return a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0
 

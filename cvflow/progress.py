@@ -25,6 +25,17 @@ def setup_logging(verbosity: int = 0, logfile=None) -> None:
     log.propagate = False
 
 
+def add_logfile(path) -> None:
+    """Also log, with full detail, to ``path`` (appended: a resumed run adds to it)."""
+    for h in log.handlers:
+        if isinstance(h, logging.FileHandler) and h.baseFilename == str(path):
+            return
+    fh = logging.FileHandler(path, encoding="utf-8")
+    fh.setLevel(logging.DEBUG)
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    log.addHandler(fh)
+
+
 class Progress:
     """Factory of progress callbacks. ``interactive`` draws rich bars; otherwise it logs
     a line about every 10% (and at most every ``min_seconds``)."""
@@ -48,13 +59,16 @@ class Progress:
             t_start, s_start = state["first"]
             rate = (step - s_start) / max(now - t_start, 1e-9)
             nsday = rate * timestep_ps * 86400 / 1000
-            eta = (total - step) / rate if rate > 0 else float("inf")
+            eta = f"ETA {(total - step) / rate:,.0f} s" if rate > 0 else "ETA -"
             if self.interactive:
-                self._bar(state, label, step, total, f"{rate:,.0f} steps/s {nsday:.1f} ns/day ETA {eta:,.0f}s")
+                speed = f"{rate:,.0f} steps/s, {nsday:.1f} ns/day" if rate > 0 else "starting"
+                self._bar(state, label, step, total, f"step {step:,}/{total:,} {speed} {eta}")
+                if step >= total:  # the bar goes; one summary line stays
+                    log.info(f"{label}: {total:,} steps done, {rate:,.0f} steps/s ({nsday:.1f} ns/day)")
             elif now - state["last"] >= self.min_seconds or step == total:
                 state["last"] = now
-                log.info(f"{label}: step {step}/{total} ({100 * step / total:.0f}%) {rate:,.0f} steps/s "
-                         f"{nsday:.1f} ns/day ETA {eta:,.0f} s")
+                log.info(f"{label}: step {step:,}/{total:,} ({100 * step / total:.0f}%) {rate:,.0f} steps/s "
+                         f"{nsday:.1f} ns/day {eta}")
         return update
 
     def train(self, label: str):
@@ -66,8 +80,10 @@ class Progress:
                 return
             now = time.perf_counter()
             msg = f"loss {train_loss:.4g} val {val_loss:.4g}"
+            if epoch % 10 == 0 or epoch == 1:
+                log.debug(f"{label}: epoch {epoch}/{total} {msg}")
             if self.interactive:
-                self._bar(state, label, epoch, total, msg)
+                self._bar(state, label, epoch, total, f"epoch {epoch}/{total} {msg}")
             elif now - state["last"] >= self.min_seconds or epoch == 1:
                 state["last"] = now
                 log.info(f"{label}: epoch {epoch}/{total} {msg}")
@@ -76,7 +92,8 @@ class Progress:
     def _bar(self, state, label, done, total, msg):
         from rich.progress import BarColumn, Progress as RichProgress, TextColumn
         if state["bar"] is None:
-            p = RichProgress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[msg]}"),
+            p = RichProgress(TextColumn("{task.description}"), BarColumn(),
+                             TextColumn("{task.percentage:>3.0f}%"), TextColumn("{task.fields[msg]}"),
                              transient=True)
             p.start()
             state["bar"] = (p, p.add_task(label, total=total, msg=msg))

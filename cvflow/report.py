@@ -53,7 +53,10 @@ class RunRecord:
     def stage(self) -> str:
         if self.finished:
             return "finished" + (" (converged)" if self.summary.get("converged") else " (max_iterations reached)")
-        return f"running or stopped in {self.current}" if self.current else "not started"
+        live = art.liveness(self.dir)
+        if self.current:
+            return f"in {self.current}: " + (live or "stopped (no process is working on it; --resume continues it)")
+        return live or "not started"
 
     @property
     def kT(self) -> float:
@@ -97,7 +100,8 @@ def load_run(run_dir) -> RunRecord:
             rec.wall_seconds += ck.get("wall_seconds", 0.0)
         its.append(rec)
     summary = art.read_json(run_dir / "summary.json") if (run_dir / "summary.json").exists() else None
-    prod = run_dir / "production" / "fes.csv"
+    from .workflow import production_md_dir
+    prod = production_md_dir(run_dir) / "fes.csv"
     return RunRecord(run_dir, config, man.get("current"), its, summary, prod if prod.exists() else None)
 
 
@@ -195,7 +199,7 @@ def _plot_convergence(run: RunRecord, out: Path) -> Path | None:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8.0, 3.8))
-    ax.plot([r.index for r in recs], [r.regscore for r in recs], "o-", label="regscore(ξ_{i-1}, ξ_i)")
+    ax.plot([r.index for r in recs], [r.regscore for r in recs], "o-", label=r"regscore($\xi_{i-1}$, $\xi_i$)")
     ax.plot([r.index for r in recs], [r.threshold for r in recs], "s--", color="C3", label="threshold")
     for r in recs:
         if r.bootstrap:
@@ -209,7 +213,17 @@ def _plot_convergence(run: RunRecord, out: Path) -> Path | None:
     ax.set_ylabel("R²")
     ax.set_xticks([r.index for r in recs])
     ax.set_xlim(recs[0].index - 0.5, recs[-1].index + 0.5)
-    ax.set_ylim(min([0.0] + [b for r in recs for b in r.bootstrap]), 1.02)
+    for r in recs:  # the values themselves: 0.974 against 0.989 must be readable
+        ax.annotate(f"{r.regscore:.3f}", (r.index, r.regscore), textcoords="offset points", xytext=(-6, 6),
+                    fontsize=7, ha="right")
+        ax.annotate(f"{r.threshold:.3f}", (r.index, r.threshold), textcoords="offset points", xytext=(6, -10),
+                    fontsize=7, color="C3")
+    # zoom where the values are (a fixed 0–1 axis hides the differences that decide convergence)
+    vals = ([r.regscore for r in recs] + [r.threshold for r in recs] + [b for r in recs for b in r.bootstrap]
+            + [r.quantile_below_floor for r in low])
+    lo, hi = min(vals), max(vals)
+    pad = max(0.005, 0.08 * (hi - lo))
+    ax.set_ylim(lo - pad, min(1.0, hi) + pad)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over points
     fig.tight_layout()
     fig.savefig(out, dpi=110)
@@ -260,8 +274,8 @@ def _plot_weights(run: RunRecord, out: Path) -> Path | None:
 
 def _final_frames(run: RunRecord, bundle):
     from .sampler import load_frames
-    for d in ([run.dir / "production"] if (run.dir / "production" / "segment.json").exists() else []) + \
-            [r.dir / "md" for r in reversed(run.iterations)]:
+    from .workflow import production_md_dir
+    for d in [production_md_dir(run.dir)] + [r.dir / "md" for r in reversed(run.iterations)]:
         if (d / "segment.json").exists():
             return load_frames(d, bundle)
     return None
@@ -269,13 +283,14 @@ def _final_frames(run: RunRecord, bundle):
 
 def _plot_ramachandran(run: RunRecord, out: Path) -> Path | None:
     """The reweighted free energy of production on (φ, ψ), for a peptide."""
-    prod = run.dir / "production"
-    if not ((prod / "weights.npy").exists() and (prod / "traj.dcd").exists()):
+    from .workflow import production_md_dir
+    prod, md_dir = run.dir / "production", production_md_dir(run.dir)
+    if not ((prod / "weights.npy").exists() and (md_dir / "traj.dcd").exists()):
         return None
     import mdtraj as md
-    from .sampler import _quiet_c_stdout
-    with _quiet_c_stdout():
-        t = md.load_dcd(str(prod / "traj.dcd"), top=str(prod / "topology.pdb"))
+    from .sampler import _quiet_c_stdout, ascii_path
+    with _quiet_c_stdout(), ascii_path(md_dir / "traj.dcd") as dcd:
+        t = md.load_dcd(str(dcd), top=str(md_dir / "topology.pdb"))
     phi, psi = md.compute_phi(t)[1], md.compute_psi(t)[1]
     if phi.shape[1] == 0 or psi.shape[1] == 0:
         return None
@@ -373,11 +388,11 @@ def _toy_energies(bundle, xy: np.ndarray) -> np.ndarray:
 
 # -- report and export ---------------------------------------------------------------------
 
-def write_report(run_dir) -> Path:
-    """``report.html`` and its PNGs in ``RUN_DIR/report/``."""
+def write_report(run_dir, out=None) -> Path:
+    """``report.html`` and its PNGs in ``out`` (default ``RUN_DIR/report/``)."""
     run = load_run(run_dir)
-    out = run.dir / "report"
-    out.mkdir(exist_ok=True)
+    out = run.dir / "report" if out is None else Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     kT = run.kT
     figs = []
     for r in run.iterations:
@@ -400,16 +415,30 @@ def write_report(run_dir) -> Path:
         p = fn(run, out / name)
         if p is not None:
             figs.append((section, caption, p))
+    def passed(r):
+        if r.regscore is None:
+            return "-"
+        floored = " (floored)" if r.quantile_below_floor is not None else ""
+        return ("yes" if r.converged else "no") + floored
     rows = "".join(
         f"<tr><td>{r.index}</td><td>{r.frames or '-'}</td><td>{'-' if r.ess is None else f'{r.ess:.0f}'}</td>"
         f"<td>{'-' if r.regscore is None else f'{r.regscore:.4f}'}</td>"
-        f"<td>{'-' if r.threshold is None else f'{r.threshold:.4f}'}</td><td>{r.wall_seconds:.1f}</td></tr>"
+        f"<td>{'-' if r.threshold is None else f'{r.threshold:.4f}'}</td><td>{passed(r)}</td>"
+        f"<td>{r.wall_seconds:.1f}</td></tr>"
         for r in run.iterations)
+    if run.summary and run.summary.get("production"):
+        pr = run.summary["production"]
+        rows += (f"<tr><td>production</td><td>{pr.get('frames', '-')}</td><td>-</td><td>-</td><td>-</td>"
+                 f"<td>-</td><td>{pr.get('wall_seconds', 0):.1f}</td></tr>")
+    verdict = ""
+    if run.summary is not None:
+        verdict = (" Converged: yes." if run.summary.get("converged")
+                   else " Converged: no (convergence.max_iterations reached).")
     body = [f"<h1>cvflow report: {html.escape(str(run.dir.name))}</h1>",
             f"<p>Status: {html.escape(run.stage)}. Temperature {html.escape(str(run.config.get('md', {}).get('temperature', '?')))}, "
-            f"kT = {kT:.4f} kJ/mol.</p>",
+            f"kT = {kT:.4f} kJ/mol.{verdict}</p>",
             "<table><tr><th>iteration</th><th>frames</th><th>ESS</th><th>regscore</th><th>threshold</th>"
-            f"<th>wall time (s)</th></tr>{rows}</table>"]
+            f"<th>converged</th><th>wall time (s)</th></tr>{rows}</table>"]
     label, states = latest_states(run)
     if states:
         ref = states["reference_state"]
@@ -430,7 +459,7 @@ def write_report(run_dir) -> Path:
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>cvflow report</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-            "figure{display:inline-block;margin:0.5em}img{max-width:100%}figcaption{font-size:90%}</style>"
+            "figure{margin:1em 0}img{width:100%;max-width:1000px}figcaption{font-size:90%}</style>"
             "</head><body>\n" + "\n".join(body) + "\n</body></html>\n")
     art.write_text(out / "report.html", page)
     return out / "report.html"

@@ -2,9 +2,9 @@
 
 A segment writes into its own directory:
 
-- ``traj.dcd`` + ``topology.pdb`` (molecules) or ``traj.npy`` (toys): frames every
-  ``md.report_interval`` steps, in nm;
-- ``colvar.csv``: step, time (ps), ξ, λ;
+- ``traj.dcd`` + ``topology.pdb`` (molecules) or ``traj.npy`` (toys): frames at steps 0,
+  ``md.report_interval``, ... (``frame_steps.npy``), in nm; the DCD header carries the times;
+- ``colvar.csv``: step, time (ps), ξ, λ, at the same steps as the frames (row i is frame i);
 - ``fes.csv`` and ``czar.npz``: the CZAR free energy and its additive statistics;
 - ``state.xml`` (portable) and ``checkpoint.chk`` (exact restart, platform-bound);
 - ``segment.json``: written last; its presence means the segment is finished.
@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -34,27 +33,9 @@ from .config import Config
 from .fastcv import load_cv
 from .fes import Grid, write_fes
 from .progress import log
+from .stop import StopRequested, install_signal_handlers, stop_requested  # noqa: F401 (re-exported)
 from .system import SystemBundle, choose_platform, clone_system, platform_properties
 from .units import kT
-
-
-class StopRequested(Exception):
-    """SIGTERM/SIGINT arrived; a checkpoint was written."""
-
-
-_STOP = {"flag": False}
-
-
-def install_signal_handlers() -> None:
-    """SIGTERM and SIGINT (as sent by SLURM before a time limit) ask for a checkpoint and exit."""
-    def handler(signum, frame):
-        _STOP["flag"] = True
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
-def stop_requested() -> bool:
-    return _STOP["flag"]
 
 
 @dataclass
@@ -180,8 +161,12 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
             sim.context.setPeriodicBoxVectors(*(bundle.box * u.nanometer))
         sim.context.setVelocitiesToTemperature(md_cfg.temperature * u.kelvin, derive_seed(seed, 2))
         sim.context.setStepCount(0)
-        # a checkpoint at step 0: a blow-up before the first interval can recover from it
-        _write_checkpoint(sim, bias, ckpt_dir, chunk_dir, 0, [], [])
+        # a checkpoint at step 0, with the frame at step 0: a blow-up before the first
+        # interval can recover from it
+        pos0 = sim.context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
+        _write_checkpoint(sim, bias, ckpt_dir, chunk_dir, 0, [np.asarray(pos0)], [0])
+    log.debug(f"{label}: {steps:,} steps on {platform.getName()} from step {step:,}, seed {seed}, "
+              f"engine {engine}, into {out_dir}")
     report = md_cfg.report_interval
     frames: list[np.ndarray] = []
     frame_steps: list[int] = []
@@ -231,7 +216,10 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
             kept = f"the last good state is the checkpoint at step {last_ckpt} in {ckpt_dir}"
             raise BlowUpError(f"{label}: {reason}{tried}; {kept}; frames up to step "
                               f"{frame_steps[-1] if frame_steps else last_ckpt} saved in {chunk_dir}")
-        if step % report == 0:
+        # frames at steps 0, report, ..., steps - report: the steps at which the bias records
+        # ξ and λ in colvar.csv (it sees the positions of step s when it computes the force
+        # that moves them on), so that trajectory frame i and colvar row i are one configuration
+        if step % report == 0 and step < steps:
             frames.append(pos.copy())
             frame_steps.append(step)
         stop = stop_requested()
@@ -265,7 +253,17 @@ def _restore_checkpoint(sim, bias, ckpt_dir: Path, chunk_dir: Path) -> int:
     written after it. Returns its step."""
     prog = art.read_json(ckpt_dir / "progress.json")
     step = int(prog["step"])
-    sim.context.loadCheckpoint((ckpt_dir / prog["chk"]).read_bytes())
+    try:
+        sim.context.loadCheckpoint((ckpt_dir / prog["chk"]).read_bytes())
+    except Exception as e:  # a checkpoint binds to its platform (and OpenMM build): use the portable state
+        xml = ckpt_dir / prog.get("state", "")
+        if not prog.get("state") or not xml.exists():
+            raise
+        sim.context.setState(mm.XmlSerializer.deserialize(xml.read_text()))
+        sim.context.setStepCount(step)
+        log.warning(f"the checkpoint in {ckpt_dir} was written on another platform or build "
+                    f"({(str(e) or type(e).__name__).splitlines()[0][:120]}); resumed from its portable "
+                    f"state at step {step}: the trajectory goes on correctly but not bit for bit")
     if bias is not None:
         bias.load_state_arrays(np.load(ckpt_dir / prog["bias"]))
     for f in chunk_dir.glob("*.npy"):  # chunks written after the last checkpoint
@@ -295,8 +293,12 @@ def _write_checkpoint(sim, bias, ckpt_dir: Path, chunk_dir: Path, step: int, fra
         art.write_npy(chunk_dir / f"colvar_{step:012d}.npy", rows)
         art.write_npz(ckpt_dir / f"bias_{step:012d}.npz", **bias.state_arrays())
     art.write_bytes(ckpt_dir / f"md_{step:012d}.chk", sim.context.createCheckpoint())
+    # portable too: a job resumed on another node may have another platform (CUDA -> CPU)
+    state = sim.context.getState(getPositions=True, getVelocities=True, getParameters=True)
+    art.write_text(ckpt_dir / f"state_{step:012d}.xml", mm.XmlSerializer.serialize(state))
     art.write_json(ckpt_dir / "progress.json",
-                   {"step": step, "chk": f"md_{step:012d}.chk", "bias": f"bias_{step:012d}.npz"})
+                   {"step": step, "chk": f"md_{step:012d}.chk", "bias": f"bias_{step:012d}.npz",
+                    "state": f"state_{step:012d}.xml"})
     for f in ckpt_dir.iterdir():
         if f.name != "progress.json" and f"{step:012d}" not in f.name:
             f.unlink()
@@ -318,7 +320,7 @@ def _finalize(cfg: Config, bundle: SystemBundle, sim, bias, out_dir: Path, chunk
     if bundle.is_toy:
         art.write_npy(out_dir / "traj.npy", frames.astype(np.float64))
     else:
-        write_trajectory(out_dir, bundle, frames)
+        write_trajectory(out_dir, bundle, frames, frame_steps, cfg.md.timestep)
     dt = cfg.md.timestep
     regions = None
     if bias is not None:
@@ -343,8 +345,14 @@ def _finalize(cfg: Config, bundle: SystemBundle, sim, bias, out_dir: Path, chunk
     return len(frames), regions
 
 
-def write_trajectory(out_dir: Path, bundle: SystemBundle, frames: np.ndarray) -> None:
-    """``traj.dcd`` with ``topology.pdb`` beside it (MDTraj, MDAnalysis and VMD read both)."""
+def write_trajectory(out_dir: Path, bundle: SystemBundle, frames: np.ndarray,
+                     frame_steps: np.ndarray | None = None, timestep_ps: float | None = None) -> None:
+    """``traj.dcd`` with ``topology.pdb`` beside it (MDTraj, MDAnalysis and VMD read both).
+
+    With the frames' steps (evenly spaced) and the timestep, the DCD header carries the
+    first step, the interval and the timestep (the CHARMM convention that OpenMM's
+    ``DCDFile`` writes), so that readers that take times from it (MDAnalysis, VMD) get
+    them in ps."""
     import mdtraj as md
     top = bundle.mdtraj_topology()
     ref = md.Trajectory(bundle.positions[None].astype(np.float32), top)
@@ -355,8 +363,33 @@ def write_trajectory(out_dir: Path, bundle: SystemBundle, frames: np.ndarray) ->
         traj.unitcell_vectors = np.repeat(bundle.box[None].astype(np.float32), len(frames), axis=0)
     with art.atomic_path(out_dir / "traj.dcd") as tmp:
         tmp_dcd = tmp.with_suffix(".dcd")
-        traj.save_dcd(str(tmp_dcd))
+        with ascii_path(tmp_dcd, write=True) as dcd:
+            traj.save_dcd(str(dcd))
+            if frame_steps is not None and timestep_ps is not None:
+                _set_dcd_times(dcd, np.asarray(frame_steps), timestep_ps)
         tmp_dcd.replace(tmp)
+
+
+AKMA_PS = 0.04888821  # the CHARMM (AKMA) unit of time in ps, in which a DCD stores its timestep
+
+
+def _set_dcd_times(path: Path, steps: np.ndarray, timestep_ps: float) -> None:
+    """Write ISTART, NSAVC, NSTEP and DELTA into a DCD header (left as written when the
+    steps are not evenly spaced, as for walkers one after another)."""
+    import struct
+    if len(steps) == 0:
+        return
+    interval = int(steps[1] - steps[0]) if len(steps) > 1 else 1
+    if interval <= 0 or not np.array_equal(steps, steps[0] + interval * np.arange(len(steps))):
+        return
+    with open(path, "r+b") as fh:
+        head = fh.read(12)
+        if struct.unpack("<i4s", head[:8]) != (84, b"CORD"):
+            return
+        fh.seek(12)  # ICNTRL[1..3]: first step, steps between frames, last step
+        fh.write(struct.pack("<3i", int(steps[0]), interval, int(steps[-1])))
+        fh.seek(44)  # ICNTRL[9]: the timestep, float32, AKMA units
+        fh.write(struct.pack("<f", timestep_ps / AKMA_PS))
 
 
 def load_frames(seg_dir: Path, bundle: SystemBundle) -> np.ndarray:
@@ -366,7 +399,28 @@ def load_frames(seg_dir: Path, bundle: SystemBundle) -> np.ndarray:
         return np.load(seg_dir / "traj.npy")
     import mdtraj as md
     with _quiet_c_stdout():  # MDTraj's DCD plugin prints two lines per file from C
-        return md.load_dcd(str(seg_dir / "traj.dcd"), top=str(seg_dir / "topology.pdb")).xyz.astype(np.float64)
+        with ascii_path(seg_dir / "traj.dcd") as dcd:
+            return md.load_dcd(str(dcd), top=str(seg_dir / "topology.pdb")).xyz.astype(np.float64)
+
+
+@contextlib.contextmanager
+def ascii_path(path: Path, write: bool = False):
+    """``path``, or, when it is not ASCII (MDTraj's DCD plugin opens files by ASCII names
+    only), a link to it (reading) or a file (``write``: moved to ``path`` afterwards) in
+    an ASCII temporary directory."""
+    import shutil
+    import tempfile
+    path = Path(path)
+    if str(path.resolve()).isascii():
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="cvflow-") as tmp:
+        alias = Path(tmp) / ("file" + path.suffix)
+        if not write:
+            alias.symlink_to(path.resolve())
+        yield alias
+        if write and alias.exists():
+            shutil.move(str(alias), str(path))
 
 
 @contextlib.contextmanager

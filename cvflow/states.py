@@ -27,7 +27,7 @@ def torsion_values(traj, name: str, residue: int | None) -> np.ndarray:
     """The torsion ``name`` (phi, psi, ...) of residue ``residue`` (default: the first residue
     that has it), in degrees, one per frame."""
     import mdtraj as md
-    from .config import ConfigError
+    from .config import ConfigError, one_line
     idx, ang = getattr(md, TORSION_FUNCS[name])(traj)
     if idx.shape[0] == 0:
         raise ConfigError(f"states: the system has no {name} torsion")
@@ -45,7 +45,7 @@ def torsion_values(traj, name: str, residue: int | None) -> np.ndarray:
 def state_membership(traj, states: dict) -> dict[str, np.ndarray]:
     """For each named state, a boolean per frame: inside every box the state gives."""
     import mdtraj as md
-    from .config import ConfigError
+    from .config import ConfigError, one_line
     out = {}
     for name, st in states.items():
         inside = np.ones(traj.n_frames, bool)
@@ -58,7 +58,7 @@ def state_membership(traj, states: dict) -> dict[str, np.ndarray]:
                     atoms = traj.topology.select(sel)
                 except Exception as e:
                     raise ConfigError(f"states.{name}.distance: MDTraj cannot read the selection {sel!r}: "
-                                      f"{str(e).splitlines()[0][:120]}") from None
+                                      f"{one_line(e, 120)}") from None
                 if len(atoms) == 0:
                     raise ConfigError(f"states.{name}.distance: the selection {sel!r} matches no atom")
                 groups.append(traj.xyz[:, atoms].mean(1))

@@ -7,6 +7,7 @@ term that does not couple to x or y).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import openmm as mm
 from openmm import app
 from openmm import unit as u
 
-from .config import ConfigError, SystemConfig
+from .config import ConfigError, SystemConfig, one_line
 
 Z_RESTRAINT = "0.5*z^2"
 
@@ -59,7 +60,7 @@ def _build_toy(cfg: SystemConfig) -> SystemBundle:
         ctx.getState(getEnergy=True)
         del ctx
     except Exception as e:  # OpenMM raises a generic exception for a bad expression
-        raise ConfigError(f"system.potential: OpenMM cannot use this expression: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"system.potential: OpenMM cannot use this expression: {one_line(e)}") from None
     top = app.Topology()
     chain = top.addChain()
     res = top.addResidue("TOY", chain)
@@ -75,7 +76,7 @@ def _build_molecule(cfg: SystemConfig, atoms: str) -> SystemBundle:
     try:
         pdb = app.PDBFile(str(pdb_path))
     except Exception as e:
-        raise ConfigError(f"system.pdb: cannot read {pdb_path}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"system.pdb: cannot read {pdb_path}: {one_line(e)}") from None
     files = list(cfg.forcefield)
     if cfg.solvent == "implicit":
         files.append(cfg.implicit_model)
@@ -85,7 +86,7 @@ def _build_molecule(cfg: SystemConfig, atoms: str) -> SystemBundle:
         ff = app.ForceField(*files)
     except (ValueError, OSError, FileNotFoundError) as e:
         bad = next((f for f in files if not _ff_exists(f)), files)
-        raise ConfigError(f"system.forcefield: cannot load force-field file {bad}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"system.forcefield: cannot load force-field file {bad}: {one_line(e)}") from None
     topology, positions = pdb.topology, pdb.positions
     if cfg.solvent == "explicit":
         modeller = app.Modeller(topology, positions)
@@ -110,7 +111,7 @@ def _build_molecule(cfg: SystemConfig, atoms: str) -> SystemBundle:
     try:
         sel = mdtop.select(atoms)
     except Exception as e:
-        raise ConfigError(f"features.atoms: MDTraj cannot read the selection {atoms!r}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"features.atoms: MDTraj cannot read the selection {atoms!r}: {one_line(e)}") from None
     if len(sel) < 3:
         raise ConfigError(f"features.atoms: the selection {atoms!r} matches {len(sel)} atoms; need at least 3")
     box = None
@@ -129,7 +130,7 @@ def _ff_exists(name: str) -> bool:
 
 def _template_message(e: Exception) -> str:
     """OpenMM's first sentence, which names the residue (e.g. 'No template found for residue 1 (ALA)')."""
-    msg = str(e).splitlines()[0]
+    msg = one_line(e, 400)
     return msg.split(".  ")[0]
 
 
@@ -148,26 +149,38 @@ def choose_platform(name: str, n_atoms: int, system: mm.System | None = None) ->
                                         for i in range(system.getNumForces()))
     available = [mm.Platform.getPlatform(i).getName() for i in range(mm.Platform.getNumPlatforms())]
     if name != "auto":
-        if name not in available:
-            raise ConfigError(f"md.platform: OpenMM platform {name!r} is not available here "
-                              f"(available: {', '.join(available)})")
+        why = platform_problem(name)
+        if why is not None:
+            usable = [p for p in available if p == "Reference" or platform_problem(p) is None]
+            raise ConfigError(f"md.platform: OpenMM platform {name!r} cannot be used here: {why} "
+                              f"(usable: {', '.join(usable)}; or md.platform: auto)")
         return mm.Platform.getPlatformByName(name)
     if "CPU" not in available or (n_atoms <= 100 and not has_gb):
         return mm.Platform.getPlatformByName("Reference")
     for gpu in ("CUDA", "OpenCL"):
-        if gpu in available and _platform_works(gpu):
+        if gpu in available and platform_problem(gpu) is None:
             return mm.Platform.getPlatformByName(gpu)
     return mm.Platform.getPlatformByName("CPU")
 
 
-def _platform_works(name: str) -> bool:
+@functools.lru_cache(maxsize=None)
+def platform_problem(name: str) -> str | None:
+    """None when OpenMM platform ``name`` can create a Context here; else why not, in one
+    line (the plugin's load failure, or the error from creating a Context)."""
+    available = [mm.Platform.getPlatform(i).getName() for i in range(mm.Platform.getNumPlatforms())]
+    if name not in available:
+        failures = [f for f in mm.Platform.getPluginLoadFailures() if name.lower() in f.lower()]
+        if failures:
+            return "its plugin did not load: " + " ".join(failures[0].split())[:200]
+        hint = " (the CUDA platform comes with pip install 'openmm[cuda12]')" if name == "CUDA" else ""
+        return "OpenMM has no such platform installed" + hint
     try:
         s = mm.System()
         s.addParticle(1.0)
         mm.Context(s, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName(name))
-        return True
-    except Exception:
-        return False
+        return None
+    except Exception as e:
+        return " ".join((str(e) or type(e).__name__).split())[:200]
 
 
 def platform_properties(platform: mm.Platform, threads: int | None) -> dict:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .models import build_model
+from .stop import check_stop
 
 
 class TrainingError(RuntimeError):
@@ -98,6 +99,7 @@ def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progr
     gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
     epoch = 0
     for epoch in range(1, model_cfg.epochs + 1):
+        check_stop(f"{label}, epoch {epoch}")  # SIGTERM/Ctrl-C: the stage is redone on --resume
         model.train()
         # one gather per epoch, then contiguous minibatch views: cheaper than a gather per
         # minibatch; the loss sum stays a tensor, read once per epoch (no sync per step)
@@ -162,16 +164,44 @@ def bootstrap_workers(setting, repeats: int, n_values: int) -> int:
 
 
 def _init_worker(threads: int) -> None:
+    import signal
     torch.set_num_threads(threads)
+    # the parent decides when to stop (SIGTERM from SLURM, Ctrl-C reach the whole group)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 @contextlib.contextmanager
-def process_map(workers: int):
+def process_map(workers: int, label: str = "bootstrap"):
     """A ``map`` over ``workers`` fresh processes (spawned: no forked torch thread pools),
-    each with its share of the cores as torch threads."""
+    each with its share of the cores as torch threads. On SIGTERM or Ctrl-C the parent
+    kills the workers and raises :class:`~cvflow.stop.StopRequested` within a fraction of
+    a second."""
     import concurrent.futures as cf
     import multiprocessing as mp
     threads = max(1, usable_cores() // workers)
-    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                                initargs=(threads,)) as pool:
-        yield pool.map
+    pool = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                  initargs=(threads,))
+
+    def pmap(fn, *iterables):
+        futures = [pool.submit(fn, *args) for args in zip(*iterables)]
+        for i, f in enumerate(futures):
+            while True:
+                check_stop(f"{label}, network {i + 1} of {len(futures)}")
+                try:
+                    yield f.result(timeout=0.25)
+                    break
+                except cf.TimeoutError:
+                    continue
+    ok = False
+    try:
+        yield pmap
+        ok = True
+    finally:
+        if ok:
+            pool.shutdown(wait=True)
+        else:
+            procs = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in procs:
+                proc.kill()

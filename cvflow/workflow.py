@@ -24,13 +24,29 @@ from .features import featurize
 from .fes import Grid
 from .progress import Progress, log
 from .sampler import derive_seed, load_frames, run_segment
-from .system import SystemBundle, build_system
+from .stop import check_stop
+from .system import SystemBundle, build_system, choose_platform
 from .train import bootstrap_member, bootstrap_workers, encode, process_map, train_model
 from .units import kT
 
 #: config keys that may change on --resume (run length only)
 RUN_LENGTH_KEYS = {("md", "steps"), ("convergence", "production_steps"), ("convergence", "max_iterations"),
                    ("output",)}
+#: config keys that choose where and how fast it runs, not what it computes: they may change
+#: on --resume (a cluster job resumes on another node, with another GPU or none)
+EXECUTION_KEYS = {("md", "platform"), ("md", "threads"), ("model", "threads"),
+                  ("convergence", "bootstrap", "workers"), ("execution", "backend"),
+                  ("execution", "scheduler"), ("execution", "workers")}
+EXECUTION_PREFIXES = {("execution", "cluster")}
+
+
+def score_text(entry: dict) -> str:
+    """An iteration's convergence check in words, scores to 3 decimals."""
+    if entry.get("regscore") is None:
+        return "first CV trained (no previous CV to compare with)"
+    floored = " (floored: the bootstrap networks disagree)" if entry.get("threshold_floored") else ""
+    verdict = "passed" if entry.get("passed") else "not passed"
+    return f"regscore {entry['regscore']:.3f}, threshold {entry['threshold']:.3f}{floored}: {verdict}"
 
 
 def iteration_dir(run_dir: Path, i: int) -> Path:
@@ -66,20 +82,86 @@ def config_differences(old: dict, new: dict) -> list[str]:
     a, b = _flatten(old), _flatten(new)
     diffs = []
     for key in sorted(set(a) | set(b)):
-        if key in RUN_LENGTH_KEYS or key[:1] == ("output",):
+        if key in RUN_LENGTH_KEYS or key in EXECUTION_KEYS or key[:1] == ("output",) \
+                or key[:2] in EXECUTION_PREFIXES:
             continue
         if a.get(key) != b.get(key):
             diffs.append(f"{'.'.join(key)}: {a.get(key)!r} -> {b.get(key)!r}")
     return diffs
 
 
+def _checkpoint_steps(run_dir: Path) -> dict[str, int]:
+    """The MD stages of a run directory with a checkpoint past step 0: {stage dir: step}."""
+    out = {}
+    for prog in sorted(Path(run_dir).glob("**/ckpt/progress.json")):
+        try:
+            step = int(art.read_json(prog)["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if step > 0:
+            out[str(prog.parent.parent.relative_to(run_dir))] = step
+    return out
+
+
+def run_dir_state(run_dir: Path) -> str:
+    """``missing``, ``empty``, ``foreign`` (files that are not a cvflow run's), ``stranded``
+    (a cvflow run that computed nothing: it stopped at start-up) or ``started``."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        return "missing"
+    names = [p.name for p in run_dir.iterdir()]
+    if not names:
+        return "empty"
+    if "manifest.json" not in names and "config.resolved.yaml" not in names:
+        return "foreign"
+    manifest = art.Manifest(run_dir)
+    if manifest.data.get("stages") or _checkpoint_steps(run_dir) or any(run_dir.glob("**/segment.json")):
+        return "started"
+    return "stranded"
+
+
+def resume_point(run_dir: Path) -> str:
+    """Where a resumed run goes on from, in words: the stage, and the step of its checkpoint."""
+    manifest = art.Manifest(run_dir)
+    done = list(manifest.data.get("stages", {}))
+    current = manifest.data.get("current")
+    ckpts = _checkpoint_steps(run_dir)
+    where = f"stage {current}" if current else (f"after stage {done[-1]}" if done else "the start")
+    steps = [f"{k} at step {v:,}" for k, v in ckpts.items() if not (Path(run_dir) / k / "segment.json").exists()]
+    return where + (f" (checkpoint: {', '.join(steps)})" if steps else "") + f"; {len(done)} stage(s) finished"
+
+
+def _clear_stranded(run_dir: Path) -> None:
+    """Remove what a run that stopped at start-up left (nothing computed: no stage finished,
+    no MD step past 0), so that the directory can be used again."""
+    import shutil
+    for p in Path(run_dir).iterdir():
+        if p.is_dir() and (p.name.startswith("iter_") or p.name == "production"):
+            shutil.rmtree(p)
+        elif p.name in ("manifest.json", "config.resolved.yaml", "blowup.json"):
+            p.unlink()
+
+
 def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> dict:
-    """Refuse a non-empty directory without ``resume``; with it, refuse a changed config.
-    Writes ``config.resolved.yaml`` (config with defaults, seeds, versions)."""
+    """Refuse a directory with results without ``resume``; with it, refuse a changed config
+    (run length and where it runs may change). A directory that a run left at start-up,
+    with nothing computed, is cleared and used again. ``--resume`` on a directory that
+    does not exist, or holds no run, is refused (a typo in ``--out`` would otherwise start
+    afresh). Writes ``config.resolved.yaml`` (config with defaults, seeds, versions)."""
     run_dir = Path(run_dir)
     resolved_path = run_dir / "config.resolved.yaml"
     current = dump_config(cfg)
-    if run_dir.exists() and any(run_dir.iterdir()):
+    state = run_dir_state(run_dir)
+    if resume and state in ("missing", "empty"):
+        raise ConfigError(f"--resume: nothing to resume in {run_dir} ("
+                          f"{'no such directory' if state == 'missing' else 'it is empty'}); "
+                          f"check --out, or run without --resume to start")
+    if state == "foreign":
+        raise ConfigError(f"output: {run_dir} is not empty and holds no cvflow run; choose another output directory")
+    if state == "stranded":
+        log.info(f"{run_dir}: a run stopped there before computing anything; starting afresh")
+        _clear_stranded(run_dir)
+    elif state == "started":
         if not resume:
             raise ConfigError(f"output: run directory {run_dir} is not empty; use --resume to continue it "
                               f"or choose another output directory")
@@ -89,6 +171,7 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> dict:
             if diffs:
                 raise ConfigError(f"--resume: the config differs from the one recorded in {resolved_path}: "
                                   + "; ".join(diffs[:5]))
+        log.info(f"resuming {run_dir} from {resume_point(run_dir)}")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -115,6 +198,8 @@ class Workflow:
         self.progress = progress or Progress(interactive=False)
         self.manifest = art.Manifest(self.run_dir)
         self.bundle: SystemBundle = build_system(cfg.system, cfg.features.atoms)
+        if cfg.execution.backend == "local":  # MD runs here: check its platform before the run directory
+            choose_platform(cfg.md.platform, self.bundle.n_atoms, self.bundle.system)
         self.features = make_features(self.bundle, cfg.features)
         self.beta = 1.0 / kT(cfg.md.temperature)
         from .bias import resolve_engine
@@ -125,6 +210,7 @@ class Workflow:
     def _stage(self, name: str, fn):
         if self.manifest.done(name):
             return self.manifest.get(name)
+        check_stop(f"before stage {name}")
         self.manifest.current(name)
         log.info(f"stage {name}")
         info = fn()
@@ -168,8 +254,7 @@ class Workflow:
                                  "regscore": ck_info.get("regscore_seconds"),
                                  "bootstrap": ck_info.get("bootstrap_seconds")}}
             iterations.append(entry)
-            log.info(f"iteration {i}: regscore {entry['regscore']} threshold {entry['threshold']} "
-                     f"({time.perf_counter() - t0:.1f} s)")
+            log.info(f"iteration {i}: {score_text(entry)} ({time.perf_counter() - t0:.1f} s)")
             prev = tr_info
             if ck_info.get("converged"):
                 converged = True
@@ -283,6 +368,9 @@ class Workflow:
         result = train_model(x, w, cfg.model, derive_seed(cfg.seed, i, 1),
                              progress=self.progress.train(f"iter {i} training"), label=f"iteration {i} training")
         t_t = time.perf_counter() - t_t
+        how = "early stop" if result.epochs_run < cfg.model.epochs else "the epoch limit"
+        log.info(f"iteration {i} training: {result.epochs_run} of at most {cfg.model.epochs} epochs ({how}), "
+                 f"best validation loss {result.best_val:.4g}, {t_t:.1f} s")
         art.write_csv(it_dir / "training.csv", ["epoch", "train_loss", "val_loss"], np.array(result.history),
                       comments=["weighted mean squared reconstruction error, normalised features"])
         export_cv(self.features, result.mean, result.std, result.model.encoder, self.bundle.n_atoms,
@@ -365,11 +453,13 @@ class Workflow:
         train_fn = functools.partial(bootstrap_member, model_cfg=cfg.model, label=f"iteration {i} bootstrap")
         rng = np.random.default_rng(derive_seed(cfg.seed, i, 2))
         workers = bootstrap_workers(bs.workers, bs.repeats, x.size)
+        log.info(f"iteration {i} bootstrap: training {bs.repeats} networks on {bs.fraction:.0%} subsets "
+                 f"of {len(x):,} frames ({workers} process{'es' if workers > 1 else ''})")
         args = (train_fn, x, w, bs.repeats, bs.fraction, bs.quantile, rng)
         if workers == 1:
             quantile, scores = bootstrap_threshold(*args)
         else:
-            with process_map(workers) as pmap:
+            with process_map(workers, label=f"iteration {i} bootstrap") as pmap:
                 quantile, scores = bootstrap_threshold(*args, map_fn=pmap)
         floored = quantile < bs.min_threshold
         if floored:
@@ -407,22 +497,30 @@ class Workflow:
     def _analyse_production(self, last_train) -> dict:
         """Production frames reweighted (``production/weights.npy``) and the states' free energies."""
         out = self.run_dir / "production"
-        frames = load_frames(out, self.bundle)
-        states = self._states(frames, out, self.run_dir / last_train["cv"], True, weights_out=out / "weights.npy")
+        md_dir = production_md_dir(self.run_dir)
+        frames = load_frames(md_dir, self.bundle)
+        states = self._states(frames, md_dir, self.run_dir / last_train["cv"], True, weights_out=out / "weights.npy")
         if states is not None:
             art.write_json(out / "states.json", states)
         return {"weights": "production/weights.npy", "states": states}
 
     def _production(self, last_train) -> dict:
         cfg = self.cfg
-        out = self.run_dir / "production"
+        out = production_md_dir(self.run_dir)
         prev_md = iteration_dir(self.run_dir, last_train_index(last_train)) / "md"
         info = self._segment(out, cfg.convergence.production_steps, derive_seed(cfg.seed, 10_000, 0),
                              self.run_dir / last_train["cv"], self._grid_for(last_train), self.engine, prev_md,
                              "production MD")
-        info["fes"] = "production/fes.csv"
+        info["fes"] = str((out / "fes.csv").relative_to(self.run_dir))
         info["cv"] = last_train["cv"]
         return info
+
+
+def production_md_dir(run_dir: Path) -> Path:
+    """Production's MD stage: ``production/md/``, laid out as an iteration's ``md/``
+    (``production/`` itself in run directories written before cvflow 0.9)."""
+    legacy = Path(run_dir) / "production"
+    return legacy if (legacy / "segment.json").exists() else legacy / "md"
 
 
 def last_train_index(tr_info) -> int:

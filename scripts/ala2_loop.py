@@ -42,7 +42,7 @@ def main() -> int:
     from cvflow.config import load_config
     from cvflow.sampler import load_frames
     from cvflow.system import build_system
-    from cvflow.workflow import cv_values
+    from cvflow.workflow import cv_values, production_md_dir
     cfg = load_config(args.config)
     bundle = build_system(cfg.system, cfg.features.atoms)
     s = json.loads((out / "summary.json").read_text())
@@ -50,7 +50,7 @@ def main() -> int:
     stages = [(f"iter_{it['index']:03d}", it) for it in s["iterations"]] + [("production", None)]
     for name, it in stages:
         d = out / name
-        seg = d / "md" if it is not None else d
+        seg = d / "md" if it is not None else production_md_dir(out)
         cv = out / (it["cv"] if it is not None else s["final_cv"])
         frames = load_frames(seg, bundle)  # quiet: MDTraj's DCD reader prints from C
         t = md.Trajectory(frames, md.load_topology(str(seg / "topology.pdb")))

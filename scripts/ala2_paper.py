@@ -58,7 +58,7 @@ def analyse(config: str, out: Path) -> dict:
     from cvflow.cvs import ramachandran_features
     from cvflow.sampler import load_frames
     from cvflow.system import build_system
-    from cvflow.workflow import cv_values
+    from cvflow.workflow import cv_values, production_md_dir
     if not (out / "summary.json").exists():
         log = out.parent / f"{out.name}.log"
         return {"run": str(out), "finished": False,
@@ -79,8 +79,7 @@ def analyse(config: str, out: Path) -> dict:
                      "r2_ramachandran": regscore(ramachandran_features(t), xi),
                      "phi_positive": float(np.mean(phi > 0)), "recoveries": len(it.get("recoveries") or []),
                      "seconds": it.get("seconds"), "states": it.get("states")})
-    prod = out / "production"
-    frames = load_frames(prod, bundle)
+    frames = load_frames(production_md_dir(out), bundle)
     t = md.Trajectory(frames, bundle.mdtraj_topology())
     phi = np.degrees(md.compute_phi(t)[1][:, 0])
     xi = cv_values(out / s["final_cv"], frames)

@@ -38,6 +38,7 @@ def main() -> int:
     ap.add_argument("--draws", type=int, default=3)
     ap.add_argument("--bootstrap-scaling", default="global", choices=["feature", "global"])
     ap.add_argument("--skip-scaling", action="store_true", help="only the bootstrap part")
+    ap.add_argument("--skip-bootstrap", action="store_true", help="only the scaling part")
     ap.add_argument("--json", default=str(ROOT / "docs" / "measurements" / "ala2-training-choices.json"))
     args = ap.parse_args()
     import mdtraj as md
@@ -83,7 +84,7 @@ def main() -> int:
 
         def train_fn(xs, ws, seed):
             return bootstrap_member(xs, ws, seed, mc)
-        for frac in args.fractions:
+        for frac in () if args.skip_bootstrap else args.fractions:
             for reps in args.repeats:
                 for draw in range(args.draws):
                     rng = np.random.default_rng([i, int(frac * 100), reps, draw])

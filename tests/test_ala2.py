@@ -27,7 +27,7 @@ def test_ala2_quick_loop(ala2_run):
     assert header == ["cv1", "cv2", "free_energy", "count"]
     assert np.isfinite(fes[:, 2]).sum() > 20
     # the learned CV on the production frames, against the Ramachandran angles
-    t, feats = dihedral_features(out / "production")
+    t, feats = dihedral_features(out / "production" / "md")
     m = torch.jit.load(str(out / s["final_cv"]))
     with torch.no_grad():
         xi = m(torch.as_tensor(t.xyz.astype(np.float64))).numpy()

@@ -76,7 +76,8 @@ def test_stiff_coupling_blows_up_and_recovers_with_a_softer_one(tmp_path, es_con
     Then the same stage, stopped after the recovery and resumed, ends bit for bit the same."""
     from cvflow.config import GridDim
     from cvflow.fes import CZARStats, Grid
-    from cvflow.sampler import _STOP, run_segment
+    from cvflow.sampler import run_segment
+    from cvflow.stop import _STOP
     from cvflow.system import build_system
     from conftest import linear_toy_cv
     cfg = es_config.model_copy(deep=True)

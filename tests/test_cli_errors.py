@@ -93,3 +93,114 @@ def test_sample_refuses_non_empty_out(tmp_path, x_cv):
     (out / "f").write_text("")
     result = CliRunner().invoke(main, ["sample", str(ES_CONFIG), "--cv", str(x_cv), "--out", str(out)])
     assert result.exit_code == 2 and "not empty" in result.output
+
+
+def _one_line_exit_2(result, needle) -> str | None:
+    """None when the command failed as a user error should: exit 2, at most two lines that
+    contain ``needle``, no traceback; else what went wrong."""
+    out = result.output
+    ok = (result.exit_code == 2 and needle in out and "Traceback" not in out
+          and len(out.strip().splitlines()) <= 2)
+    return None if ok else f"exit {result.exit_code}, output {out!r}, exception {result.exception!r}"
+
+
+def test_bad_inputs_found_in_use(tmp_path, x_cv, es_run):
+    """Issue 24's table: each case exits 2 with one line that names the problem, no
+    traceback, and leaves no run directory that blocks the corrected command."""
+    from cvflow.system import platform_problem
+    _, run = es_run
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    xy_cv = __import__("conftest").linear_toy_cv(tmp_path / "xy.pt", [[1.0, 0.0], [0.0, 1.0]])
+    not_ts = tmp_path / "pickled.pt"
+    torch.save({"weights": torch.zeros(3)}, str(not_ts))
+
+    class _Step(torch.nn.Module):
+        def forward(self, pos):
+            return torch.round(pos[0, :1] * 10)
+    step_cv = tmp_path / "step.pt"
+    torch.jit.script(_Step()).save(str(step_cv))
+    malformed = tmp_path / "malformed.pdb"
+    malformed.write_text("\n".join(ln[:30] + "   abc  " + ln[38:] if ln.startswith("ATOM      5") else ln
+                                   for ln in ALA2_PDB.read_text().splitlines()) + "\n")
+    dup = tmp_path / "dup.yaml"
+    dup.write_text(ES_CONFIG.read_text() + "\nmd:\n  steps: 10\n")
+    cases = [
+        ("negative temperature", ["validate"], _es(md__temperature="-300 K"), "md.temperature"),
+        ("negative temperature, run", ["run"], _es(md__temperature="-300 K", output=str(tmp_path / "r1")),
+         "md.temperature"),
+        ("huge grid", ["validate"], _ala2() | {"bias": {"bins": 100000}}, "bias.bins"),
+        ("1 ns timestep", ["validate"], _ala2() | {"md": {"timestep": "1 ns", "steps": 100, "report_interval": 10}},
+         "md.timestep"),
+        ("step-function CV", ["validate"], _es(bias__cv=str(step_cv)), "cannot be differentiated"),
+        ("not TorchScript", ["validate"], _es(bias__cv=str(not_ts)), "torch.jit.script"),
+        ("malformed PDB", ["validate"], _ala2() | {"system": {"pdb": str(malformed)}}, "system.pdb"),
+        ("bad selection", ["validate"], _ala2() | {"features": {"atoms": "name CA and resid foo ((("}},
+         "features.atoms"),
+    ]
+    if platform_problem("CUDA") is not None:  # a machine without a GPU (CI)
+        cases.append(("CUDA without a GPU", ["validate"], _es(md__platform="CUDA"), "md.platform"))
+        cases.append(("CUDA without a GPU, run", ["run"], _es(md__platform="CUDA", output=str(tmp_path / "r2")),
+                      "md.platform"))
+    runner = CliRunner()
+    failures = []
+    for name, cmd, data, needle in cases:
+        cfg = _write(tmp_path, data, f"{name.replace(' ', '_').replace(',', '')}.yaml")
+        why = _one_line_exit_2(runner.invoke(main, cmd + [str(cfg)]), needle)
+        if why:
+            failures.append(f"{name}: {why}")
+    # nothing stranded: the runs that were refused left no directory behind
+    for d in ("r1", "r2"):
+        if (tmp_path / d).exists() and any((tmp_path / d).iterdir()):
+            failures.append(f"{d}: a refused run left {sorted(p.name for p in (tmp_path / d).iterdir())}")
+    argv_cases = [
+        ("duplicate section", ["validate", str(dup)], "appears twice"),
+        ("one grid for a 2-D CV", ["sample", str(ES_CONFIG), "--cv", str(xy_cv), "--out", str(tmp_path / "s1"),
+                                   "--grid=-2,2,40", "--steps", "100"], "--grid"),
+        ("sample into a file's place", ["sample", str(ES_CONFIG), "--cv", str(x_cv), "--out", str(blocker / "s"),
+                                        "--grid=-2,2,40", "--steps", "100"], str(blocker)),
+        ("fes into a file's place", ["fes", str(run), "-o", str(blocker / "f.png")], str(blocker)),
+        ("report into a file's place", ["report", str(run), "--out", str(blocker / "rep")], str(blocker)),
+        ("export into a file's place", ["export", str(run), "--to", str(blocker / "exp")], str(blocker)),
+        ("resume of nothing", ["run", str(ES_CONFIG), "--out", str(tmp_path / "typo"), "--resume"],
+         "nothing to resume"),
+    ]
+    for name, argv, needle in argv_cases:
+        why = _one_line_exit_2(runner.invoke(main, argv), needle)
+        if why:
+            failures.append(f"{name}: {why}")
+    assert not (tmp_path / "typo").exists()
+    assert not failures, "\n".join(failures)
+
+
+def test_messages_are_whole(tmp_path):
+    """A bad MDTraj selection gives one short line, not the parser's dump; a file that is not
+    TorchScript is named without cutting a word."""
+    runner = CliRunner()
+    cfg = _write(tmp_path, _ala2() | {"features": {"atoms": "name CA and resid foo bar ((("}})
+    out = runner.invoke(main, ["validate", str(cfg)]).output
+    assert len(out) < 400, out
+    not_ts = tmp_path / "pickled.pt"
+    torch.save({"weights": torch.zeros(3)}, str(not_ts))
+    cfg = _write(tmp_path, _es(bias__cv=str(not_ts)), "nt.yaml")
+    out = runner.invoke(main, ["validate", str(cfg)]).output.strip()
+    assert out.endswith(("...", ")", ".")) or out.split()[-1].isalpha(), out
+
+
+def test_a_run_that_failed_at_start_up_can_be_run_again(tmp_path):
+    """A run directory with nothing computed (here: stopped before the first MD step) is
+    used again by a plain run and by --resume with a changed config."""
+    from cvflow.workflow import run_dir_state
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"stages": {}, "current": "iter_000/md"}')
+    (out / "config.resolved.yaml").write_text(yaml.safe_dump({"config": {"md": {"temperature": "1 K"}}}))
+    (out / "iter_000" / "md" / "ckpt").mkdir(parents=True)
+    (out / "iter_000" / "md" / "ckpt" / "progress.json").write_text('{"step": 0}')
+    assert run_dir_state(out) == "stranded"
+    cfg = _write(tmp_path, _es(md__steps=2000, md__report_interval=100, output=str(out),
+                               convergence={"max_iterations": 1, "production_steps": 1000}))
+    res = CliRunner().invoke(main, ["run", str(cfg), "-q"])
+    assert res.exit_code == 0, res.output
+    assert (out / "summary.json").exists() and (out / "run.log").exists()
+    assert run_dir_state(out) == "started"

@@ -145,6 +145,6 @@ def test_progress_without_a_terminal_has_no_control_characters(tmp_path, x_cv):
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     text = p.stdout + p.stderr
-    assert "ns/day" in text and "step 20000/20000" in text  # the progress lines are there
+    assert "ns/day" in text and "step 20,000/20,000" in text  # the progress lines are there
     bad = sorted({hex(ord(c)) for c in text if ord(c) < 32 and c not in "\n\t"})
     assert bad == [], bad

@@ -119,3 +119,43 @@ def test_total_force_matches_finite_differences(tmp_path, ala2_bundle):
             em, _ = energy_forces(p)
             fd = -(ep - em) / (2 * h)
             assert fd == pytest.approx(f0[i, r], rel=1e-4, abs=1e-3)
+
+
+def _check_frames_match_colvar(seg, bundle, cv_file, traj_frames):
+    """Row i of colvar.csv is frame i: the same step, and ξ computed on the frame equals ξ there."""
+    from cvflow import artifacts as art
+    from cvflow.workflow import cv_values
+    header, rows = art.read_csv(seg / "colvar.csv")
+    steps = np.load(seg / "frame_steps.npy")
+    assert len(rows) == len(steps) == len(traj_frames)
+    assert np.array_equal(rows[:, 0].astype(np.int64), steps)
+    assert steps[0] == 0
+    d = sum(h.startswith("cv") for h in header)
+    xi = cv_values(cv_file, traj_frames)
+    # float32 DCD coordinates (molecules) against float64 in the kernel
+    np.testing.assert_allclose(xi, rows[:, 2:2 + d], atol=2e-4 if not bundle.is_toy else 1e-9)
+
+
+def test_trajectory_frames_and_colvar_rows_are_the_same_steps(es_run, ala2_run):
+    import struct
+    from cvflow.config import load_config
+    from cvflow.sampler import load_frames
+    from cvflow.system import build_system
+    cfg_path, run = es_run
+    cfg = load_config(cfg_path)
+    bundle = build_system(cfg.system, cfg.features.atoms)
+    seg = run / "iter_001" / "md"
+    _check_frames_match_colvar(seg, bundle, run / "iter_000" / "cv.pt", load_frames(seg, bundle))
+    out, summary = ala2_run
+    from conftest import ROOT
+    cfg = load_config(ROOT / "configs" / "ala2-quick.yaml")
+    bundle = build_system(cfg.system, cfg.features.atoms)
+    seg = out / "iter_001" / "md"
+    _check_frames_match_colvar(seg, bundle, out / "iter_000" / "cv.pt", load_frames(seg, bundle))
+    # the DCD header carries first step, interval and timestep (AKMA units), as OpenMM's DCDFile writes them
+    head = (seg / "traj.dcd").read_bytes()[:48]
+    istart, nsavc, nstep = struct.unpack("<3i", head[12:24])
+    (delta,) = struct.unpack("<f", head[44:48])
+    steps = np.load(seg / "frame_steps.npy")
+    assert (istart, nsavc, nstep) == (0, cfg.md.report_interval, steps[-1])
+    assert delta * 0.04888821 == pytest.approx(cfg.md.timestep, rel=1e-6)

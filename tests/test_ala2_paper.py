@@ -1,0 +1,60 @@
+"""Alanine dipeptide at a shortened paper protocol (slow): the part of the paper-protocol
+benchmark (scripts/ala2_paper.py) that fits in CI's time.
+
+configs/ala2-paper.yaml with 2-ns iterations (instead of 10), at most 3 of them, and a 2-ns
+production: about 4 minutes on one core. The full protocol over seeds is a benchmark, not
+a test (docs/measurements/ala2-paper-cpu-vm.json)."""
+import json
+
+import mdtraj as md
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from cvflow.cli import main
+from conftest import ROOT
+
+REFERENCE = json.loads((ROOT / "docs" / "measurements" / "ala2-reference.json").read_text())
+
+
+@pytest.mark.slow
+def test_ala2_short_paper_protocol(tmp_path):
+    cfg = yaml.safe_load((ROOT / "configs" / "ala2-paper.yaml").read_text())
+    cfg["system"]["pdb"] = str(ROOT / "systems" / "alanine-dipeptide" / "ala2.pdb")
+    cfg["md"].update(steps=1_000_000, checkpoint_interval=250_000)
+    cfg["convergence"].update(max_iterations=3, production_steps=1_000_000)
+    cfg["model"]["threads"] = 1
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["run", str(path), "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    assert "Traceback" not in res.output
+    s = json.loads((out / "summary.json").read_text())
+    # the stop rule: a pass needs an unfloored threshold; per-output scores are recorded
+    for it in s["iterations"][1:]:
+        assert len(it["regscore_per_output"]) == 2
+        assert it["regscore"] == pytest.approx(min(it["regscore_per_output"]))
+        if it["passed"]:
+            assert not it["threshold_floored"] and it["regscore"] >= it["threshold"]
+    if s["converged"]:
+        assert not s["convergence"]["threshold_floored"]
+    # every recovery from a blow-up is reported with its cause and the softer coupling
+    for it in s["iterations"]:
+        for r in it["recoveries"]:
+            assert r["kappa_after"] < r["kappa_before"] and r["reason"]
+    # the states: populations add up, and the error bars come from blocks
+    st = s["states"]
+    assert st["reference_state"] == "C7eq" and set(st["populations"]) == {"C7eq", "C7ax"}
+    total = st["populations"]["C7eq"]["value"] + st["populations"]["C7ax"]["value"]
+    assert total == pytest.approx(1.0, abs=1e-9)  # the two boxes tile φ
+    t = md.load_dcd(str(out / "production" / "md" / "traj.dcd"), top=str(out / "production" / "md" / "topology.pdb"))
+    phi = np.degrees(md.compute_phi(t)[1][:, 0])
+    w = np.load(out / "production" / "weights.npy")
+    assert st["populations"]["C7ax"]["value"] == pytest.approx(w[phi > 0].sum() / w.sum(), abs=1e-9)
+    df = st["delta_f"]["C7ax"]
+    print(f"short protocol: {len(s['iterations'])} iterations, converged={s['converged']}, "
+          f"production phi>0 fraction {np.mean(phi > 0):.3f}, "
+          f"dF(C7ax - C7eq) = {df['value']:.2f} +- {df['error']:.2f} kJ/mol "
+          f"(reference {REFERENCE['delta_f_C7ax_minus_C7eq']:.2f})")
