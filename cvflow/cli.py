@@ -58,7 +58,7 @@ def _guard(fn):
                 sys.exit(143)
             if isinstance(e, (BlowUpError, TrainingError, WalkersFailed)):
                 raise RunError(str(e)) from None
-            if kwargs.get("verbose", 0) >= 2:
+            if (kwargs.get("verbose") or 0) + _root_verbosity()[0] >= 2:
                 raise
             raise RunError(f"internal error: {type(e).__name__}: {one_line(e, 200)} "
                            f"(traceback in {_save_traceback()}; please report it)") from None
@@ -74,8 +74,19 @@ def _save_traceback() -> str:
     return path
 
 
+def _root_verbosity() -> tuple[int, bool]:
+    """-v/-q given before the command (``cvflow -q run ...``)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return 0, False
+    params = ctx.find_root().params
+    return int(params.get("verbose") or 0), bool(params.get("quiet"))
+
+
 def _setup(verbose: int, quiet: bool):
     from .progress import Progress, setup_logging
+    v, q = _root_verbosity()
+    verbose, quiet = (verbose or 0) + v, quiet or q
     setup_logging(-1 if quiet else verbose)
     return Progress(quiet=quiet)
 
@@ -94,7 +105,9 @@ def with_verbosity(f):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="cvflow")
-def main():
+@click.option("-v", "--verbose", count=True, help="More log output (also accepted after the command).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors (also accepted after the command).")
+def main(verbose, quiet):
     """cvflow learns collective variables (CVs) while it samples.
 
     \b

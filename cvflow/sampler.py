@@ -236,6 +236,10 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
     result = SegmentResult(out_dir, steps, n_frames, wall, (steps - start_step) / max(wall, 1e-9),
                            platform.getName(), engine, regions, recoveries)
     art.write_json(done_marker, result.to_dict())
+    # finished: the restart files are in the segment itself (checkpoint.chk, state.xml)
+    import shutil
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    shutil.rmtree(chunk_dir, ignore_errors=True)
     return result
 
 

@@ -106,7 +106,7 @@ case "$SRC_KIND" in
 esac
 
 echo "install-plumed: building PLUMED ($(tail -1 "$SRC/VERSION.txt")) against torch $TORCH_VERSION into $PREFIX with $JOBS jobs"
-echo "install-plumed: this takes about 20 minutes on 2 cores; log: $WORK/build.log"
+echo "install-plumed: this takes 20-25 minutes on 2 cores; log: $WORK/build.log"
 cd "$SRC"
 # shellcheck disable=SC2086
 ./configure --prefix="$PREFIX" $FLAGS CPPFLAGS="$CPPFLAGS_T" LDFLAGS="$LDFLAGS_T" >"$WORK/build.log" 2>&1 \

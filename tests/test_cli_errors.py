@@ -204,3 +204,21 @@ def test_a_run_that_failed_at_start_up_can_be_run_again(tmp_path):
     assert res.exit_code == 0, res.output
     assert (out / "summary.json").exists() and (out / "run.log").exists()
     assert run_dir_state(out) == "started"
+
+
+def test_a_unicode_run_directory_works(tmp_path):
+    """MDTraj's DCD plugin opens ASCII names only; cvflow writes and reads DCDs under any name."""
+    from cvflow.config import load_config
+    from cvflow.sampler import load_frames
+    from cvflow.system import build_system
+    from conftest import ROOT
+    cv = tmp_path / "phipsi.pt"
+    runner = CliRunner()
+    assert runner.invoke(main, ["make-cv", "torsions", str(ALA2_PDB), "--phi-psi", "-o", str(cv)]).exit_code == 0
+    out = tmp_path / "résultats ü" / "run"
+    res = runner.invoke(main, ["sample", str(ROOT / "configs" / "ala2-quick.yaml"), "--cv", str(cv), "--out", str(out),
+                               "--steps", "200", "--grid=-pi,pi,12,periodic", "--grid=-pi,pi,12,periodic", "-q"])
+    assert res.exit_code == 0, res.output
+    cfg = load_config(ROOT / "configs" / "ala2-quick.yaml")
+    frames = load_frames(out, build_system(cfg.system, cfg.features.atoms))
+    assert frames.shape[1:] == (22, 3) and len(frames) >= 1

@@ -148,3 +148,32 @@ def test_progress_without_a_terminal_has_no_control_characters(tmp_path, x_cv):
     assert "ns/day" in text and "step 20,000/20,000" in text  # the progress lines are there
     bad = sorted({hex(ord(c)) for c in text if ord(c) < 32 and c not in "\n\t"})
     assert bad == [], bad
+
+
+def test_verbosity_before_or_after_the_command(tmp_path):
+    from conftest import ES_CONFIG
+    for argv in (["-q", "validate", str(ES_CONFIG)], ["validate", "-q", str(ES_CONFIG)],
+                 ["-v", "validate", str(ES_CONFIG)]):
+        res = CliRunner().invoke(main, argv)
+        assert res.exit_code == 0 and "OK" in res.output, (argv, res.output)
+
+
+def test_status_tells_a_live_run_from_a_dead_one(tmp_path):
+    import json
+    import os
+    import socket
+    import time
+    from cvflow import artifacts as art
+    run = tmp_path / "run"
+    run.mkdir()
+    assert art.liveness(run) is None
+    with art.Heartbeat(run, interval=0.1):
+        assert art.liveness(run).startswith("running (pid")
+    assert not (run / "heartbeat.json").exists()  # removed on a clean exit
+    dead = 2**22 + 12345  # above any pid_max default: no such process
+    (run / "heartbeat.json").write_text(json.dumps({"host": socket.gethostname(), "pid": dead,
+                                                    "time": time.time() - 600, "interval_seconds": 30}))
+    assert art.liveness(run).startswith("killed")
+    (run / "heartbeat.json").write_text(json.dumps({"host": "elsewhere", "pid": os.getpid(),
+                                                    "time": time.time() - 3600, "interval_seconds": 30}))
+    assert art.liveness(run).startswith("stopped or killed on elsewhere")

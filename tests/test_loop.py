@@ -211,3 +211,54 @@ def test_bootstrap_threshold_has_a_floor(tmp_path):
     con = Console(width=200, record=True)
     con.print(status_table(rec))
     assert con.export_text().count("1.0000 (floor)") == 2
+
+
+def test_sigterm_stops_training_promptly(tmp_path):
+    """SIGTERM during training stops the run within seconds, with status 143, before the
+    next stage starts, and no traceback."""
+    run = tmp_path / "run"
+    cfg = write_es_config(tmp_path / "c.yaml", run,
+                          {"md": {"steps": 2000, "report_interval": 20, "checkpoint_interval": 1000}},
+                          {"model": {"epochs": 100_000, "patience": 100_000, "threads": 1}},
+                          {"convergence": {"max_iterations": 2, "production_steps": 1000}})
+    p = subprocess.Popen([sys.executable, "-m", "cvflow.cli", "run", str(cfg), "-q"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def current():
+        try:
+            return json.loads((run / "manifest.json").read_text()).get("current")
+        except Exception:
+            return None
+    assert _wait_for(lambda: current() == "iter_000/train")
+    time.sleep(1.5)  # well inside training
+    t0 = time.time()
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=60)
+    waited = time.time() - t0
+    text = out.decode()
+    assert p.returncode == 143, text[-2000:]
+    assert waited < 10, f"took {waited:.1f} s to stop"
+    assert "Traceback" not in text and "resume with --resume" in text and "epoch" in text
+    assert current() == "iter_000/train"  # the next stage did not start
+
+
+def _slow_member(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def test_the_bootstrap_pool_stops_promptly():
+    """A stop request during the bootstrap's worker processes raises StopRequested within a
+    second and kills the workers (they would otherwise train on for minutes)."""
+    import threading
+    from cvflow.stop import StopRequested, _STOP, reset
+    from cvflow.train import process_map
+    t0 = time.time()
+    threading.Timer(1.0, lambda: _STOP.update(flag=True, signal="SIGTERM")).start()
+    try:
+        with pytest.raises(StopRequested, match="network 1 of 2"):
+            with process_map(2, label="test bootstrap") as pmap:
+                list(pmap(_slow_member, [60, 60]))
+    finally:
+        reset()
+    assert time.time() - t0 < 10
