@@ -273,6 +273,9 @@ class ModelConfig(Strict):
     hidden: list[PositiveInt] = Field(default_factory=lambda: [40])
     bottleneck: Literal[1, 2] = 2
     activation: Literal["tanh", "softplus", "relu", "elu"] = "tanh"
+    # the CV layer: tanh keeps ξ in (−1, 1); identity leaves it unbounded (no saturation:
+    # measured on alanine dipeptide, docs/measurements/ala2-paper-*.json)
+    bottleneck_activation: Literal["tanh", "identity"] = "tanh"
     epochs: PositiveInt = 200
     batch_size: PositiveInt = 256
     learning_rate: float = Field(3e-3, gt=0)

@@ -393,7 +393,7 @@ class Workflow:
         """Grid over the CV's observed range with a margin, inside the model's ``cv_range``."""
         from .models import MODELS
         b = self.cfg.bias
-        low, high = MODELS[self.cfg.model.kind].cv_range
+        low, high = MODELS[self.cfg.model.kind].cv_range_for(self.cfg.model)
         lo, hi = z.min(0), z.max(0)
         span = np.maximum(hi - lo, 1e-3)
         lo = np.maximum(lo - b.grid_margin * span, low)

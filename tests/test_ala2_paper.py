@@ -26,7 +26,7 @@ def test_ala2_short_paper_protocol(tmp_path):
     cfg["convergence"].update(max_iterations=3, production_steps=1_000_000)
     cfg["model"]["threads"] = 1
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))  # the first state is the reference
     out = tmp_path / "run"
     res = CliRunner().invoke(main, ["run", str(path), "--out", str(out), "-q"])
     assert res.exit_code == 0, res.output

@@ -43,21 +43,28 @@ def weighted_mse(x: Tensor, x_hat: Tensor, w: Tensor) -> Tensor:
 
 
 class Autoencoder(nn.Module):
-    """Encoder with a bounded bottleneck (tanh) and a mirrored decoder with linear output."""
+    """Encoder with a bottleneck (tanh, bounded, by default; or identity) and a mirrored
+    decoder with linear output."""
 
-    #: the values the CV can take (the bottleneck activation is tanh); the eABF grid stays inside
+    #: the values the CV can take with the default tanh bottleneck; the eABF grid stays inside
     cv_range = (-1.0, 1.0)
 
-    def __init__(self, n_features: int, hidden: list[int], bottleneck: int, activation: str = "tanh"):
+    def __init__(self, n_features: int, hidden: list[int], bottleneck: int, activation: str = "tanh",
+                 bottleneck_activation: str = "tanh"):
         super().__init__()
         enc_sizes = [n_features, *hidden, bottleneck]
         dec_sizes = [bottleneck, *reversed(hidden), n_features]
-        self.encoder = MLP(enc_sizes, [activation] * len(hidden) + ["tanh"])
+        self.encoder = MLP(enc_sizes, [activation] * len(hidden) + [bottleneck_activation])
         self.decoder = MLP(dec_sizes, [activation] * len(hidden) + ["identity"])
 
     @classmethod
     def from_config(cls, cfg, n_features: int) -> "Autoencoder":
-        return cls(n_features, list(cfg.hidden), cfg.bottleneck, cfg.activation)
+        return cls(n_features, list(cfg.hidden), cfg.bottleneck, cfg.activation, cfg.bottleneck_activation)
+
+    @classmethod
+    def cv_range_for(cls, cfg) -> tuple[float, float]:
+        """The values the CV of a model built from ``cfg`` can take."""
+        return cls.cv_range if cfg.bottleneck_activation == "tanh" else (-float("inf"), float("inf"))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.decoder(self.encoder(x))
