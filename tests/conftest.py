@@ -120,7 +120,7 @@ def ala2_bundle():
     return build_system(SystemConfig(pdb=ALA2_PDB), "backbone")
 
 
-def random_neural_cv(path: Path, bundle, atoms_sel=None, seed=0, hidden=40, dim=2) -> Path:
+def random_neural_cv(path: Path, bundle, atoms_sel=None, seed=0, hidden=40, dim=2, last="tanh") -> Path:
     """A random aligned-MLP CV on the heavy atoms of alanine dipeptide, exported by cvflow."""
     from cvflow.export import export_cv
     from cvflow.features import AlignedFeatures
@@ -129,7 +129,7 @@ def random_neural_cv(path: Path, bundle, atoms_sel=None, seed=0, hidden=40, dim=
     idx = bundle.feature_atoms if atoms_sel is None else atoms_sel
     feats = AlignedFeatures(idx, bundle.positions[idx], align=True)
     n = 3 * len(idx)
-    enc = MLP([n, hidden, dim], ["tanh", "tanh"])
+    enc = MLP([n, hidden, dim], ["tanh", last])
     rng = np.random.default_rng(seed)
     export_cv(feats, rng.normal(size=n) * 0.01, np.full(n, 0.05), enc, bundle.n_atoms, path)
     return path

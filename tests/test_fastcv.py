@@ -33,10 +33,11 @@ def test_horn_rotation_matches_svd_kabsch():
         assert np.allclose(rot @ rot.T, np.eye(3), atol=1e-12) and np.linalg.det(rot) > 0
 
 
-def test_fast_path_matches_torchscript(tmp_path, ala2_bundle):
+@pytest.mark.parametrize("last", ["tanh", "identity"])  # model.bottleneck_activation
+def test_fast_path_matches_torchscript(tmp_path, ala2_bundle, last):
     """Values and gradients of the numba path equal TorchScript autograd to 1e-6 on
     perturbed and rotated alanine-dipeptide frames."""
-    path = random_neural_cv(tmp_path / "cv.pt", ala2_bundle)
+    path = random_neural_cv(tmp_path / "cv.pt", ala2_bundle, last=last)
     fast = load_cv(path, ala2_bundle.n_atoms)
     slow = load_cv(path, ala2_bundle.n_atoms, fast=False)
     assert isinstance(fast, FastAlignedMLP) and isinstance(slow, TorchCV)
