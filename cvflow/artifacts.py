@@ -165,6 +165,12 @@ class Heartbeat:
         return False
 
 
+def is_live(run_dir: Path) -> bool:
+    """Whether a process (here, or on another host with a fresh heartbeat) works on the run."""
+    text = liveness(run_dir)
+    return bool(text and text.startswith("running"))
+
+
 def liveness(run_dir: Path) -> str | None:
     """``None`` when no process works on the run; else a phrase such as ``running (pid 12,
     this host)`` or ``stopped or killed (last heartbeat 2 h ago on node7)``."""

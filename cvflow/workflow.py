@@ -152,6 +152,9 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> dict:
     resolved_path = run_dir / "config.resolved.yaml"
     current = dump_config(cfg)
     state = run_dir_state(run_dir)
+    if state in ("stranded", "started") and art.is_live(run_dir):
+        raise ConfigError(f"output: another cvflow process is working on {run_dir}: {art.liveness(run_dir)}; "
+                          f"wait for it, or stop it first")
     if resume and state in ("missing", "empty"):
         raise ConfigError(f"--resume: nothing to resume in {run_dir} ("
                           f"{'no such directory' if state == 'missing' else 'it is empty'}); "

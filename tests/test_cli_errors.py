@@ -222,3 +222,19 @@ def test_a_unicode_run_directory_works(tmp_path):
     cfg = load_config(ROOT / "configs" / "ala2-quick.yaml")
     frames = load_frames(out, build_system(cfg.system, cfg.features.atoms))
     assert frames.shape[1:] == (22, 3) and len(frames) >= 1
+
+
+def test_a_run_directory_in_use_is_refused(tmp_path):
+    """A second `cvflow run` on a directory that a live process works on is refused, with
+    or without --resume (it would clear or corrupt the other run's files)."""
+    from cvflow import artifacts as art
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"stages": {}, "current": "iter_000/md"}')
+    (out / "config.resolved.yaml").write_text(yaml.safe_dump({"config": {}}))
+    cfg = _write(tmp_path, _es(output=str(out)))
+    with art.Heartbeat(out, interval=60):
+        for extra in ([], ["--resume"]):
+            res = CliRunner().invoke(main, ["run", str(cfg), "-q", *extra])
+            assert res.exit_code == 2 and "another cvflow process" in res.output, res.output
+    assert (out / "manifest.json").exists()
