@@ -189,12 +189,11 @@ def sample(config, cv_path, out, steps, grids, resume, verbose, quiet):
         if len(grids) != cv_dim:
             raise ConfigError(f"--grid: given {len(grids)} time(s), but {Path(cv_path).name} has {cv_dim} "
                               f"output(s); give one --grid per output")
-        grid = Grid.from_dims([_parse_grid(g) for g in grids])
-        import numpy as np
-        from .config import MAX_GRID_CELLS
-        cells = int(np.prod(grid.bins))
-        if cells > MAX_GRID_CELLS:
-            raise ConfigError(f"--grid: {cells:,} cells; at most {MAX_GRID_CELLS:,} are allowed")
+        from .config import MAX_GRID_CELLS, cells_of
+        dims = [_parse_grid(g) for g in grids]
+        if cells_of(dims) > MAX_GRID_CELLS:
+            raise ConfigError(f"--grid: {cells_of(dims):,} cells; at most {MAX_GRID_CELLS:,} are allowed")
+        grid = Grid.from_dims(dims)
     else:
         grid = initial_grid(cfg, bundle, cv_path)
     out = Path(out)

@@ -446,7 +446,8 @@ MAX_MOLECULAR_TIMESTEP = 0.005  # ps
 MAX_GRID_CELLS = 1_000_000
 
 
-def _cells(dims) -> int:
+def cells_of(dims) -> int:
+    """The number of cells of a grid given as GridDims."""
     return math.prod(d.bins for d in dims) if dims else 1
 
 
@@ -454,15 +455,15 @@ def grid_cells(cfg: "Config") -> int:
     """The most cells any eABF grid of this run has: the given grids, and the grid of
     ``bias.bins`` per dimension of the learned CV."""
     b = cfg.bias
-    return max(_cells(b.grid) if b.grid else b.bins ** cfg.model.bottleneck,
-               _cells(b.cv_grid) if b.cv_grid else 0)
+    return max(cells_of(b.grid) if b.grid else b.bins ** cfg.model.bottleneck,
+               cells_of(b.cv_grid) if b.cv_grid else 0)
 
 
 def grid_cells_text(cfg: "Config") -> str:
     b = cfg.bias
     if b.grid:
         return "bias.grid: " + " x ".join(str(d.bins) for d in b.grid)
-    if b.cv_grid and _cells(b.cv_grid) >= b.bins ** cfg.model.bottleneck:
+    if b.cv_grid and cells_of(b.cv_grid) >= b.bins ** cfg.model.bottleneck:
         return "bias.cv_grid: " + " x ".join(str(d.bins) for d in b.cv_grid)
     return f"bias.bins: {b.bins} per dimension of a {cfg.model.bottleneck}-D CV"
 

@@ -45,40 +45,29 @@ def checked_cv(path, bundle, key: str = "bias.cv", fast: bool = True) -> CVEvalu
 
 
 def _check_gradient(module, x: torch.Tensor, path: Path, key: str) -> None:
-    """The bias force is −κ (ξ − λ) ∂ξ/∂x: every output must have a finite gradient with
-    respect to the positions."""
-    why = None
+    """The bias force is −κ (ξ − λ) ∂ξ/∂x: every output needs a finite gradient with respect
+    to the positions, non-zero somewhere near the starting structure (at the structure and
+    two perturbed copies: zero at one point may be a stationary point, zero at all three is
+    a step function such as round or argmax)."""
     gen = torch.Generator().manual_seed(0)
-    nonzero = None
+    norms = []  # per trial, the largest |∂ξ_i/∂x| of each output
     try:
-        # the starting structure and two nearby ones (a gradient of zero at one point may be
-        # a stationary point; zero at all three is a step function such as round or argmax)
         for trial in range(3):
-            xg = (x + (0.01 * torch.randn(x.shape, generator=gen, dtype=x.dtype) if trial else 0)).detach()
-            xg.requires_grad_(True)
+            noise = 0.01 * torch.randn(x.shape, generator=gen, dtype=x.dtype) if trial else 0.0
+            xg = (x + noise).detach().requires_grad_(True)
             y = module(xg)
             if not y.requires_grad:
-                why = "its output does not depend on the positions through differentiable operations"
-                break
-            for i in range(y.shape[0]):
-                (g,) = torch.autograd.grad(y[i], xg, retain_graph=True, allow_unused=True)
+                raise ValueError("its output does not depend on the positions through differentiable operations")
+            grads = [torch.autograd.grad(y[i], xg, retain_graph=True, allow_unused=True)[0] for i in range(len(y))]
+            for i, g in enumerate(grads):
                 if g is None:
-                    why = f"output {i} does not depend on the positions"
-                elif not torch.isfinite(g).all():
-                    why = f"the gradient of output {i} is not finite at the starting structure"
-                else:
-                    nonzero = (nonzero if nonzero is not None else torch.zeros(y.shape[0], dtype=torch.bool))
-                    nonzero[i] |= bool((g != 0).any())
-                if why:
-                    break
-            if why:
-                break
-        if why is None and nonzero is not None and not nonzero.all():
-            i = int((~nonzero).nonzero()[0])
-            why = f"the gradient of output {i} is zero at and around the starting structure"
+                    raise ValueError(f"output {i} does not depend on the positions")
+                if not torch.isfinite(g).all():
+                    raise ValueError(f"the gradient of output {i} is not finite near the starting structure")
+            norms.append([float(g.abs().max()) for g in grads])
+        flat = [i for i, m in enumerate(torch.tensor(norms).amax(0).tolist()) if m == 0.0]
+        if flat:
+            raise ValueError(f"the gradient of output {flat[0]} is zero at and around the starting structure")
     except Exception as e:
-        why = one_line(str(e), 120)
-    if why:
-        raise ConfigError(f"{key}: {path.name} cannot be differentiated with respect to the positions ({why}); "
-                          f"the bias force needs dξ/dx")
-
+        raise ConfigError(f"{key}: {path.name} cannot be differentiated with respect to the positions "
+                          f"({one_line(e, 120)}); the bias force needs dξ/dx") from None

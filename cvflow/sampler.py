@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from openmm import unit as u
 
 from . import artifacts as art
 from .bias.native import BlowUpError, NativeEABF
-from .config import Config
+from .config import Config, one_line
 from .fastcv import load_cv
 from .fes import Grid, write_fes
 from .progress import log
@@ -181,7 +182,7 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
         try:
             sim.step(n)
         except Exception as e:  # an exception in a force (OpenMM, or a bias): a blow-up
-            reason = f"{type(e).__name__} during steps {step + 1}-{step + n}: {(str(e) or '?').splitlines()[0][:200]}"
+            reason = f"{type(e).__name__} during steps {step + 1}-{step + n}: {one_line(e, 200)}"
         step += n
         if bias is not None and bias.error:
             reason = bias.error  # names the exact step
@@ -190,10 +191,11 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
             # would advance λ and break bit-for-bit resume
             state = sim.context.getState(getPositions=True, getEnergy=True, groups=FORCE_FIELD_GROUPS)
             state._getVectorAsNumpy(mm.State.Positions, pos)
-            if not np.isfinite(pos).all():
+            spread = np.abs(pos - pos.mean(0)).max()  # NaN when a position is not finite
+            if not np.isfinite(spread):
                 reason = f"non-finite positions at step {step}"
-            elif np.abs(pos - pos.mean(0)).max() > runaway:
-                reason = f"runaway positions at step {step} (an atom {np.abs(pos - pos.mean(0)).max():.3g} nm from the centre)"
+            elif spread > runaway:
+                reason = f"runaway positions at step {step} (an atom {spread:.3g} nm from the centre)"
             elif not math.isfinite(state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)):
                 reason = f"non-finite potential energy at step {step}"
         if reason is not None:
@@ -237,7 +239,6 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
                            platform.getName(), engine, regions, recoveries)
     art.write_json(done_marker, result.to_dict())
     # finished: the restart files are in the segment itself (checkpoint.chk, state.xml)
-    import shutil
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     shutil.rmtree(chunk_dir, ignore_errors=True)
     return result
@@ -266,7 +267,7 @@ def _restore_checkpoint(sim, bias, ckpt_dir: Path, chunk_dir: Path) -> int:
         sim.context.setState(mm.XmlSerializer.deserialize(xml.read_text()))
         sim.context.setStepCount(step)
         log.warning(f"the checkpoint in {ckpt_dir} was written on another platform or build "
-                    f"({(str(e) or type(e).__name__).splitlines()[0][:120]}); resumed from its portable "
+                    f"({one_line(e, 120)}); resumed from its portable "
                     f"state at step {step}: the trajectory goes on correctly but not bit for bit")
     if bias is not None:
         bias.load_state_arrays(np.load(ckpt_dir / prog["bias"]))
@@ -412,7 +413,6 @@ def ascii_path(path: Path, write: bool = False):
     """``path``, or, when it is not ASCII (MDTraj's DCD plugin opens files by ASCII names
     only), a link to it (reading) or a file (``write``: moved to ``path`` afterwards) in
     an ASCII temporary directory."""
-    import shutil
     import tempfile
     path = Path(path)
     if str(path.resolve()).isascii():

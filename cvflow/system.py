@@ -171,7 +171,7 @@ def platform_problem(name: str) -> str | None:
     if name not in available:
         failures = [f for f in mm.Platform.getPluginLoadFailures() if name.lower() in f.lower()]
         if failures:
-            return "its plugin did not load: " + " ".join(failures[0].split())[:200]
+            return "its plugin did not load: " + one_line(failures[0], 200)
         hint = " (the CUDA platform comes with pip install 'openmm[cuda12]')" if name == "CUDA" else ""
         return "OpenMM has no such platform installed" + hint
     try:
@@ -180,7 +180,7 @@ def platform_problem(name: str) -> str | None:
         mm.Context(s, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName(name))
         return None
     except Exception as e:
-        return " ".join((str(e) or type(e).__name__).split())[:200]
+        return one_line(e, 200)
 
 
 def platform_properties(platform: mm.Platform, threads: int | None) -> dict:

@@ -333,14 +333,13 @@ class Workflow:
         frames = load_frames(it_dir / "md", self.bundle)
         return frames, featurize(frames, self.features)
 
-    def _weights(self, i: int, it_dir: Path, md_info, frames, prev_cv_path) -> tuple[np.ndarray, dict]:
-        """Normalised weights ŵ ∝ exp(−β F(ξ_{i−1}(x))) for a biased iteration, else uniform;
-        and how many frames had no free energy (left out with weight 0)."""
-        n = len(frames)
+    def _weights(self, i: int, it_dir: Path, md_info, xi: np.ndarray | None, n: int) -> tuple[np.ndarray, dict]:
+        """Normalised weights ŵ ∝ exp(−β F(ξ_{i−1}(x))) for a biased iteration (``xi``: the
+        biasing CV on its frames), else uniform; and how many frames had no free energy
+        (left out with weight 0)."""
         if not md_info["biased"] or not self.cfg.model.reweight:
             return np.full(n, 1.0 / n), {}
         from .train import TrainingError
-        xi = cv_values(prev_cv_path, frames)
         logw, info = log_weights_from_fes(xi, it_dir / "md" / "fes.csv", self.beta)
         if info["frames_without_free_energy"] == n:
             raise TrainingError(f"iteration {i} reweighting: no frame has a CZAR free energy "
@@ -360,13 +359,15 @@ class Workflow:
         frames, x = self._data(it_dir)
         prev_cv = md_info.get("cv_used")
         t_w = time.perf_counter()
-        w, w_info = self._weights(i, it_dir, md_info, frames, prev_cv)
+        # the biasing CV on the frames, once, for the weights and the states
+        xi = cv_values(prev_cv, frames) if md_info["biased"] and (cfg.model.reweight or cfg.states) else None
+        w, w_info = self._weights(i, it_dir, md_info, xi, len(frames))
         t_w = time.perf_counter() - t_w
         ess = effective_sample_size(w)
         if ess < cfg.convergence.min_ess_fraction * len(w):
             log.warning(f"iteration {i}: effective sample size {ess:.0f} of {len(w)} frames is low")
         art.write_npy(it_dir / "weights.npy", w)
-        states = self._states(frames, it_dir / "md", prev_cv, md_info["biased"])
+        states = self._states(frames, it_dir / "md", xi)
         t_t = time.perf_counter()
         result = train_model(x, w, cfg.model, derive_seed(cfg.seed, i, 1),
                              progress=self.progress.train(f"iter {i} training"), label=f"iteration {i} training")
@@ -472,16 +473,16 @@ class Workflow:
         return {"threshold": max(quantile, bs.min_threshold), "bootstrap_quantile": quantile,
                 "threshold_floored": bool(floored), "bootstrap_scores": scores.tolist()}
 
-    def _states(self, frames: np.ndarray, seg_dir: Path, cv_path, biased: bool, weights_out: Path | None = None):
+    def _states(self, frames: np.ndarray, seg_dir: Path, xi: np.ndarray | None, weights_out: Path | None = None):
         """Populations and free energies of the config's ``states`` on a segment's frames,
-        reweighted by ŵ ∝ exp(−β F(ξ)) / ρ̃(ξ) when the segment was biased (see
+        reweighted by ŵ ∝ exp(−β F(ξ)) / ρ̃(ξ) when the segment was biased on ξ (``xi``: its
+        values on the frames; None for an unbiased segment; see
         :func:`cvflow.dataset.log_weights_from_fes`). None when no states are configured."""
         if not self.cfg.states and weights_out is None:
             return None
         n = len(frames)
-        if biased:
-            logw, _ = log_weights_from_fes(cv_values(cv_path, frames), seg_dir / "fes.csv", self.beta,
-                                           divide_by_histogram=True)
+        if xi is not None:
+            logw, _ = log_weights_from_fes(xi, seg_dir / "fes.csv", self.beta, divide_by_histogram=True)
             w = normalised_weights(logw) if np.isfinite(logw).any() else np.full(n, 1.0 / n)
         else:
             w = np.full(n, 1.0 / n)
@@ -502,7 +503,8 @@ class Workflow:
         out = self.run_dir / "production"
         md_dir = production_md_dir(self.run_dir)
         frames = load_frames(md_dir, self.bundle)
-        states = self._states(frames, md_dir, self.run_dir / last_train["cv"], True, weights_out=out / "weights.npy")
+        xi = cv_values(self.run_dir / last_train["cv"], frames)
+        states = self._states(frames, md_dir, xi, weights_out=out / "weights.npy")
         if states is not None:
             art.write_json(out / "states.json", states)
         return {"weights": "production/weights.npy", "states": states}
@@ -521,7 +523,7 @@ class Workflow:
 
 def production_md_dir(run_dir: Path) -> Path:
     """Production's MD stage: ``production/md/``, laid out as an iteration's ``md/``
-    (``production/`` itself in run directories written before cvflow 0.9)."""
+    (``production/`` itself in run directories that earlier versions wrote)."""
     legacy = Path(run_dir) / "production"
     return legacy if (legacy / "segment.json").exists() else legacy / "md"
 

@@ -58,6 +58,18 @@ def barrier_and_rms(stats: CZARStats):
     return BARRIER + (measured - on_grid), rms
 
 
+def _barriers_per_sample_and_bin_centre(bias_fraction, rng):
+    """4×10⁶ exact extended-system samples on the 8 kT well (60 bins, κ = kT/h², a static bias
+    of ``bias_fraction`` of F on λ): the barrier and RMS of per-sample CZAR, and the barrier
+    of the bin-centre form, on the same samples."""
+    grid = Grid([-1.5], [1.5], [60])
+    kappa = KT / grid.widths[0] ** 2
+    xi, lam = extended_samples(4_000_000, kappa, bias_fraction, rng)
+    b_new, rms_new = barrier_and_rms(czar_from_samples(grid, kappa, xi, lam))
+    b_old, _ = barrier_and_rms(czar_from_samples(grid, kappa, xi, lam, per_sample=False))
+    return b_new, rms_new, b_old
+
+
 def test_czar_uses_each_samples_xi(fixed_rng):
     """Exact extended-system samples on an 8 kT double well (60 bins, κ = kT/h², a static
     bias of half the free energy on λ, 4×10⁶ samples). CZAR with λ − ξ per sample recovers
@@ -66,11 +78,7 @@ def test_czar_uses_each_samples_xi(fixed_rng):
     Measured (seed 7): per sample 7.97 kT barrier, 0.025 kT RMS; bin centre 7.64 kT. The
     statistical error of the barrier here is about 0.03 kT (bins at the top hold ~10⁴ samples),
     so 0.1 kT is 3σ; the bin-centre bias (0.3 kT) is 10σ away from it."""
-    grid = Grid([-1.5], [1.5], [60])
-    kappa = KT / grid.widths[0] ** 2
-    xi, lam = extended_samples(4_000_000, kappa, 0.5, fixed_rng)
-    b_new, rms_new = barrier_and_rms(czar_from_samples(grid, kappa, xi, lam))
-    b_old, _ = barrier_and_rms(czar_from_samples(grid, kappa, xi, lam, per_sample=False))
+    b_new, rms_new, b_old = _barriers_per_sample_and_bin_centre(0.5, fixed_rng)
     print(f"barrier: per sample {b_new:.3f} kT (RMS {rms_new:.3f} kT), bin centre {b_old:.3f} kT; exact {BARRIER}")
     assert abs(b_new - BARRIER) < 0.1 and rms_new < 0.08
     assert BARRIER - b_old > 0.15  # the old form is measurably biased on the same samples
@@ -79,11 +87,7 @@ def test_czar_uses_each_samples_xi(fixed_rng):
 def test_czar_plain_extended_sampling(fixed_rng):
     """The reviewer's case: plain extended sampling (no bias on λ), 8 kT double well, 60 bins.
     Measured (seed 7): per sample 8.01 kT, bin centre 7.30 kT."""
-    grid = Grid([-1.5], [1.5], [60])
-    kappa = KT / grid.widths[0] ** 2
-    xi, lam = extended_samples(4_000_000, kappa, 0.0, fixed_rng)
-    b_new, _ = barrier_and_rms(czar_from_samples(grid, kappa, xi, lam))
-    b_old, _ = barrier_and_rms(czar_from_samples(grid, kappa, xi, lam, per_sample=False))
+    b_new, _, b_old = _barriers_per_sample_and_bin_centre(0.0, fixed_rng)
     print(f"plain extended: per sample {b_new:.3f} kT, bin centre {b_old:.3f} kT")
     assert abs(b_new - BARRIER) < 0.25  # fewer samples at the top without a bias: ~0.08 kT error
     assert b_old < b_new - 0.3
