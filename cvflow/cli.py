@@ -141,6 +141,10 @@ def validate(config, verbose, quiet):
             path = resolve_initial_cv(cfg, bundle, tmp)
             checked_cv(path, bundle)
             initial_grid(cfg, bundle, path)
+    ts = cfg.model.transition_states
+    if ts is not None and ts.source == "file":
+        from .transition_states import file_frames
+        file_frames(ts.file, bundle)
     from .bias import resolve_engine
     engine = resolve_engine(cfg.bias.engine)
     kind = "toy potential" if bundle.is_toy else f"{bundle.n_atoms} atoms, {cfg.system.solvent}"

@@ -267,9 +267,55 @@ class FeaturesConfig(Strict):
     reference: Optional[Path] = None
 
 
+class SoftminConfig(Strict):
+    """Annealing of the soft-min over decoders (``kind: multidecoder``): the temperature τ,
+    in units of the loss (squared normalised features), falls geometrically from ``start``
+    to ``end`` over ``anneal_epochs``."""
+    start: float = Field(1.0, gt=0)
+    end: float = Field(1e-3, gt=0)
+    anneal_epochs: PositiveInt = 100
+
+    @model_validator(mode="after")
+    def _falls(self):
+        if self.end > self.start:
+            raise ValueError(f"softmin.end ({self.end:g}) is above softmin.start ({self.start:g}); the temperature "
+                             "is annealed downwards")
+        return self
+
+
+class TransitionStatesConfig(Strict):
+    """Transition-state frames added to the training loss with their own ``weight``:
+    L = L(data) + weight · mean reconstruction error on those frames.
+
+    ``source: file``: the frames of ``file`` (molecules: a trajectory MDTraj reads, with the
+    system's atoms, e.g. DCD with the system's PDB as topology, or a PDB; toys: a ``.npy``
+    or text file of x, y rows in nm). ``source: barrier``: each iteration takes its own
+    frames whose previous CV lies near the top of a barrier of the free energy along it
+    (a maximum that rises at least ``prominence_kT`` above the basins on both sides; frames
+    within ``window_kT`` of its top), at most ``max_frames`` spread over the barriers."""
+    source: Literal["file", "barrier"]
+    file: Optional[Path] = None
+    weight: float = Field(1.0, gt=0)
+    window_kT: float = Field(1.0, gt=0)
+    prominence_kT: float = Field(1.0, gt=0)
+    max_frames: PositiveInt = 500
+
+    @model_validator(mode="after")
+    def _file(self):
+        if self.source == "file" and self.file is None:
+            raise ValueError("transition_states.source: file needs transition_states.file, the frames to add")
+        if self.source == "barrier" and self.file is not None:
+            raise ValueError("transition_states.file is given but source is barrier; set source: file to use it")
+        return self
+
+
 class ModelConfig(Strict):
-    """The network that learns the CV."""
-    kind: Literal["autoencoder"] = "autoencoder"
+    """The network that learns the CV (one kind of ``cvflow.models.MODELS``)."""
+    kind: Literal["autoencoder", "multidecoder"] = "autoencoder"
+    # multidecoder: K decoders share the encoder; each frame is reconstructed by its best one
+    decoders: Annotated[int, Field(ge=1, le=16)] = 2
+    softmin: SoftminConfig = Field(default_factory=SoftminConfig)
+    transition_states: Optional[TransitionStatesConfig] = None
     hidden: list[PositiveInt] = Field(default_factory=lambda: [40])
     bottleneck: Literal[1, 2] = 2
     activation: Literal["tanh", "softplus", "relu", "elu"] = "tanh"
@@ -436,6 +482,10 @@ class Config(Strict):
             raise ValueError(f"the eABF grid would have {cells:,} cells ({grid_cells_text(self)}); cvflow keeps "
                              f"several arrays per cell, so at most {MAX_GRID_CELLS:,} cells are allowed "
                              f"(e.g. 1000 bins in 1-D, 1000 x 1000 in 2-D)")
+        ts = self.model.transition_states
+        if ts is not None and ts.source == "barrier" and self.model.bottleneck != 1:
+            raise ValueError("model.transition_states.source: barrier finds barriers of a 1-D free energy; "
+                             "with model.bottleneck: 2 give the frames as source: file")
         if g is not None and len(g) != self.model.bottleneck:
             raise ValueError(f"bias.grid has {len(g)} dimension(s) but the learned CV has model.bottleneck = "
                              f"{self.model.bottleneck}; give the initial CV's grid as bias.cv_grid")
@@ -523,6 +573,8 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     cfg.system.pdb = res(cfg.system.pdb)
     cfg.bias.cv = res(cfg.bias.cv)
     cfg.features.reference = res(cfg.features.reference)
+    if cfg.model.transition_states is not None:
+        cfg.model.transition_states.file = res(cfg.model.transition_states.file)
     for st in (cfg.states or {}).values():
         if st.rmsd is not None:
             st.rmsd.reference = res(st.rmsd.reference)
@@ -578,7 +630,9 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
 def check_input_files(cfg: Config) -> None:
     """Every file the config names must exist."""
     for key, p in (("system.pdb", cfg.system.pdb), ("bias.cv", cfg.bias.cv),
-                   ("features.reference", cfg.features.reference)):
+                   ("features.reference", cfg.features.reference),
+                   ("model.transition_states.file",
+                    cfg.model.transition_states.file if cfg.model.transition_states else None)):
         if p is not None and not Path(p).is_file():
             raise ConfigError(f"{key}: file not found: {p}")
     for name, st in (cfg.states or {}).items():

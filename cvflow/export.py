@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .artifacts import atomic_path
 from .features import AlignedFeatures
-from .models.autoencoder import MLP
+from .models.base import MLP
 
 
 class ExportedCV(nn.Module):
@@ -78,3 +78,45 @@ def _values_and_grads(m, x: Tensor):
         vals.append(y.detach())
         grads.append(torch.stack(g))
     return torch.stack(vals), torch.stack(grads)
+
+
+class ExportedDecoder(nn.Module):
+    """CV values z (n, bottleneck) → reconstructions (n, K, n_features), in the units of the
+    features (toys: x, y in nm; molecules: the aligned coordinates of the feature atoms in
+    nm, flattened x1 y1 z1 x2 ...)."""
+
+    n_decoders: int
+    cvflow_format: str
+
+    def __init__(self, decoder: nn.Module, mean, std, n_decoders: int):
+        super().__init__()
+        self.decoder = decoder
+        self.register_buffer("mean", torch.as_tensor(np.asarray(mean, dtype=np.float64)))
+        self.register_buffer("std", torch.as_tensor(np.asarray(std, dtype=np.float64)))
+        self.n_decoders = int(n_decoders)
+        self.cvflow_format = "decoder/1"
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.decoder(z.to(self.mean.dtype)) * self.std + self.mean
+
+
+def export_decoder(decoder: nn.Module, mean, std, n_decoders: int, path: Path,
+                   check_z: np.ndarray | None = None, atol: float = 1e-8) -> torch.jit.ScriptModule:
+    """Script ``decoder`` ((n, b) → (n, K, m), normalised features) with the feature scaling,
+    save it atomically, reload it and compare it with the in-memory module on ``check_z``."""
+    import copy
+    dec = copy.deepcopy(decoder).double().eval()
+    for p in dec.parameters():
+        p.requires_grad_(False)
+    module = ExportedDecoder(dec, mean, std, n_decoders).eval()
+    scripted = torch.jit.script(module)
+    with atomic_path(path) as tmp:
+        scripted.save(str(tmp))
+    loaded = torch.jit.load(str(path))
+    if check_z is not None and len(check_z):
+        z = torch.as_tensor(np.asarray(check_z, np.float64))
+        with torch.no_grad():
+            a, b = module(z), loaded(z)
+        if a.shape != (len(z), n_decoders, len(np.atleast_1d(mean))) or not torch.allclose(a, b, atol=atol, rtol=0):
+            raise RuntimeError(f"exported decoder {path} does not match the in-memory model")
+    return loaded

@@ -374,6 +374,106 @@ def _plot_cv_map(run: RunRecord, out: Path) -> Path | None:
     return out
 
 
+def _final_decoder(run: RunRecord):
+    """The final iteration's decoder.pt and the range of its CV (the last training grid)."""
+    final_cv = run.summary["final_cv"] if run.summary else next(
+        (f"{r.dir.name}/cv.pt" for r in reversed(run.iterations) if r.cv is not None and r.cv.exists()), None)
+    if final_cv is None:
+        return None, None
+    path = run.dir / final_cv.replace("cv.pt", "decoder.pt")
+    info = art.Manifest(run.dir).get(final_cv.replace("/cv.pt", "/train")) or {}
+    if not path.exists() or not info.get("grid"):
+        return None, None
+    return path, info["grid"]
+
+
+def _toy_saddles(bundle, lo, hi, n: int = 80) -> np.ndarray:
+    """Saddle points (index 1) of a toy potential inside [lo, hi]: grid minima of |∇V|
+    refined by Newton's method on OpenMM's forces, kept where the Hessian has one negative
+    eigenvalue."""
+    import openmm as mm
+    from openmm import unit as u
+    from scipy.optimize import root
+    ctx = mm.Context(bundle.system, mm.VerletIntegrator(0.001), mm.Platform.getPlatformByName("Reference"))
+
+    def grad(p):
+        ctx.setPositions([mm.Vec3(p[0], p[1], 0.0)])
+        f = ctx.getState(getForces=True).getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer)
+        return -np.asarray(f[0, :2], float)
+    xs, ys = np.linspace(lo[0], hi[0], n), np.linspace(lo[1], hi[1], n)
+    g = np.array([[np.linalg.norm(grad((x, y))) for y in ys] for x in xs])
+    found = []
+    for i in range(1, n - 1):
+        for j in range(1, n - 1):
+            if g[i, j] > g[i - 1:i + 2, j - 1:j + 2].min():
+                continue
+            r = root(grad, (xs[i], ys[j]))
+            if not r.success or not (lo <= r.x).all() or not (r.x <= hi).all():
+                continue
+            h = 1e-4
+            hess = np.array([(grad(r.x + e) - grad(r.x - e)) / (2 * h) for e in (np.array([h, 0]), np.array([0, h]))])
+            if np.sum(np.linalg.eigvalsh((hess + hess.T) / 2) < 0) == 1 and \
+                    all(np.linalg.norm(r.x - q) > 1e-3 for q in found):
+                found.append(r.x)
+    return np.array(found).reshape(-1, 2)
+
+
+def _decoders(run: RunRecord, out: Path) -> Path | None:
+    """Toys: every decoder's curve over the potential, with its saddle points (PNG).
+    Molecules: the decoded structures along ξ as a multi-model PDB that a viewer opens,
+    one model per CV value and decoder."""
+    import torch
+    from .config import config_from_dict
+    from .system import build_system
+    path, grid = _final_decoder(run)
+    if path is None or not run.config:
+        return None
+    dec = torch.jit.load(str(path))
+    if len(grid) != 1:
+        return None  # curves along a 1-D CV only
+    z = np.linspace(grid[0]["min"], grid[0]["max"], 41 if out.suffix == ".pdb" else 400)
+    with torch.no_grad():
+        rec = dec(torch.as_tensor(z[:, None])).numpy()  # (n, K, m)
+    cfg = config_from_dict(run.config, f"{run.dir}/config.resolved.yaml")
+    bundle = build_system(cfg.system, cfg.features.atoms)
+    if not bundle.is_toy:
+        if out.suffix != ".pdb":
+            return None
+        import mdtraj as md
+        top = bundle.mdtraj_topology().subset(bundle.feature_atoms)
+        xyz = rec.reshape(len(z) * rec.shape[1], top.n_atoms, 3)  # model = (ξ value, decoder)
+        md.Trajectory(np.ascontiguousarray(xyz.reshape(len(z), rec.shape[1], -1, 3).transpose(1, 0, 2, 3)
+                                           .reshape(-1, top.n_atoms, 3)).astype(np.float32), top).save_pdb(str(out))
+        return out
+    if out.suffix == ".pdb":
+        return None
+    frames = _final_frames(run, bundle)
+    pts_xy = rec.reshape(-1, 2)
+    lo = (pts_xy.min(0) if frames is None else np.minimum(frames[:, 0, :2].min(0), pts_xy.min(0))) - 0.3
+    hi = (pts_xy.max(0) if frames is None else np.maximum(frames[:, 0, :2].max(0), pts_xy.max(0))) + 0.3
+    xs, ys = np.linspace(lo[0], hi[0], 120), np.linspace(lo[1], hi[1], 120)
+    X, Y = np.meshgrid(xs, ys)
+    v = _toy_energies(bundle, np.column_stack([X.ravel(), Y.ravel(), np.zeros(X.size)])).reshape(X.shape)
+    saddles = _toy_saddles(bundle, lo, hi)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    cs = ax.contourf(X, Y, np.minimum(v - v.min(), 20 * run.kT), levels=20, cmap="Greys_r")
+    fig.colorbar(cs, ax=ax, label="V (kJ/mol)")
+    for k in range(rec.shape[1]):
+        ax.plot(rec[:, k, 0], rec[:, k, 1], lw=2, label=f"decoder {k + 1}")
+        ax.plot(rec[-1, k, 0], rec[-1, k, 1], "o", ms=4, color=ax.lines[-1].get_color())  # the ξ-max end
+    if len(saddles):
+        ax.plot(saddles[:, 0], saddles[:, 1], "x", color="red", ms=9, mew=2, label="saddle points")
+    ax.set_xlabel("x (nm)")
+    ax.set_ylabel("y (nm)")
+    ax.set_title(f"decoded curves of {path.parent.name} (dot: largest ξ)")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def _toy_energies(bundle, xy: np.ndarray) -> np.ndarray:
     """The toy potential at points (n, 3), through OpenMM (the expression's own evaluator)."""
     import openmm as mm
@@ -404,6 +504,8 @@ def write_report(run_dir, out=None) -> Path:
                      plot_fes(run.production_fes, kT, out / "fes_production.png", "production")))
     for section, caption, fn, name in (
             ("CV map", "The final CV", _plot_cv_map, "cv_map.png"),
+            ("decoders", "The final iteration's decoded curve(s) z ↦ d_k(z) over the potential; red crosses: "
+                         "saddle points", _decoders, "decoders.png"),
             ("convergence", "regscore between successive CVs, the threshold, and the bootstrap R² values",
              _plot_convergence, "convergence.png"),
             ("training", "Training curves (solid: training set; dashed: validation set)", _plot_training,
@@ -449,6 +551,11 @@ def write_report(run_dir, out=None) -> Path:
             for k, p in states["populations"].items())
         body.append(f"<h2>States ({html.escape(label)})</h2><table><tr><th>state</th><th>population</th>"
                     f"<th>ΔF − F({html.escape(ref)}) (kJ/mol)</th></tr>{srows}</table>")
+    pdb = _decoders(run, out / "decoded.pdb")
+    if pdb is not None:
+        body.append(f'<h2>decoders</h2><p>The decoded structures along ξ: <a href="{pdb.name}">{pdb.name}</a>, '
+                    "a multi-model PDB of the feature atoms (aligned, nm → Å), 41 CV values over the final "
+                    "grid for each decoder in turn.</p>")
     section = None
     for sec, caption, p in figs:
         if sec != section:

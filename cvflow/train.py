@@ -69,8 +69,14 @@ def _adam(model, cfg) -> torch.optim.Adam:
 
 
 def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progress=None,
-                label: str = "training") -> TrainResult:
-    """Train a fresh model (``model_cfg.kind``) on features ``x`` (n, m) with weights ``w``."""
+                label: str = "training", extra: np.ndarray | None = None, extra_weight: float = 0.0) -> TrainResult:
+    """Train a fresh model (``model_cfg.kind``) on features ``x`` (n, m) with weights ``w``.
+
+    ``extra`` (n_extra, m): frames that the loss adds with weight ``extra_weight`` (the
+    transition states): L = L(x, w) + extra_weight · mean ℓ(extra). Each minibatch carries
+    a random quarter-batch of them; they are normalised with the data's mean and scale,
+    and the validation loss includes their term over all of them.
+    """
     x = np.asarray(x, np.float64)
     n = len(x)
     w = np.ones(n) if w is None else np.asarray(w, np.float64)
@@ -91,6 +97,14 @@ def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progr
     # mean one over each set: the batch loss Σ w l / n is then unbiased for Σ w l / Σ w
     xt, wt = torch.from_numpy(xn[tr]), torch.from_numpy((w[tr] / w[tr].mean()).astype(np.float32))
     xv, wv = torch.from_numpy(xn[va]), torch.from_numpy((w[va] / w[va].mean()).astype(np.float32))
+    has_extra = extra is not None and len(extra) > 0 and extra_weight > 0
+    if has_extra:
+        extra = np.asarray(extra, np.float64)
+        if not np.all(np.isfinite(extra)):
+            raise TrainingError(f"{label}: transition-state features contain non-finite values")
+        xe = torch.from_numpy(((extra - mean) / std).astype(np.float32))
+        ones_e = torch.ones(len(xe))
+        n_e = min(len(xe), max(1, model_cfg.batch_size // 4))
     model = build_model(model_cfg, x.shape[1])
     opt = _adam(model, model_cfg)
     best_state, best_val, bad = None, math.inf, 0
@@ -101,6 +115,7 @@ def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progr
     for epoch in range(1, model_cfg.epochs + 1):
         check_stop(f"{label}, epoch {epoch}")  # SIGTERM/Ctrl-C: the stage is redone on --resume
         model.train()
+        model.start_epoch(epoch, model_cfg.epochs)
         # one gather per epoch, then contiguous minibatch views: cheaper than a gather per
         # minibatch; the loss sum stays a tensor, read once per epoch (no sync per step)
         perm = torch.randperm(len(xt), generator=gen)
@@ -108,15 +123,24 @@ def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progr
         tot = torch.zeros(())
         for i in range(0, len(xt), bs):
             xb, wb = xs[i:i + bs], ws[i:i + bs]
+            if has_extra:
+                # one forward pass over batch + extra frames: weights that make Σ w'ℓ / n'
+                # = Σ_b wℓ / n_b + extra_weight · Σ_e ℓ / n_e
+                pick = torch.randint(len(xe), (n_e,), generator=gen)
+                n_all = len(xb) + n_e
+                xb = torch.cat([xb, xe[pick]])
+                wb = torch.cat([wb * (n_all / (n_all - n_e)), torch.full((n_e,), extra_weight * n_all / n_e)])
             loss = model.loss(xb, wb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            tot += loss.detach() * len(wb)
+            tot += loss.detach() * (len(wb) - (n_e if has_extra else 0))
         train_loss = float(tot) / len(xt)
         model.eval()
         with torch.no_grad():
             val_loss = float(model.loss(xv, wv))
+            if has_extra:
+                val_loss += extra_weight * float(model.loss(xe, ones_e))
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             raise TrainingError(f"{label}: loss became NaN at epoch {epoch}")
         history.append((epoch, train_loss, val_loss))
@@ -125,7 +149,7 @@ def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progr
         if not math.isfinite(best_val) or val_loss < best_val - 1e-7 * abs(best_val):
             best_val, bad = val_loss, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
+        elif epoch > model.annealing_epochs:  # a schedule still changing the objective: no early stop
             bad += 1
             if bad >= model_cfg.patience:
                 break
@@ -143,9 +167,11 @@ def encode(result: TrainResult, x: np.ndarray) -> np.ndarray:
         return enc(torch.from_numpy((np.asarray(x, np.float64) - result.mean) / result.std)).numpy()
 
 
-def bootstrap_member(x: np.ndarray, w: np.ndarray, seed: int, model_cfg, label: str = "bootstrap"):
+def bootstrap_member(x: np.ndarray, w: np.ndarray, seed: int, model_cfg, label: str = "bootstrap",
+                     extra: np.ndarray | None = None, extra_weight: float = 0.0):
     """Train one bootstrap network; returns its encoder as a picklable function features → CV."""
-    return functools.partial(encode, train_model(x, w, model_cfg, seed, label=label))
+    return functools.partial(encode, train_model(x, w, model_cfg, seed, label=label, extra=extra,
+                                                 extra_weight=extra_weight))
 
 
 def usable_cores() -> int:

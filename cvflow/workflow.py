@@ -208,6 +208,11 @@ class Workflow:
         from .bias import resolve_engine
         self.engine = engine or resolve_engine(cfg.bias.engine, cfg.execution.walkers)
         self.executor = None  # a Dask client, opened when walkers > 1
+        ts = cfg.model.transition_states
+        self.ts_file_features = None  # read now, so that a bad file fails before any MD
+        if ts is not None and ts.source == "file":
+            from .transition_states import file_frames
+            self.ts_file_features = featurize(file_frames(ts.file, self.bundle), self.features)
 
     # -- stages -----------------------------------------------------------------------------
     def _stage(self, name: str, fn):
@@ -360,7 +365,9 @@ class Workflow:
         prev_cv = md_info.get("cv_used")
         t_w = time.perf_counter()
         # the biasing CV on the frames, once, for the weights and the states
-        xi = cv_values(prev_cv, frames) if md_info["biased"] and (cfg.model.reweight or cfg.states) else None
+        ts = cfg.model.transition_states
+        need_xi = cfg.model.reweight or cfg.states or (ts is not None and ts.source == "barrier")
+        xi = cv_values(prev_cv, frames) if md_info["biased"] and need_xi else None
         w, w_info = self._weights(i, it_dir, md_info, xi, len(frames))
         t_w = time.perf_counter() - t_w
         ess = effective_sample_size(w)
@@ -368,9 +375,11 @@ class Workflow:
             log.warning(f"iteration {i}: effective sample size {ess:.0f} of {len(w)} frames is low")
         art.write_npy(it_dir / "weights.npy", w)
         states = self._states(frames, it_dir / "md", xi)
+        x_ts, ts_info = self._transition_states(i, it_dir, md_info, frames, x, xi)
         t_t = time.perf_counter()
         result = train_model(x, w, cfg.model, derive_seed(cfg.seed, i, 1),
-                             progress=self.progress.train(f"iter {i} training"), label=f"iteration {i} training")
+                             progress=self.progress.train(f"iter {i} training"), label=f"iteration {i} training",
+                             extra=x_ts, extra_weight=ts.weight if ts is not None else 0.0)
         t_t = time.perf_counter() - t_t
         how = "early stop" if result.epochs_run < cfg.model.epochs else "the epoch limit"
         log.info(f"iteration {i} training: {result.epochs_run} of at most {cfg.model.epochs} epochs ({how}), "
@@ -384,14 +393,61 @@ class Workflow:
         cv_stats = gradient_stats(load_cv(it_dir / "cv.pt", self.bundle.n_atoms), frames)
         art.write_json(it_dir / "cv_stats.json", cv_stats)
         z = encode(result, x)
+        decoder = self._export_decoder(result, it_dir, x, w, z)
         grid = self._grid_from_values(z)
         from .bias.plumed import export_plumed
         export_plumed(cfg, self.bundle, it_dir / "cv.pt", Grid.from_list(grid), it_dir / "plumed")
         return {"cv": f"iter_{i:03d}/cv.pt", "grid": grid, "ess": ess, "frames": len(frames),
                 "ess_warning": bool(ess < cfg.convergence.min_ess_fraction * len(w)),
                 "best_val_loss": result.best_val, "epochs": result.epochs_run, "reweighting": w_info,
-                "states": states, "cv_gradient": cv_stats,
+                "states": states, "cv_gradient": cv_stats, "decoder": decoder, "transition_states": ts_info,
                 "reweight_seconds": t_w, "training_seconds": t_t, "wall_seconds": time.perf_counter() - t0}
+
+    def _transition_states(self, i: int, it_dir: Path, md_info, frames, x, xi):
+        """The features of this iteration's transition-state frames (``model.transition_states``)
+        and what was used, also written to ``transition_states.json`` (and the features to
+        ``transition_states.npy``, which the bootstrap reads). ``(None, None)`` without them."""
+        ts = self.cfg.model.transition_states
+        if ts is None:
+            return None, None
+        from .transition_states import barrier_frames
+        if ts.source == "file":
+            x_ts = self.ts_file_features
+            info = {"source": "file", "file": str(ts.file), "frames": len(x_ts)}
+        elif xi is None:
+            x_ts = np.zeros((0, x.shape[1]))
+            info = {"source": "barrier", "frames": 0,
+                    "note": "this iteration's MD was not biased, so there is no free energy along a CV yet"}
+        else:
+            idx, info = barrier_frames(xi, it_dir / "md" / "fes.csv", self.beta, ts,
+                                       np.random.default_rng(derive_seed(self.cfg.seed, i, 3)))
+            x_ts = x[idx]
+            info.update(frames=int(len(idx)), frame_indices=idx.tolist())
+            if not len(idx):
+                log.warning(f"iteration {i}: no barrier of at least {ts.prominence_kT:g} kT in the free energy "
+                            "along the previous CV; trained without transition-state frames")
+        info["weight"] = ts.weight
+        log.info(f"iteration {i}: {info['frames']} transition-state frame(s) ({ts.source}), weight {ts.weight:g}")
+        art.write_npy(it_dir / "transition_states.npy", x_ts)
+        art.write_json(it_dir / "transition_states.json", info)
+        return x_ts, {k: v for k, v in info.items() if k != "frame_indices"}
+
+    def _export_decoder(self, result, it_dir: Path, x: np.ndarray, w: np.ndarray, z: np.ndarray) -> dict | None:
+        """``iter_NNN/decoder.pt`` (z → reconstructions (n, K, n_features), feature units) and
+        the share of the (weighted) frames that each decoder reconstructs best."""
+        model = result.model
+        dec = model.decoder_module()
+        if dec is None:
+            return None
+        from .export import export_decoder
+        loaded = export_decoder(dec, result.mean, result.std, model.n_decoders, it_dir / "decoder.pt",
+                                check_z=z[:: max(1, len(z) // 50)])
+        import torch
+        with torch.no_grad():
+            rec = loaded(torch.as_tensor(z)).numpy()
+        best = ((rec - x[:, None, :]) ** 2).sum(-1).argmin(1)
+        share = [float(w[best == k].sum() / w.sum()) for k in range(model.n_decoders)]
+        return {"file": f"{it_dir.name}/decoder.pt", "decoders": model.n_decoders, "weight_share": share}
 
     def _grid_from_values(self, z: np.ndarray) -> dict:
         """Grid over the CV's observed range with a margin, inside the model's ``cv_range``."""
@@ -454,7 +510,11 @@ class Workflow:
             return {"threshold": float(cfg.convergence.threshold), "bootstrap_scores": None}
         w = np.load(it_dir / "weights.npy")
         bs = cfg.convergence.bootstrap
-        train_fn = functools.partial(bootstrap_member, model_cfg=cfg.model, label=f"iteration {i} bootstrap")
+        ts_path = it_dir / "transition_states.npy"
+        x_ts = np.load(ts_path) if cfg.model.transition_states is not None and ts_path.exists() else None
+        train_fn = functools.partial(bootstrap_member, model_cfg=cfg.model, label=f"iteration {i} bootstrap",
+                                     extra=x_ts, extra_weight=cfg.model.transition_states.weight if x_ts is not None
+                                     else 0.0)
         rng = np.random.default_rng(derive_seed(cfg.seed, i, 2))
         workers = bootstrap_workers(bs.workers, bs.repeats, x.size)
         log.info(f"iteration {i} bootstrap: training {bs.repeats} networks on {bs.fraction:.0%} subsets "

@@ -149,7 +149,7 @@ def write_es_config(path: Path, out: Path, *overrides: dict) -> Path:
     for over in overrides:
         for sec, vals in over.items():
             if isinstance(vals, dict):
-                d[sec].update(vals)
+                d.setdefault(sec, {}).update(vals)
             else:
                 d[sec] = vals
     d["output"] = str(out)

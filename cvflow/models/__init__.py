@@ -1,19 +1,22 @@
 """Models that learn CVs. One module per kind; each registers itself in ``MODELS``.
 
-A model kind provides a class with ``from_config(model_cfg, n_features)``, a
-``loss(batch, weights)`` method (weights of mean one over the data set; see
-:func:`~cvflow.models.autoencoder.weighted_mse`), an ``encoder`` attribute (an :class:`MLP`
-whose output is the CV in feature space) and ``cv_range_for(model_cfg)``, the interval the CV lives in. Adding a kind of model (multi-decoder,
-variational, ...) means adding a module here and one entry in ``MODELS``.
+Every kind subclasses :class:`~cvflow.models.base.CVModel`, whose docstring is the contract
+the loop relies on (``from_config``, ``cv_range_for``, ``encoder``, ``loss``,
+``start_epoch``/``annealing_epochs``, ``decoder_module``). The trainer, the export and the
+workflow call only those, so adding a kind of model (a VAE, ...) means adding a module
+here, one entry in ``MODELS`` and its keys in :class:`cvflow.config.ModelConfig`.
 """
-from .autoencoder import MLP, Autoencoder
+from .autoencoder import Autoencoder
+from .base import MLP, CVModel, MLPBank, weighted_mse
+from .multidecoder import MultiDecoderAutoencoder
 
-MODELS = {"autoencoder": Autoencoder}
+MODELS = {"autoencoder": Autoencoder, "multidecoder": MultiDecoderAutoencoder}
 
 
-def build_model(model_cfg, n_features: int):
+def build_model(model_cfg, n_features: int) -> CVModel:
     """Instantiate the model named by ``model_cfg.kind``."""
     return MODELS[model_cfg.kind].from_config(model_cfg, n_features)
 
 
-__all__ = ["MLP", "Autoencoder", "MODELS", "build_model"]
+__all__ = ["MLP", "MLPBank", "CVModel", "Autoencoder", "MultiDecoderAutoencoder", "MODELS", "build_model",
+           "weighted_mse"]

@@ -1,0 +1,61 @@
+#!/usr/bin/env python
+"""Issue 19, cost: training time of the multi-decoder autoencoder (K = 2, 3) against the
+plain one (K = 1) on 100k frames of 30 features (the alanine-dipeptide size), same
+architecture and epochs (early stopping off), each timed three times; the median ratio goes
+to --json.
+
+    python scripts/multidecoder_cost.py --json docs/measurements/multidecoder-cost-cpu-vm.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cvflow.config import ModelConfig
+from cvflow.train import train_model, usable_cores
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--frames", type=int, default=100_000)
+    ap.add_argument("--features", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    t = rng.uniform(-np.pi, np.pi, (args.frames, 2))
+    mix = rng.normal(size=(4, args.features))
+    x = np.column_stack([np.cos(t), np.sin(t)]) @ mix + 0.05 * rng.normal(size=(args.frames, args.features))
+    rows = {}
+    for kind, k in (("autoencoder", 1), ("multidecoder", 2), ("multidecoder", 3)):
+        cfg = ModelConfig(kind=kind, decoders=max(k, 1), hidden=[40], bottleneck=2, epochs=args.epochs,
+                          patience=args.epochs, softmin={"anneal_epochs": args.epochs})
+        times = []
+        for r in range(args.repeats):
+            t0 = time.perf_counter()
+            train_model(x, None, cfg, seed=r)
+            times.append(time.perf_counter() - t0)
+        rows[f"K={k}"] = {"kind": kind, "seconds": [round(v, 2) for v in times], "median": round(statistics.median(times), 2)}
+        print(f"K={k}: {rows[f'K={k}']['median']:.2f} s", flush=True)
+    base = rows["K=1"]["median"]
+    for k in ("K=2", "K=3"):
+        rows[k]["ratio_to_K1"] = round(rows[k]["median"] / base, 3)
+    out = {"frames": args.frames, "features": args.features, "epochs": args.epochs, "hidden": [40], "bottleneck": 2,
+           "torch_threads": torch.get_num_threads(), "cores": usable_cores(), "rows": rows}
+    print(json.dumps(out, indent=1))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

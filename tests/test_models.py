@@ -1,0 +1,204 @@
+"""The model registry: the contract every kind keeps, the multi-decoder loss, the decoder
+export, transition-state frames in the loss, and the run-level wiring (issue 19)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cvflow.cli import main
+from cvflow.config import ModelConfig
+from cvflow.models import MODELS, CVModel, MLPBank, MultiDecoderAutoencoder, build_model
+from conftest import quick_es
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_every_kind_keeps_the_contract(kind):
+    cfg = ModelConfig(kind=kind, hidden=[8], bottleneck=1)
+    m = build_model(cfg, 5)
+    assert isinstance(m, CVModel)
+    x, w = torch.randn(7, 5), torch.ones(7)
+    assert m.encoder(x).shape == (7, 1)
+    loss = m.loss(x, w)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    m.start_epoch(1, 10)
+    dec = m.decoder_module()
+    assert dec(m.encoder(x)).shape == (7, m.n_decoders, 5)
+    assert MODELS[kind].cv_range_for(cfg) == (-1.0, 1.0)
+
+
+def test_decoder_bank_is_k_independent_networks():
+    """Each member of an MLPBank equals an ordinary MLP with its weights."""
+    bank = MLPBank([2, 6, 3], ["tanh", "identity"], 3)
+    z = torch.randn(11, 2)
+    out = bank(z)
+    assert out.shape == (11, 3, 3)
+    for k in range(3):
+        h = torch.tanh(z @ bank.weights[0][k] + bank.biases[0][k])
+        ref = h @ bank.weights[1][k] + bank.biases[1][k]
+        assert torch.allclose(out[:, k], ref, atol=1e-6)
+
+
+def test_multidecoder_loss_is_the_weighted_best_decoder_error():
+    torch.manual_seed(0)
+    m = MultiDecoderAutoencoder(4, [6], 1, decoders=3, tau_start=10.0, tau_end=1e-4, anneal_epochs=5)
+    x, w = torch.randn(20, 4), torch.rand(20) * 2
+    e = m.errors(x)
+    hard = (w * e.min(1).values).sum() / 20
+    m.eval()
+    assert torch.allclose(m.loss(x, w), hard)              # validation: the objective itself
+    m.train()
+    m.start_epoch(1, 10)                                    # τ = 10: close to the mean over decoders
+    assert m.tau == pytest.approx(10.0)
+    mean = (w * e.mean(1)).sum() / 20
+    assert abs(float(m.loss(x, w).detach() - mean)) < 0.05 * float(mean)
+    m.start_epoch(5, 10)                                    # end of annealing: τ = 1e-4, the minimum
+    assert m.tau == pytest.approx(1e-4)
+    assert torch.allclose(m.loss(x, w), hard, atol=1e-3)
+    m.start_epoch(3, 10)                                    # geometric in between
+    assert m.tau == pytest.approx(10.0 * (1e-5) ** 0.5)
+
+
+def test_training_with_transition_states_adds_their_weighted_error():
+    """The extra frames enter the loss as L(data) + weight · mean ℓ(extra): a decoder is
+    pulled towards frames that the data alone never show."""
+    from cvflow.train import train_model
+    rng = np.random.default_rng(0)
+    t = rng.uniform(-1, 1, 3000)
+    x = np.column_stack([t, 0.02 * rng.standard_normal(3000)])     # a segment on y = 0
+    ts = np.column_stack([np.zeros(50), 0.4 + 0.01 * rng.standard_normal(50)])  # off it, at x = 0
+    cfg = ModelConfig(hidden=[16], bottleneck=1, epochs=150, patience=150, threads=1, scaling="global")
+    near = []
+    for weight in (0.0, 1.0):
+        r = train_model(x, None, cfg, seed=1, extra=ts, extra_weight=weight)
+        dec = r.model.decoder_module()
+        z = torch.linspace(-1, 1, 401)[:, None]
+        with torch.no_grad():
+            curve = dec(z)[:, 0].numpy() * r.std + r.mean
+        near.append(float(np.min(np.linalg.norm(curve - [0.0, 0.4], axis=1))))
+    assert near[1] < 0.1 < near[0], near
+
+
+def test_barrier_regions_find_the_top_of_a_double_well():
+    from cvflow.transition_states import barrier_regions
+    c = np.linspace(-1.5, 1.5, 61)
+    beta = 2.0
+    f = (c**2 - 1) ** 2 * 5.0 / beta                      # 5 kT barrier at 0
+    regions = barrier_regions(c[:, None], f, beta, window_kT=1.0, prominence_kT=1.0)
+    assert len(regions) == 1
+    r = regions[0]
+    assert r["top"] == pytest.approx(0.0, abs=1e-9) and r["prominence_kT"] == pytest.approx(5.0)
+    # F within 1 kT of the top: 5(c² − 1)² ≥ 4  ⇔  |c| ≤ 0.3249
+    assert r["low"] == pytest.approx(-0.3249, abs=0.05) and r["high"] == pytest.approx(0.3249, abs=0.05)
+    flat = barrier_regions(c[:, None], 0.1 * c**2, beta, 1.0, 1.0)
+    assert flat == []
+
+
+def test_a_run_keeps_decoders_and_transition_state_frames(tmp_path):
+    """A short multidecoder run with barrier frames: every iteration has decoder.pt of shape
+    (n, K, 2) in nm, the frames used are recorded, and --resume after the run finished
+    changes nothing."""
+    out = tmp_path / "md2"
+    cfg = quick_es(tmp_path, out, model={"kind": "multidecoder", "decoders": 2, "epochs": 40, "patience": 10,
+                                         "threads": 1, "softmin": {"anneal_epochs": 20},
+                                         "transition_states": {"source": "barrier", "weight": 0.5,
+                                                               "prominence_kT": 0.3}})
+    res = CliRunner().invoke(main, ["run", str(cfg), "-q"])
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "summary.json").read_text())
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    for it in s["iterations"]:
+        d = out / f"iter_{it['index']:03d}"
+        dec = torch.jit.load(str(d / "decoder.pt"))
+        z = torch.linspace(-0.9, 0.9, 5, dtype=torch.float64)[:, None]
+        rec = dec(z)
+        assert rec.shape == (5, 2, 2) and dec.n_decoders == 2
+        assert float(rec.abs().max()) < 3.0                    # x, y in nm, inside the toy's range
+        info = stages[f"iter_{it['index']:03d}/train"]
+        assert info["decoder"]["decoders"] == 2 and sum(info["decoder"]["weight_share"]) == pytest.approx(1.0)
+        ts = json.loads((d / "transition_states.json").read_text())
+        assert ts["source"] == "barrier" and ts["frames"] == len(np.load(d / "transition_states.npy"))
+        if it["index"] == 0:  # unbiased: no free energy along a CV yet
+            assert ts["frames"] == 0
+        if it["index"] == 1:  # biased on CV 0, whose free energy has a 0.56-kT bump here
+            assert ts["frames"] > 0 and len(ts["frame_indices"]) == ts["frames"]
+            assert all(b["low"] <= b["top"] <= b["high"] for b in ts["barriers"])
+    before = (out / "summary.json").read_text()
+    res = CliRunner().invoke(main, ["run", str(cfg), "-q", "--resume"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "summary.json").read_text())["iterations"] == json.loads(before)["iterations"]
+
+
+@pytest.mark.parametrize("model, needle", [
+    ({"kind": "multidecoder", "decoders": 0}, "model.decoders"),
+    ({"softmin": {"start": 0.1, "end": 1.0}}, "softmin.end"),
+    ({"transition_states": {"source": "file"}}, "needs transition_states.file"),
+    ({"bottleneck": 2, "transition_states": {"source": "barrier"}}, "finds barriers of a 1-D free energy"),
+    ({"kind": "vae"}, "model.kind"),
+])
+def test_bad_model_values_get_one_line(tmp_path, model, needle):
+    cfg = quick_es(tmp_path, tmp_path / "bad", model=model)
+    res = CliRunner().invoke(main, ["validate", str(cfg)])
+    assert res.exit_code == 2, res.output
+    assert needle in res.output and "Traceback" not in res.output
+    assert len([ln for ln in res.output.strip().splitlines() if ln.strip()]) <= 2, res.output
+
+
+def test_transition_state_file_with_the_wrong_atom_count(tmp_path, ala2_bundle):
+    """A molecule's TS file must have the system's atoms: a one-line error, exit 2."""
+    import mdtraj as md
+    import yaml
+    from conftest import ROOT
+    top = md.Topology.from_openmm(ala2_bundle.topology)
+    t = md.Trajectory(ala2_bundle.positions[None, :10].astype(np.float32), top.subset(range(10)))
+    bad = tmp_path / "ts.pdb"
+    t.save_pdb(str(bad))
+    d = yaml.safe_load((ROOT / "configs" / "ala2-quick.yaml").read_text())
+    d["model"]["transition_states"] = {"source": "file", "file": str(bad)}
+    d["system"]["pdb"] = str(ROOT / "configs" / d["system"]["pdb"])
+    d["md"]["steps"] = 2000
+    d["output"] = str(tmp_path / "run")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(d))
+    res = CliRunner().invoke(main, ["run", str(cfg), "-q"])
+    assert res.exit_code == 2, res.output
+    assert "model.transition_states.file" in res.output and "has 10 atoms, the system has 22" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_exported_decoder_reconstructs_in_feature_units(tmp_path):
+    """decoder.pt(ξ(x)) equals the in-memory reconstruction, un-normalised (nm)."""
+    from cvflow.export import export_decoder
+    from cvflow.train import encode, train_model
+    rng = np.random.default_rng(3)
+    t = rng.uniform(-1, 1, 2000)
+    x = np.column_stack([5.0 + t, 2.0 + 0.3 * t**2])          # a parabola away from the origin
+    cfg = ModelConfig(kind="multidecoder", decoders=2, hidden=[12], bottleneck=1, epochs=30, patience=30,
+                      threads=1, softmin={"anneal_epochs": 10})
+    r = train_model(x, None, cfg, seed=0)
+    z = encode(r, x[:100])
+    dec = export_decoder(r.model.decoder_module(), r.mean, r.std, 2, tmp_path / "decoder.pt", check_z=z)
+    with torch.no_grad():
+        rec = dec(torch.as_tensor(z)).numpy()
+        ref = r.model.double()(torch.as_tensor((x[:100] - r.mean) / r.std)).numpy() * r.std + r.mean
+    assert rec.shape == (100, 2, 2)
+    assert np.allclose(rec, ref, atol=1e-8)
+    best = np.linalg.norm(rec - x[:100, None], axis=-1).min(1)
+    assert np.median(best) < 0.1                               # it reconstructs, in nm
+
+
+def test_multidecoder_with_walkers(tmp_path):
+    """Two eABF walkers per stage feed the multi-decoder training as they feed the autoencoder."""
+    out = tmp_path / "walk"
+    cfg = quick_es(tmp_path, out, model={"kind": "multidecoder", "epochs": 20, "patience": 5, "threads": 1,
+                                         "softmin": {"anneal_epochs": 10}},
+                   md={"steps": 10_000}, execution={"walkers": 2, "workers": 2},
+                   convergence={"max_iterations": 2, "production_steps": 10_000, "bootstrap": {"repeats": 2}})
+    res = CliRunner().invoke(main, ["run", str(cfg), "-q"])
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "summary.json").read_text())
+    assert len(s["iterations"]) == 2 and s["iterations"][1]["walkers_failed"] == []
+    assert torch.jit.load(str(out / "iter_001" / "decoder.pt")).n_decoders == 2
