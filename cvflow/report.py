@@ -429,24 +429,28 @@ def _decoders(run: RunRecord, out: Path) -> Path | None:
     if path is None or not run.config:
         return None
     dec = torch.jit.load(str(path))
-    if len(grid) != 1:
-        return None  # curves along a 1-D CV only
-    z = np.linspace(grid[0]["min"], grid[0]["max"], 41 if out.suffix == ".pdb" else 400)
-    with torch.no_grad():
-        rec = dec(torch.as_tensor(z[:, None])).numpy()  # (n, K, m)
     cfg = config_from_dict(run.config, f"{run.dir}/config.resolved.yaml")
     bundle = build_system(cfg.system, cfg.features.atoms)
+    lo_z, hi_z = np.array([g["min"] for g in grid]), np.array([g["max"] for g in grid])
     if not bundle.is_toy:
         if out.suffix != ".pdb":
             return None
         import mdtraj as md
         top = bundle.mdtraj_topology().subset(bundle.feature_atoms)
-        xyz = rec.reshape(len(z) * rec.shape[1], top.n_atoms, 3)  # model = (ξ value, decoder)
-        md.Trajectory(np.ascontiguousarray(xyz.reshape(len(z), rec.shape[1], -1, 3).transpose(1, 0, 2, 3)
-                                           .reshape(-1, top.n_atoms, 3)).astype(np.float32), top).save_pdb(str(out))
+        models = []
+        for a in range(len(grid)):  # along each CV component, the others at the grid's centre
+            z = np.tile((lo_z + hi_z) / 2, (41, 1))
+            z[:, a] = np.linspace(lo_z[a], hi_z[a], 41)
+            with torch.no_grad():
+                rec = dec(torch.as_tensor(z)).numpy()  # (41, K, m)
+            models += [rec[:, k].reshape(41, top.n_atoms, 3) for k in range(rec.shape[1])]
+        md.Trajectory(np.concatenate(models).astype(np.float32), top).save_pdb(str(out))
         return out
-    if out.suffix == ".pdb":
-        return None
+    if out.suffix == ".pdb" or len(grid) != 1:
+        return None  # toys: curves along a 1-D CV
+    z = np.linspace(lo_z[0], hi_z[0], 400)
+    with torch.no_grad():
+        rec = dec(torch.as_tensor(z[:, None])).numpy()  # (n, K, 2)
     frames = _final_frames(run, bundle)
     pts_xy = rec.reshape(-1, 2)
     lo = (pts_xy.min(0) if frames is None else np.minimum(frames[:, 0, :2].min(0), pts_xy.min(0))) - 0.3
@@ -554,8 +558,8 @@ def write_report(run_dir, out=None) -> Path:
     pdb = _decoders(run, out / "decoded.pdb")
     if pdb is not None:
         body.append(f'<h2>decoders</h2><p>The decoded structures along ξ: <a href="{pdb.name}">{pdb.name}</a>, '
-                    "a multi-model PDB of the feature atoms (aligned, nm → Å), 41 CV values over the final "
-                    "grid for each decoder in turn.</p>")
+                    "a multi-model PDB of the feature atoms (aligned), 41 values over the final grid along "
+                    "each CV component (the others at the grid's centre), for each decoder in turn.</p>")
     section = None
     for sec, caption, p in figs:
         if sec != section:
