@@ -216,16 +216,7 @@ def es_loop_checks(run) -> dict:
             "r2_x": _boltzmann_r2(cv, 0)}
 
 
-def toy_cv_fn(path):
-    """A toy CV file as a function of (n, 2) points (x, y) → the first CV component."""
-    m = torch.jit.load(str(path))
-
-    def cv(xy):
-        pos = np.zeros((len(xy), 1, 3))
-        pos[:, 0, :2] = xy
-        with torch.no_grad():
-            return m(torch.as_tensor(pos)).numpy()[:, 0]
-    return cv
+from toy_checks import toy_cv as toy_cv_fn  # noqa: E402  (a toy CV file as a function of (x, y) points)
 
 
 def monotonic_in_x(cv_fn) -> bool:
