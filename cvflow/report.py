@@ -418,10 +418,11 @@ def _toy_saddles(bundle, lo, hi, n: int = 80) -> np.ndarray:
     return np.array(found).reshape(-1, 2)
 
 
-def _decoders(run: RunRecord, out: Path) -> Path | None:
-    """Toys: every decoder's curve over the potential, with its saddle points (PNG).
-    Molecules: the decoded structures along ξ as a multi-model PDB that a viewer opens,
-    one model per CV value and decoder."""
+def _decoders(run: RunRecord, out_dir: Path) -> Path | None:
+    """Toys: every decoder's curve over the potential, with its saddle points
+    (``decoders.png``). Molecules: the decoded structures along each CV component (the
+    others at the grid's centre), one model per value and decoder, as a multi-model PDB of
+    the feature atoms that a viewer opens (``decoded.pdb``). None without a decoder."""
     import torch
     from .config import config_from_dict
     from .system import build_system
@@ -433,24 +434,24 @@ def _decoders(run: RunRecord, out: Path) -> Path | None:
     bundle = build_system(cfg.system, cfg.features.atoms)
     lo_z, hi_z = np.array([g["min"] for g in grid]), np.array([g["max"] for g in grid])
     if not bundle.is_toy:
-        if out.suffix != ".pdb":
-            return None
         import mdtraj as md
         top = bundle.mdtraj_topology().subset(bundle.feature_atoms)
         models = []
-        for a in range(len(grid)):  # along each CV component, the others at the grid's centre
+        for a in range(len(grid)):
             z = np.tile((lo_z + hi_z) / 2, (41, 1))
             z[:, a] = np.linspace(lo_z[a], hi_z[a], 41)
             with torch.no_grad():
                 rec = dec(torch.as_tensor(z)).numpy()  # (41, K, m)
             models += [rec[:, k].reshape(41, top.n_atoms, 3) for k in range(rec.shape[1])]
+        out = out_dir / "decoded.pdb"
         md.Trajectory(np.concatenate(models).astype(np.float32), top).save_pdb(str(out))
         return out
-    if out.suffix == ".pdb" or len(grid) != 1:
+    if len(grid) != 1:
         return None  # toys: curves along a 1-D CV
     z = np.linspace(lo_z[0], hi_z[0], 400)
     with torch.no_grad():
         rec = dec(torch.as_tensor(z[:, None])).numpy()  # (n, K, 2)
+    out = out_dir / "decoders.png"
     frames = _final_frames(run, bundle)
     pts_xy = rec.reshape(-1, 2)
     lo = (pts_xy.min(0) if frames is None else np.minimum(frames[:, 0, :2].min(0), pts_xy.min(0))) - 0.3
@@ -508,8 +509,6 @@ def write_report(run_dir, out=None) -> Path:
                      plot_fes(run.production_fes, kT, out / "fes_production.png", "production")))
     for section, caption, fn, name in (
             ("CV map", "The final CV", _plot_cv_map, "cv_map.png"),
-            ("decoders", "The final iteration's decoded curve(s) z ↦ d_k(z) over the potential; red crosses: "
-                         "saddle points", _decoders, "decoders.png"),
             ("convergence", "regscore between successive CVs, the threshold, and the bootstrap R² values",
              _plot_convergence, "convergence.png"),
             ("training", "Training curves (solid: training set; dashed: validation set)", _plot_training,
@@ -555,11 +554,15 @@ def write_report(run_dir, out=None) -> Path:
             for k, p in states["populations"].items())
         body.append(f"<h2>States ({html.escape(label)})</h2><table><tr><th>state</th><th>population</th>"
                     f"<th>ΔF − F({html.escape(ref)}) (kJ/mol)</th></tr>{srows}</table>")
-    pdb = _decoders(run, out / "decoded.pdb")
-    if pdb is not None:
-        body.append(f'<h2>decoders</h2><p>The decoded structures along ξ: <a href="{pdb.name}">{pdb.name}</a>, '
-                    "a multi-model PDB of the feature atoms (aligned), 41 values over the final grid along "
-                    "each CV component (the others at the grid's centre), for each decoder in turn.</p>")
+    decoded = _decoders(run, out)
+    if decoded is not None and decoded.suffix == ".png":
+        figs.append(("decoders", "The final iteration's decoded curve(s) z ↦ d_k(z) over the potential; red "
+                                 "crosses: saddle points", decoded))
+    elif decoded is not None:
+        body.append(f'<h2>decoders</h2><p>The decoded structures along ξ: <a href="{decoded.name}">'
+                    f"{decoded.name}</a>, a multi-model PDB of the feature atoms (aligned), 41 values over the "
+                    "final grid along each CV component (the others at the grid's centre), for each decoder "
+                    "in turn.</p>")
     section = None
     for sec, caption, p in figs:
         if sec != section:

@@ -9,7 +9,6 @@ saddle point (tests/toy_checks.py: saddle_checks). The table goes to --json.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import json
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from toy_checks import MB_CONFIG, MB_SADDLES, run_toy, saddle_checks  # noqa: E402
+from toy_checks import MB_CONFIG, MB_SADDLES, run_pool, run_toy, saddle_checks, write_measurement  # noqa: E402
 
 TEMPERATURE_K = float(yaml.safe_load(MB_CONFIG.read_text())["md"]["temperature"].split()[0])
 
@@ -47,8 +46,7 @@ def main() -> int:
     args = ap.parse_args()
     sets = yaml.safe_load(args.sets) or {}
     jobs = [(s, arm == "ts") for arm in args.arms for s in args.seeds]
-    with cf.ProcessPoolExecutor(args.jobs) as pool:
-        rows = list(pool.map(one, *zip(*jobs), *([x] * len(jobs) for x in (args.work, sets))))
+    rows = run_pool(one, jobs, args.jobs, args.work, sets)
     summary = {}
     for arm in args.arms:
         rs = [r for r in rows if r["transition_states"] == (arm == "ts")]
@@ -59,10 +57,7 @@ def main() -> int:
             "within_0.05_of_both": sum(r["within_0.05_of_both"] for r in rs)}
     out = {"config": str(MB_CONFIG.relative_to(ROOT)), "saddles_nm": MB_SADDLES.tolist(),
            "temperature_K": TEMPERATURE_K, "overrides": sets, "summary": summary, "runs": rows}
-    print(json.dumps(summary, indent=1))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=1) + "\n")
+    write_measurement(args.json, out, summary)
     return 0
 
 

@@ -10,7 +10,6 @@ at temperatures where the path barrier is 2, 4 and 8 kT, over seeds, with K deco
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import json
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from toy_checks import CIRCLE_CONFIG, KB, circle_checks, run_toy  # noqa: E402
+from toy_checks import CIRCLE_CONFIG, KB, circle_checks, run_pool, run_toy, write_measurement  # noqa: E402
 
 BARRIER_KJ = 2.0  # the path barrier of the potential, kJ/mol
 
@@ -53,8 +52,7 @@ def main() -> int:
     args = ap.parse_args()
     sets = yaml.safe_load(args.sets) or {}
     jobs = [(s, b, k) for k in args.decoders for b in args.barriers for s in args.seeds]
-    with cf.ProcessPoolExecutor(args.jobs) as pool:
-        rows = list(pool.map(one, *zip(*jobs), *([x] * len(jobs) for x in (args.work, sets))))
+    rows = run_pool(one, jobs, args.jobs, args.work, sets)
     summary = {}
     for k in args.decoders:
         for b in args.barriers:
@@ -66,10 +64,7 @@ def main() -> int:
                 "max_distance_from_circle": [max(r["max_distance_from_circle"]) for r in rs],
                 "fes_rms_kT": [r["fes_rms_kT"] for r in rs], "meets_targets": sum(r["meets_targets"] for r in rs)}
     out = {"config": str(CIRCLE_CONFIG.relative_to(ROOT)), "overrides": sets, "summary": summary, "runs": rows}
-    print(json.dumps(summary, indent=1))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=1) + "\n")
+    write_measurement(args.json, out, summary)
     return 0
 
 

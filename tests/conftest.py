@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from toy_checks import exact_along, rms_kT  # noqa: F401  (rms_kT: imported by the tests from here)
+from toy_checks import toy_cv as toy_cv_fn
 
 ROOT = Path(__file__).resolve().parents[1]
 ES_CONFIG = ROOT / "configs" / "entropic-switch.yaml"
@@ -54,23 +56,7 @@ def es_exact_fx(xc, beta=BETA_ES):
 
 def es_exact_along(cv_fn, edges, beta=BETA_ES, n=801):
     """Exact F along any CV: Boltzmann-weighted histogram of ξ(x, y) over a fine grid."""
-    xs = np.linspace(-2.6, 2.6, n)
-    ys = np.linspace(-2.0, 3.5, n)
-    X, Y = np.meshgrid(xs, ys, indexing="ij")
-    xi = cv_fn(np.column_stack([X.ravel(), Y.ravel()]))
-    w = np.exp(-beta * (es_potential(X.ravel(), Y.ravel())))
-    h, _ = np.histogram(xi, bins=edges, weights=w)
-    with np.errstate(divide="ignore"):
-        f = -np.log(h) / beta
-    return f - np.nanmin(f[np.isfinite(f)])
-
-
-def rms_kT(f_est, f_exact, beta, max_kT=5.0):
-    """RMS difference in kT over bins with exact F ≤ max_kT, after the best constant shift."""
-    m = np.isfinite(f_est) & np.isfinite(f_exact) & (f_exact * beta <= max_kT)
-    d = (f_est[m] - f_exact[m])
-    d = d - d.mean()
-    return float(np.sqrt(np.mean(d**2)) * beta), int(m.sum())
+    return exact_along(es_potential, (-2.6, 2.6, -2.0, 3.5), cv_fn, edges, beta, n)
 
 
 class _X(torch.nn.Module):
@@ -214,9 +200,6 @@ def es_loop_checks(run) -> dict:
             "wall_seconds": sum(it["wall_seconds"] for it in s["iterations"]) + s["production"]["wall_seconds"],
             "monotonic_in_x": monotonic, "separation": sep, "fes_rms_kT": err, "fes_bins": nbins,
             "r2_x": _boltzmann_r2(cv, 0)}
-
-
-from toy_checks import toy_cv as toy_cv_fn  # noqa: E402  (a toy CV file as a function of (x, y) points)
 
 
 def monotonic_in_x(cv_fn) -> bool:

@@ -189,7 +189,33 @@ def run_toy(config: Path, out: Path, overrides: dict, threads: int = 1) -> float
     cfg.write_text(yaml.safe_dump(d, sort_keys=False))
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads))
     t0 = time.time()
-    subprocess.run([sys.executable, "-m", "cvflow.cli", "run", str(cfg), "-q"]
-                   + (["--resume"] if out.exists() and any(out.iterdir()) else []), check=True, env=env,
-                   stdout=subprocess.DEVNULL)
+    res = subprocess.run([sys.executable, "-m", "cvflow.cli", "run", str(cfg), "-q"]
+                         + (["--resume"] if out.exists() and any(out.iterdir()) else []), env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if res.returncode != 0:
+        last = (res.stderr.strip().splitlines() or ["no message"])[-1]
+        raise ToyRunError(f"{cfg}: cvflow exited with status {res.returncode}: {last}")
     return time.time() - t0
+
+
+class ToyRunError(RuntimeError):
+    """A cvflow run of :func:`run_toy` failed; the message is its last line of stderr."""
+
+
+def write_measurement(path, data: dict, summary: dict) -> None:
+    """Print ``summary`` and write ``data`` as JSON to ``path`` (if given)."""
+    print(json.dumps(summary, indent=1))
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(data, indent=1) + "\n")
+
+
+def run_pool(fn, jobs: list[tuple], workers: int, *shared) -> list:
+    """``fn(*job, *shared)`` for every job in ``workers`` processes; a failed cvflow run ends
+    the script with its one-line message (exit status 1), not a traceback."""
+    import concurrent.futures as cf
+    try:
+        with cf.ProcessPoolExecutor(workers) as pool:
+            return list(pool.map(fn, *zip(*jobs), *([x] * len(jobs) for x in shared)))
+    except ToyRunError as e:
+        sys.exit(f"error: {e}")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .base import MLP, CVModel, Unsqueeze1, weighted_mse
+from .base import MLP, CVModel, Unsqueeze1, encoder_mlp, weighted_mse
 
 
 class Autoencoder(CVModel):
@@ -13,10 +13,8 @@ class Autoencoder(CVModel):
     def __init__(self, n_features: int, hidden: list[int], bottleneck: int, activation: str = "tanh",
                  bottleneck_activation: str = "tanh"):
         super().__init__()
-        enc_sizes = [n_features, *hidden, bottleneck]
-        dec_sizes = [bottleneck, *reversed(hidden), n_features]
-        self.encoder = MLP(enc_sizes, [activation] * len(hidden) + [bottleneck_activation])
-        self.decoder = MLP(dec_sizes, [activation] * len(hidden) + ["identity"])
+        self.encoder = encoder_mlp(n_features, hidden, bottleneck, activation, bottleneck_activation)
+        self.decoder = MLP([bottleneck, *reversed(hidden), n_features], [activation] * len(hidden) + ["identity"])
 
     @classmethod
     def from_config(cls, cfg, n_features: int) -> "Autoencoder":

@@ -13,8 +13,9 @@ The loop knows models only through :class:`CVModel`:
 - ``start_epoch(epoch, epochs)`` is called before each epoch, for schedules (a soft-min
   temperature, a KL warm-up); ``annealing_epochs`` is how many epochs such a schedule
   runs: early stopping waits for them;
-- ``n_decoders`` is K and ``decoder_module()`` maps the CV z (n, bottleneck) to reconstructions (n, K, n_features)
-  in normalised features, or is None for a kind that has no decoder. The loop saves it,
+- ``n_decoders`` is K and ``decoder_module()`` maps the CV z (n, bottleneck) to
+  reconstructions (n, K, n_features) in normalised features, or is None for a kind that
+  has no decoder. The loop saves it,
   in feature units, as ``iter_NNN/decoder.pt``.
 """
 from __future__ import annotations
@@ -49,6 +50,12 @@ class MLP(nn.Module):
     def linear_sequential(self) -> nn.Sequential:
         """The layers as one Sequential (Linear, activation, Linear, ...)."""
         return self.net
+
+
+def encoder_mlp(n_features: int, hidden: list[int], bottleneck: int, activation: str,
+                bottleneck_activation: str) -> MLP:
+    """The encoder every kind shares: features → hidden layers → the CV."""
+    return MLP([n_features, *hidden, bottleneck], [activation] * len(hidden) + [bottleneck_activation])
 
 
 class MLPBank(nn.Module):

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import MLP, CVModel, MLPBank
+from .base import CVModel, MLPBank, encoder_mlp
 
 
 class MultiDecoderAutoencoder(CVModel):
@@ -30,7 +30,7 @@ class MultiDecoderAutoencoder(CVModel):
                  activation: str = "tanh", bottleneck_activation: str = "tanh",
                  tau_start: float = 1.0, tau_end: float = 1e-3, anneal_epochs: int = 100):
         super().__init__()
-        self.encoder = MLP([n_features, *hidden, bottleneck], [activation] * len(hidden) + [bottleneck_activation])
+        self.encoder = encoder_mlp(n_features, hidden, bottleneck, activation, bottleneck_activation)
         self.decoders = MLPBank([bottleneck, *reversed(hidden), n_features], [activation] * len(hidden) + ["identity"],
                                 decoders)
         self.k = int(decoders)
@@ -64,11 +64,6 @@ class MultiDecoderAutoencoder(CVModel):
 
     def loss(self, x: Tensor, w: Tensor) -> Tensor:
         return (w * self.frame_loss(x)).sum() / w.shape[0]
-
-    def assignments(self, x: Tensor) -> Tensor:
-        """Index of each frame's best decoder, (n,)."""
-        with torch.no_grad():
-            return self.errors(x).argmin(dim=1)
 
     @property
     def n_decoders(self) -> int:
