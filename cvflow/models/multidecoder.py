@@ -56,14 +56,15 @@ class MultiDecoderAutoencoder(CVModel):
         """Squared reconstruction error of every frame by every decoder, (n, K)."""
         return ((x.unsqueeze(1) - self(x)) ** 2).sum(dim=-1)
 
-    def frame_loss(self, x: Tensor) -> Tensor:
-        e = self.errors(x)
-        if self.training and self.k > 1:
-            return -self.tau * torch.logsumexp(-e / self.tau, dim=1) + self.tau * math.log(self.k)
-        return e.min(dim=1).values
-
     def loss(self, x: Tensor, w: Tensor) -> Tensor:
-        return (w * self.frame_loss(x)).sum() / w.shape[0]
+        e = self.errors(x)
+        n = w.shape[0]
+        if self.training and self.k > 1:
+            # Σ_j w_j (−τ log Σ_k e^{−e_jk/τ} + τ log K) / n, the constant outside the sum
+            # (mean-one weights: Σ w / n is 1 over the data set) — fewer passes over the batch
+            lse = torch.logsumexp(e * (-1.0 / self.tau), dim=1)
+            return (w * lse).sum() * (-self.tau / n) + self.tau * math.log(self.k) * (w.sum() / n)
+        return (w * e.min(dim=1).values).sum() / n
 
     @property
     def n_decoders(self) -> int:
