@@ -23,5 +23,17 @@ def _numba_cache_dir() -> str:
     return _os.path.join(base, "cvflow", "numba", h.hexdigest()[:16])
 
 
-# before any cvflow module imports numba; a NUMBA_CACHE_DIR set by the user wins
-_os.environ.setdefault("NUMBA_CACHE_DIR", _numba_cache_dir())
+def _use_keyed_numba_cache() -> None:
+    """Point numba at the keyed cache unless the user set ``NUMBA_CACHE_DIR``. Numba reads
+    its configuration when ``numba.core.config`` is first imported; where that happened
+    before cvflow (pytest loads it at start-up), the configuration is read again."""
+    import sys
+    if "NUMBA_CACHE_DIR" in _os.environ:
+        return
+    _os.environ["NUMBA_CACHE_DIR"] = _numba_cache_dir()
+    config = sys.modules.get("numba.core.config")
+    if config is not None:
+        config.reload_config()
+
+
+_use_keyed_numba_cache()
