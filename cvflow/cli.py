@@ -126,10 +126,11 @@ def main(verbose, quiet):
 def validate(config, verbose, quiet):
     """Check CONFIG (keys, units, files, the system and the CV) without running anything."""
     _setup(verbose, quiet)
-    from .config import load_config
+    from .config import check_loop_config, load_config
     from .system import build_system
     from .system import choose_platform
     cfg = load_config(config)
+    check_loop_config(cfg)
     bundle = build_system(cfg.system, cfg.features.atoms)
     if cfg.execution.backend == "local":  # on a cluster, MD runs on other nodes
         choose_platform(cfg.md.platform, bundle.n_atoms, bundle.system)
@@ -199,6 +200,10 @@ def sample(config, cv_path, out, steps, grids, resume, verbose, quiet):
             raise ConfigError(f"--grid: {cells_of(dims):,} cells; at most {MAX_GRID_CELLS:,} are allowed")
         grid = Grid.from_dims(dims)
     else:
+        b = cfg.bias
+        if b.cv_grid is None and b.grid is not None and len(b.grid) != cv_dim:
+            raise ConfigError(f"bias.grid has {len(b.grid)} dimension(s) but {Path(cv_path).name} has {cv_dim} "
+                              f"output(s); give one grid dimension per output (or --grid)")
         grid = initial_grid(cfg, bundle, cv_path)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume:

@@ -466,7 +466,6 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _grid_fits_the_learned_cv(self):
-        g = self.bias.grid
         if self.execution.walkers > 1 and self.bias.engine == "plumed":
             raise ValueError("execution.walkers > 1 needs bias.engine: native (DRR's CZAR output holds "
                              "gradients, which cannot be merged exactly; cvflow's counts and sums can)")
@@ -486,10 +485,16 @@ class Config(Strict):
         if ts is not None and ts.source == "barrier" and self.model.bottleneck != 1:
             raise ValueError("model.transition_states.source: barrier finds barriers of a 1-D free energy; "
                              "with model.bottleneck: 2 give the frames as source: file")
-        if g is not None and len(g) != self.model.bottleneck:
-            raise ValueError(f"bias.grid has {len(g)} dimension(s) but the learned CV has model.bottleneck = "
-                             f"{self.model.bottleneck}; give the initial CV's grid as bias.cv_grid")
         return self
+
+
+def check_loop_config(cfg: "Config") -> None:
+    """What only the learning loop needs (``run``, ``validate``), not ``cvflow sample``: a
+    ``bias.grid`` is the learned CV's grid, so it has ``model.bottleneck`` dimensions."""
+    g = cfg.bias.grid
+    if g is not None and len(g) != cfg.model.bottleneck:
+        raise ConfigError(f"bias.grid has {len(g)} dimension(s) but the learned CV has model.bottleneck = "
+                          f"{cfg.model.bottleneck}; give the initial CV's grid as bias.cv_grid")
 
 
 MAX_MOLECULAR_TIMESTEP = 0.005  # ps

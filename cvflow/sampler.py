@@ -35,7 +35,7 @@ from .fastcv import load_cv
 from .fes import Grid, write_fes
 from .progress import log
 from .stop import StopRequested, install_signal_handlers, stop_requested  # noqa: F401 (re-exported)
-from .system import SystemBundle, choose_platform, clone_system, platform_properties
+from .system import SystemBundle, choose_platform, clone_system, confine_toy, platform_properties
 from .units import kT
 
 
@@ -152,6 +152,7 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
     progress_file = ckpt_dir / "progress.json"
     recoveries_file = out_dir / "recoveries.json"
     recoveries = art.read_json(recoveries_file) if recoveries_file.exists() else []
+    confine_toy(sim.context, bundle, md_cfg.timestep)
     step = 0
     if progress_file.exists():
         step = _restore_checkpoint(sim, bias, ckpt_dir, chunk_dir)

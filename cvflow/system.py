@@ -2,8 +2,9 @@
 
 Molecules come from a PDB file and OpenMM force-field XML files, in vacuum, implicit
 solvent or an explicit water box with PME. Toys are one particle moving in the plane
-on an analytic potential V(x, y) in kJ/mol and nm (z is held near 0 by a weak harmonic
-term that does not couple to x or y).
+on an analytic potential V(x, y) in kJ/mol and nm. z is held at 0 by a harmonic term
+that does not couple to x or y: its stiffness ``cvflow_kz`` is set per run to m/Δt², the
+stiffest that the time step integrates safely (ω Δt = 1), by :func:`confine_toy`.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from openmm import unit as u
 
 from .config import ConfigError, SystemConfig, one_line
 
-Z_RESTRAINT = "0.5*z^2"
+Z_RESTRAINT = "0.5*cvflow_kz*z^2"
+Z_STIFFNESS = "cvflow_kz"
 
 
 @dataclass
@@ -51,6 +53,7 @@ def _build_toy(cfg: SystemConfig) -> SystemBundle:
     system.addParticle(cfg.mass)
     force = mm.CustomExternalForce(f"({cfg.potential}) + {Z_RESTRAINT}")
     force.addParticle(0, [])
+    force.addGlobalParameter(Z_STIFFNESS, 1.0)
     force.setName("toy-potential")
     system.addForce(force)
     try:
@@ -69,6 +72,19 @@ def _build_toy(cfg: SystemConfig) -> SystemBundle:
     if cfg.start is not None:
         start[0, :2] = cfg.start
     return SystemBundle(system, top, start, True, cfg.potential, feature_atoms=np.array([0]))
+
+
+def toy_z_stiffness(mass_amu: float, timestep_ps: float) -> float:
+    """kJ/mol/nm² of the z restraint of a toy: m/Δt², so that ω Δt = 1 (stable; the thermal
+    spread of z is then √(kT/m) Δt, e.g. 0.01 nm at kT = 1 kJ/mol, 1 amu and 10 fs)."""
+    return float(mass_amu) / float(timestep_ps) ** 2
+
+
+def confine_toy(context: mm.Context, bundle: "SystemBundle", timestep_ps: float) -> None:
+    """Hold a toy's particle in the plane z = 0 for a run with this time step."""
+    if bundle.is_toy:
+        mass = bundle.system.getParticleMass(0).value_in_unit(u.dalton)
+        context.setParameter(Z_STIFFNESS, toy_z_stiffness(mass, timestep_ps))
 
 
 def _build_molecule(cfg: SystemConfig, atoms: str) -> SystemBundle:

@@ -16,7 +16,7 @@ import yaml
 
 from . import __version__
 from . import artifacts as art
-from .config import Config, ConfigError, dump_config
+from .config import Config, ConfigError, check_loop_config, dump_config
 from .convergence import bootstrap_threshold, regscores
 from .dataset import effective_sample_size, log_weights_from_fes, make_features, normalised_weights
 from .export import export_cv
@@ -196,6 +196,7 @@ class Workflow:
     """Runs the stages of one cvflow run directory."""
 
     def __init__(self, cfg: Config, run_dir: Path, progress: Progress | None = None, engine: str | None = None):
+        check_loop_config(cfg)
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.progress = progress or Progress(interactive=False)

@@ -6,8 +6,11 @@
 #
 # Without --source, the PLUMED 2 tree is taken from the sdist of the PyPI
 # package `hillclimber` (external/plumed2), fetched through pip's index.
-# The build is cached: when the source, the torch version and the configure
-# flags are unchanged, rerunning does nothing but print the kernel path.
+# The build is cached under --prefix, keyed on what decides the binary: the PLUMED
+# source, torch's version and C++ ABI, the compiler and the configure flags, and not
+# on where torch is installed. A fresh clone with a new venv therefore reuses the
+# kernel: it finds libtorch through the link <prefix>/libtorch, which each run points
+# at the current venv's torch/lib (same version and ABI, so the same libraries).
 # At the end it prints the line to export:  PLUMED_KERNEL=<prefix>/lib/libplumedKernel.so
 set -euo pipefail
 
@@ -18,7 +21,7 @@ JOBS=$(nproc 2>/dev/null || echo 2)
 HILLCLIMBER_VERSION=0.1.8
 HILLCLIMBER_SHA256=795022caa8954149877bcb812a1ec14eb013c67a92abf0d318c2a603dc0b5f22
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --source) SOURCE=$(realpath "$2"); shift 2 ;;
@@ -40,7 +43,11 @@ CXX11_ABI=$("$PY" -c 'import torch; print(int(torch.compiled_with_cxx11_abi()))'
 
 FLAGS="--enable-modules=drr+pytorch+opes --enable-libtorch --enable-boost_serialization --disable-external-blas --disable-external-lapack --disable-doc"
 CPPFLAGS_T="-I$TORCH_DIR/include -I$TORCH_DIR/include/torch/csrc/api/include -D_GLIBCXX_USE_CXX11_ABI=$CXX11_ABI"
-LDFLAGS_T="-L$TORCH_DIR/lib -Wl,-rpath,$TORCH_DIR/lib -Wl,-rpath,$PREFIX/lib"
+# the kernel's run path goes through a link that each run re-points (see the top)
+LIBTORCH_LINK="$PREFIX/libtorch"
+ln -sfn "$TORCH_DIR/lib" "$LIBTORCH_LINK"
+LDFLAGS_T="-L$TORCH_DIR/lib -Wl,-rpath,$LIBTORCH_LINK -Wl,-rpath,$PREFIX/lib"
+CXX_ID=$("${CXX:-c++}" --version 2>/dev/null | head -1 || echo unknown)
 
 # --- boost serialization (DRR needs it) ---------------------------------------
 if [ ! -e /usr/include/boost/serialization/vector.hpp ]; then
@@ -87,10 +94,10 @@ else
   die "--source $SOURCE: no such file or directory"
 fi
 
-KEY=$(printf '%s\n' "$SOURCE_ID" "$TORCH_VERSION" "$TORCH_DIR" "$FLAGS" "$CPPFLAGS_T" | sha256sum | cut -d' ' -f1)
+KEY=$(printf '%s\n' "key-v2" "$SOURCE_ID" "$TORCH_VERSION" "$CXX11_ABI" "$CXX_ID" "$FLAGS" | sha256sum | cut -d' ' -f1)
 KERNEL="$PREFIX/lib/libplumedKernel.so"
 if [ -f "$PREFIX/.cvflow-build-key" ] && [ "$(cat "$PREFIX/.cvflow-build-key")" = "$KEY" ] && [ -f "$KERNEL" ]; then
-  echo "install-plumed: up to date (source, torch $TORCH_VERSION and flags unchanged)"
+  echo "install-plumed: up to date (source, torch $TORCH_VERSION, ABI, compiler and flags unchanged; libtorch from $TORCH_DIR/lib)"
   echo "export PLUMED_KERNEL=$KERNEL"
   exit 0
 fi

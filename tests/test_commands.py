@@ -2,6 +2,7 @@
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -177,3 +178,44 @@ def test_status_tells_a_live_run_from_a_dead_one(tmp_path):
     (run / "heartbeat.json").write_text(json.dumps({"host": "elsewhere", "pid": os.getpid(),
                                                     "time": time.time() - 3600, "interval_seconds": 30}))
     assert art.liveness(run).startswith("stopped or killed on elsewhere")
+
+
+def test_sample_takes_a_1d_bias_grid_for_a_1d_cv(tmp_path, x_cv):
+    """`cvflow sample` has no learned CV: a 1-D bias.grid goes with a 1-D --cv, whatever
+    model.bottleneck says (2 here); the loop still requires the match."""
+    from conftest import write_es_config
+    cfg = write_es_config(tmp_path / "es.yaml", tmp_path / "loop",
+                          {"bias": {"grid": [{"min": -1.6, "max": 1.2, "bins": 56}]}, "model": {"bottleneck": 2}})
+    res = CliRunner().invoke(main, ["sample", str(cfg), "--cv", str(x_cv), "--steps", "2000",
+                                    "--out", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    from cvflow.fes import read_fes
+    c, _, _ = read_fes(tmp_path / "s" / "fes.csv")
+    assert c.shape == (56, 1) and abs(c[0, 0] - (-1.6 + 0.025)) < 1e-9
+    for argv in (["validate", str(cfg)], ["run", str(cfg)]):
+        res = CliRunner().invoke(main, argv)
+        assert res.exit_code == 2 and "model.bottleneck = 2" in res.output, (argv, res.output)
+    # a 2-D CV with the 1-D grid: named in one line
+    two = tmp_path / "xy.pt"
+    from conftest import linear_toy_cv
+    linear_toy_cv(two, [[1.0, 0.0], [0.0, 1.0]])
+    res = CliRunner().invoke(main, ["sample", str(cfg), "--cv", str(two), "--steps", "100",
+                                    "--out", str(tmp_path / "s2")])
+    assert res.exit_code == 2 and "bias.grid has 1 dimension(s)" in res.output, res.output
+
+
+def test_toy_particle_stays_in_the_plane(tmp_path, es_config, x_cv):
+    """The toy's z is held at 0 with ω Δt = 1: its thermal spread is √(kT/m) Δt (0.0032 nm
+    for the entropic switch: kT = 0.25 kJ/mol, 1 amu, 20 fs). Before, a weak 0.5 z² let
+    z wander by several nm in a run. x and y do not see z."""
+    from cvflow.sampler import load_frames, run_segment
+    from cvflow.system import build_system
+    from cvflow.units import kT
+    cfg = es_config.model_copy(deep=True)
+    bundle = build_system(cfg.system)
+    run_segment(cfg, bundle, tmp_path / "run", 20_000, seed=3, engine="none")
+    z = load_frames(tmp_path / "run", bundle)[:, 0, 2]
+    sigma = np.sqrt(kT(cfg.md.temperature) / 1.0) * cfg.md.timestep
+    print(f"z: std {z.std():.2e} nm, max |z| {np.abs(z).max():.2e} nm, expected std {sigma:.2e}")
+    assert np.abs(z).max() < 6 * sigma
+    assert 0.5 * sigma < z.std() < 2 * sigma  # thermal, not frozen
