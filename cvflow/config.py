@@ -227,6 +227,10 @@ class BiasConfig(Strict):
     # with kappa auto, keep ω Δt of the coupling at or below this at the steepest gradient of
     # the learned CV on its training frames (cvflow.cvstats); null: no bound
     max_omega_dt: Optional[Annotated[float, Field(gt=0, le=2)]] = 1.0
+    # how a biased stage's frames are reweighted to the Boltzmann distribution (training
+    # weights, states, production weights): ``extended`` by the extended variable λ,
+    # ŵ ∝ e^{−βA(λ)}/ρ̃(λ); ``czar`` by the CZAR free energy along ξ (cvflow.dataset)
+    reweighting: Literal["extended", "czar"] = "extended"
 
     @model_validator(mode="after")
     def _features_need_cv(self):

@@ -1,11 +1,28 @@
-"""Trajectories + free energy → aligned features and normalised weights."""
+"""Trajectories + free energy → aligned features and normalised weights.
+
+Two reweightings of an eABF stage's frames to the Boltzmann distribution:
+
+- **extended** (the default, :func:`log_weights_extended`). eABF samples (x, λ) from
+  p_b(x, λ) ∝ e^{−β[U(x) + κ/2 |ξ(x) − λ|² + B(λ)]}, where the bias B (ABF and walls) acts
+  on λ alone. The target p_t(x, λ) ∝ e^{−β[U(x) + κ/2 |ξ(x) − λ|²]} has the Boltzmann
+  distribution as its x-marginal, and p_b(x | λ) = p_t(x | λ). So the exact weight of a
+  frame is p_t(λ)/p_b(λ) = e^{−βA(λ)}/ρ̃(λ): A is the free energy of the extended variable,
+  whose gradient is the mean coupling force κ⟨λ − ξ⟩ at fixed λ, and ρ̃ the histogram of λ.
+  Both are smooth on the scale of the coupling, whatever the CV.
+- **czar**: by the CZAR free energy along ξ, ŵ ∝ e^{−βF(ξ)} (the paper's weights, which
+  assume that ξ was sampled uniformly) or ŵ ∝ e^{−βF(ξ)}/ρ̃(ξ) (:func:`log_weights_from_fes`).
+  On learned CVs of alanine dipeptide this was biased by several kJ/mol where F(ξ) changes
+  by many kT per bin (README, "Alanine dipeptide at the paper's protocol").
+"""
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 from scipy.special import logsumexp
 
 from .features import AlignedFeatures
-from .fes import fes_on_frames, read_fes
+from .fes import Grid, connected_regions, fes_on_frames, integrate_1d, integrate_2d, main_region, read_fes
 
 
 def make_features(bundle, features_cfg) -> AlignedFeatures:
@@ -65,3 +82,113 @@ def effective_sample_size(w: np.ndarray) -> float:
     """Kish's effective sample size (Σw)² / Σw²."""
     w = np.asarray(w, np.float64)
     return float(w.sum() ** 2 / np.sum(w * w)) if len(w) else 0.0
+
+
+def extended_grid(grid: Grid, lam: np.ndarray) -> Grid:
+    """The grid with the bins of ``grid``, grown on non-periodic dimensions to hold every λ
+    (λ goes a little past the walls at the grid's edges)."""
+    lam = np.asarray(lam, np.float64).reshape(len(lam), grid.dim)
+    lo, nb = grid.mins.copy(), grid.bins.copy()
+    for d in range(grid.dim):
+        if grid.periodic[d] or not len(lam):
+            continue
+        below = int(max(0, np.ceil((grid.mins[d] - lam[:, d].min()) / grid.widths[d])))
+        above = int(max(0, np.floor((lam[:, d].max() - grid.maxs[d]) / grid.widths[d]) + 1))
+        lo[d] -= below * grid.widths[d]
+        nb[d] += below + above
+    return Grid(lo, lo + nb * grid.widths, nb, grid.periodic)
+
+
+def log_weights_extended(xi: np.ndarray, lam: np.ndarray, kappa, grid: Grid, beta: float,
+                         min_count: int = 1) -> tuple[np.ndarray, dict]:
+    """log ŵ_j = −β A(λ_j) − ln ρ̃(λ_j), normalised (see the module's docstring).
+
+    ``xi`` and ``lam`` are the frames' ξ and λ (colvar.csv), ``kappa`` the coupling of each
+    frame (a scalar, or one per frame: a stage that recovered from a blow-up went on with a
+    softer κ; each part is reweighted on its own and the parts are pooled by their frame
+    counts). A is integrated from the mean of κ(λ − ξ) per bin of λ on ``grid`` grown to
+    hold every λ, on the main connected region of sampled bins; frames elsewhere get
+    log ŵ = −inf and are counted in ``info``."""
+    xi = np.asarray(xi, np.float64).reshape(len(xi), -1)
+    lam = np.asarray(lam, np.float64).reshape(xi.shape)
+    n = len(xi)
+    kappa = np.broadcast_to(np.asarray(kappa, np.float64), (n,))
+    g = extended_grid(grid, lam)
+    periods = g.periods
+    diff = lam - xi
+    diff = np.where(periods > 0, diff - periods * np.floor(diff / np.where(periods > 0, periods, 1.0) + 0.5), diff)
+    wrapped = np.where(periods > 0, g.mins + np.mod(lam - g.mins, np.where(periods > 0, periods, 1.0)), lam)
+    k = np.floor((wrapped - g.mins) / g.widths).astype(np.int64)
+    k = np.where(periods > 0, np.mod(k, g.bins), np.clip(k, 0, g.bins - 1))
+    logw = np.full(n, -np.inf)
+    parts = np.unique(kappa)
+    for kap in parts:
+        sel = kappa == kap
+        count = np.zeros(tuple(g.bins))
+        force = np.zeros(tuple(g.bins) + (g.dim,))
+        np.add.at(count, tuple(k[sel].T), 1.0)
+        np.add.at(force, tuple(k[sel].T), kap * diff[sel])
+        ok = count >= min_count
+        grad = np.where(ok[..., None], force / np.maximum(count, 1.0)[..., None], np.nan)
+        main = main_region(connected_regions(ok, g.periodic), count)
+        if g.dim == 1:
+            a = integrate_1d(grad[:, 0], g.widths[0], main, periodic=bool(g.periodic[0]))
+        else:
+            a = integrate_2d(grad, g.widths, main, periodic=g.periodic)
+        with np.errstate(divide="ignore"):
+            log_ratio = np.where(main, -beta * a - np.log(np.maximum(count, 1e-300)), np.nan)
+        # ln(p_t/p_b) interpolated between bin centres at each λ (bin-constant weights are
+        # off by up to the change of ln(p_t/p_b) across half a bin)
+        part = fes_on_frames(g.mesh().reshape(-1, g.dim), log_ratio.reshape(-1), lam[sel], periods)
+        part = np.where(np.isfinite(part), part, -np.inf)
+        if np.isfinite(part).any():
+            part = part - logsumexp(part[np.isfinite(part)]) + np.log(sel.sum() / n)
+        logw[sel] = part
+    known = np.isfinite(logw)
+    if known.any():
+        logw = logw - logsumexp(logw[known])
+    info = {"estimator": "extended", "frames": int(n), "frames_without_free_energy": int(n - known.sum()),
+            "fraction_without_free_energy": float((n - known.sum()) / n) if n else 0.0,
+            "kappa_parts": int(len(parts))}
+    return logw, info
+
+
+def frame_kappa(seg_dir, frame_steps: np.ndarray, kappa0: float) -> np.ndarray:
+    """κ of each frame of a biased stage: ``kappa0`` (κ at the start), softened at each
+    recovery from a blow-up (``segment.json``) from the step that it restarted from."""
+    from . import artifacts as art
+    kap = np.full(len(frame_steps), float(kappa0))
+    marker = Path(seg_dir) / "segment.json"
+    recoveries = art.read_json(marker).get("recoveries") or [] if marker.exists() else []
+    for r in recoveries:
+        kap[np.asarray(frame_steps) >= int(r["resumed_from_step"])] = float(r["kappa_after"])
+    return kap
+
+
+def stage_log_weights(seg_dir, beta: float, estimator: str = "extended", xi: np.ndarray | None = None,
+                      divide_by_histogram: bool = True) -> tuple[np.ndarray, dict]:
+    """Log-weights of a biased stage's frames (``seg_dir``: its md/ directory) by
+    ``estimator`` (``extended`` or ``czar``; see the module's docstring). ``xi`` (the biasing
+    CV on the frames) is needed by ``czar``; ``extended`` reads ξ and λ from colvar.csv.
+    Walkers' stages (a ``walker`` column) are reweighted per walker's κ parts together."""
+    from . import artifacts as art
+    from .fes import CZARStats
+    seg_dir = Path(seg_dir)
+    if estimator == "czar":
+        return log_weights_from_fes(xi, seg_dir / "fes.csv", beta, divide_by_histogram=divide_by_histogram)
+    stats = CZARStats.load(seg_dir / "czar.npz")
+    header, rows = art.read_csv(seg_dir / "colvar.csv")
+    d = stats.grid.dim
+    cv = rows[:, [header.index(f"cv{i + 1}") for i in range(d)]]
+    lam = rows[:, [header.index(f"lambda{i + 1}") for i in range(d)]]
+    steps = rows[:, header.index("step")].astype(np.int64)
+    if "walker" in header:
+        from .walkers import _walker_dir
+        kappa = np.empty(len(rows))
+        walker = rows[:, header.index("walker")].astype(np.int64)
+        for w in np.unique(walker):
+            sel = walker == w
+            kappa[sel] = frame_kappa(_walker_dir(seg_dir, int(w)), steps[sel], stats.kappa)
+    else:
+        kappa = frame_kappa(seg_dir, steps, stats.kappa)
+    return log_weights_extended(cv, lam, kappa, stats.grid, beta)

@@ -18,7 +18,7 @@ from . import __version__
 from . import artifacts as art
 from .config import Config, ConfigError, check_loop_config, dump_config
 from .convergence import bootstrap_threshold, regscores
-from .dataset import effective_sample_size, log_weights_from_fes, make_features, normalised_weights
+from .dataset import effective_sample_size, make_features, normalised_weights, stage_log_weights
 from .export import export_cv
 from .features import featurize
 from .fes import Grid
@@ -340,13 +340,15 @@ class Workflow:
         return frames, featurize(frames, self.features)
 
     def _weights(self, i: int, it_dir: Path, md_info, xi: np.ndarray | None, n: int) -> tuple[np.ndarray, dict]:
-        """Normalised weights ŵ ∝ exp(−β F(ξ_{i−1}(x))) for a biased iteration (``xi``: the
-        biasing CV on its frames), else uniform; and how many frames had no free energy
-        (left out with weight 0)."""
+        """Normalised Boltzmann weights of a biased iteration's frames by ``bias.reweighting``
+        (``extended``: ŵ ∝ e^{−βA(λ)}/ρ̃(λ); ``czar``: the paper's ŵ ∝ e^{−βF(ξ_{i−1}(x))}, with
+        ``xi`` the biasing CV on the frames), else uniform; and how many frames had no free
+        energy (left out with weight 0)."""
         if not md_info["biased"] or not self.cfg.model.reweight:
             return np.full(n, 1.0 / n), {}
         from .train import TrainingError
-        logw, info = log_weights_from_fes(xi, it_dir / "md" / "fes.csv", self.beta)
+        logw, info = stage_log_weights(it_dir / "md", self.beta, self.cfg.bias.reweighting, xi,
+                                       divide_by_histogram=False)
         if info["frames_without_free_energy"] == n:
             raise TrainingError(f"iteration {i} reweighting: no frame has a CZAR free energy "
                                 f"(all {n} lie outside the sampled grid of {it_dir / 'md' / 'fes.csv'})")
@@ -536,14 +538,14 @@ class Workflow:
 
     def _states(self, frames: np.ndarray, seg_dir: Path, xi: np.ndarray | None, weights_out: Path | None = None):
         """Populations and free energies of the config's ``states`` on a segment's frames,
-        reweighted by ŵ ∝ exp(−β F(ξ)) / ρ̃(ξ) when the segment was biased on ξ (``xi``: its
+        reweighted by ``bias.reweighting`` when the segment was biased on ξ (``xi``: its
         values on the frames; None for an unbiased segment; see
-        :func:`cvflow.dataset.log_weights_from_fes`). None when no states are configured."""
+        :func:`cvflow.dataset.stage_log_weights`). None when no states are configured."""
         if not self.cfg.states and weights_out is None:
             return None
         n = len(frames)
         if xi is not None:
-            logw, _ = log_weights_from_fes(xi, seg_dir / "fes.csv", self.beta, divide_by_histogram=True)
+            logw, _ = stage_log_weights(seg_dir, self.beta, self.cfg.bias.reweighting, xi)
             w = normalised_weights(logw) if np.isfinite(logw).any() else np.full(n, 1.0 / n)
         else:
             w = np.full(n, 1.0 / n)
