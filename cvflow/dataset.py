@@ -100,7 +100,7 @@ def extended_grid(grid: Grid, lam: np.ndarray) -> Grid:
 
 
 def log_weights_extended(xi: np.ndarray, lam: np.ndarray, kappa, grid: Grid, beta: float,
-                         min_count: int = 1) -> tuple[np.ndarray, dict]:
+                         min_count: int = 1, step_stats=None, stride: int = 1) -> tuple[np.ndarray, dict]:
     """log ŵ_j = −β A(λ_j) − ln ρ̃(λ_j), normalised (see the module's docstring).
 
     ``xi`` and ``lam`` are the frames' ξ and λ (colvar.csv), ``kappa`` the coupling of each
@@ -108,7 +108,13 @@ def log_weights_extended(xi: np.ndarray, lam: np.ndarray, kappa, grid: Grid, bet
     softer κ; each part is reweighted on its own and the parts are pooled by their frame
     counts). A is integrated from the mean of κ(λ − ξ) per bin of λ on ``grid`` grown to
     hold every λ, on the main connected region of sampled bins; frames elsewhere get
-    log ŵ = −inf and are counted in ``info``."""
+    log ŵ = −inf and are counted in ``info``.
+
+    ``step_stats`` (a :class:`cvflow.fes.CZARStats` binned by λ on ``grid``: the native
+    engine's count and Σ κ(λ − ξ) of every MD step, ``lambda.npz``) replace the frames'
+    own statistics inside ``grid``, in units of frames (divided by ``stride``, the steps
+    per frame); λ past the grid's edges keeps the frames' statistics. A stage with one κ
+    only: after a recovery the frames' statistics are used throughout."""
     xi = np.asarray(xi, np.float64).reshape(len(xi), -1)
     lam = np.asarray(lam, np.float64).reshape(xi.shape)
     n = len(xi)
@@ -128,8 +134,13 @@ def log_weights_extended(xi: np.ndarray, lam: np.ndarray, kappa, grid: Grid, bet
         force = np.zeros(tuple(g.bins) + (g.dim,))
         np.add.at(count, tuple(k[sel].T), 1.0)
         np.add.at(force, tuple(k[sel].T), kap * diff[sel])
-        ok = count >= min_count
-        grad = np.where(ok[..., None], force / np.maximum(count, 1.0)[..., None], np.nan)
+        if step_stats is not None and len(parts) == 1:
+            inner = tuple(slice(int(round((grid.mins[d] - g.mins[d]) / g.widths[d])), None) for d in range(g.dim))
+            inner = tuple(slice(sl.start, sl.start + int(grid.bins[d])) for d, sl in enumerate(inner))
+            count[inner] = step_stats.count / stride
+            force[inner] = step_stats.sum_coupling / stride
+        ok = count >= min_count if min_count > 1 else count > 0
+        grad = np.where(ok[..., None], force / np.where(ok, count, 1.0)[..., None], np.nan)
         main = main_region(connected_regions(ok, g.periodic), count)
         if g.dim == 1:
             a = integrate_1d(grad[:, 0], g.widths[0], main, periodic=bool(g.periodic[0]))
@@ -191,4 +202,8 @@ def stage_log_weights(seg_dir, beta: float, estimator: str = "extended", xi: np.
             kappa[sel] = frame_kappa(_walker_dir(seg_dir, int(w)), steps[sel], stats.kappa)
     else:
         kappa = frame_kappa(seg_dir, steps, stats.kappa)
-    return log_weights_extended(cv, lam, kappa, stats.grid, beta)
+    step_stats, stride = None, 1
+    if (seg_dir / "lambda.npz").exists():
+        step_stats = CZARStats.load(seg_dir / "lambda.npz")
+        stride = int(np.median(np.diff(steps))) if len(steps) > 1 else 1
+    return log_weights_extended(cv, lam, kappa, stats.grid, beta, step_stats=step_stats, stride=max(stride, 1))

@@ -339,9 +339,9 @@ def _finalize(cfg: Config, bundle: SystemBundle, sim, bias, out_dir: Path, chunk
         if hasattr(bias, "finish"):
             bias.finish(sim.context)
         stats = bias.czar()
-        with art.atomic_path(out_dir / "czar.npz") as tmp:
-            with open(tmp, "wb") as fh:
-                stats.save(fh)
+        save_stats(out_dir / "czar.npz", stats)
+        if hasattr(bias, "lambda_stats"):
+            save_stats(out_dir / "lambda.npz", bias.lambda_stats())
         regions = write_fes(out_dir / "fes.csv", stats, engine=bias.name)
     state = sim.context.getState(getPositions=True, getVelocities=True)
     art.write_text(out_dir / "state.xml", mm.XmlSerializer.serialize(state))
@@ -349,6 +349,12 @@ def _finalize(cfg: Config, bundle: SystemBundle, sim, bias, out_dir: Path, chunk
     for f in chunk_dir.glob("*.npy"):
         f.unlink()
     return len(frames), regions
+
+
+def save_stats(path: Path, stats) -> None:
+    with art.atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            stats.save(fh)
 
 
 def write_trajectory(out_dir: Path, bundle: SystemBundle, frames: np.ndarray,

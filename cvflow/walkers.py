@@ -27,7 +27,7 @@ from . import artifacts as art
 from .config import Config, ConfigError, dump_config
 from .fes import CZARStats, Grid, write_fes
 from .progress import log
-from .sampler import (SegmentResult, derive_seed, finished_segment, load_frames, run_segment,
+from .sampler import (SegmentResult, save_stats, derive_seed, finished_segment, load_frames, run_segment,
                       write_trajectory)
 
 
@@ -220,6 +220,7 @@ def _run_all(executor, cfg, out_dir, steps, seed, cv_path, grid, engine, starts,
 def _merge(cfg: Config, bundle, out_dir: Path, done: list[WalkerOutcome], failed: list[WalkerOutcome],
            engine: str, wall: float) -> SegmentResult:
     frames, steps_col, walker_col, colvar, stats, header = [], [], [], [], None, None
+    lam_stats = None
     for o in done:
         wdir = _walker_dir(out_dir, o.index)
         f = load_frames(wdir, bundle)
@@ -232,6 +233,9 @@ def _merge(cfg: Config, bundle, out_dir: Path, done: list[WalkerOutcome], failed
         if (wdir / "czar.npz").exists():
             s = CZARStats.load(wdir / "czar.npz")
             stats = s if stats is None else stats.merge(s)
+        if (wdir / "lambda.npz").exists():
+            s = CZARStats.load(wdir / "lambda.npz")
+            lam_stats = s if lam_stats is None else lam_stats.merge(s)
     frames = np.concatenate(frames) if frames else np.zeros((0, bundle.n_atoms, 3))
     art.write_npy(out_dir / "frame_steps.npy", np.concatenate(steps_col).astype(np.int64))
     art.write_npy(out_dir / "frame_walker.npy", np.concatenate(walker_col))
@@ -243,10 +247,10 @@ def _merge(cfg: Config, bundle, out_dir: Path, done: list[WalkerOutcome], failed
         art.write_csv(out_dir / "colvar.csv", header + ["walker"], np.concatenate(colvar),
                       comments=["time in ps; cv and lambda in CV units; walkers one after another"])
     regions = None
+    if lam_stats is not None:
+        save_stats(out_dir / "lambda.npz", lam_stats)
     if stats is not None:
-        with art.atomic_path(out_dir / "czar.npz") as tmp:
-            with open(tmp, "wb") as fh:
-                stats.save(fh)
+        save_stats(out_dir / "czar.npz", stats)
         regions = write_fes(out_dir / "fes.csv", stats, engine=f"{engine}, {len(done)} walkers merged")
     results = [o.result for o in done]
     total = int(sum(r["steps"] for r in results))

@@ -361,6 +361,15 @@ class NativeEABF:
         return CZARStats(self.grid, self.kappa, self.kT, self.czar_count.reshape(shape).copy(),
                          self.czar_sum.reshape(shape + (self.dim,)).copy())
 
+    def lambda_stats(self) -> CZARStats:
+        """The ABF statistics per bin of λ (every step): the count and Σ κ(λ − ξ), in the
+        container CZAR uses (binned by λ here, not by ξ). Their mean is the gradient of the
+        extended variable's free energy, which the default reweighting integrates
+        (:func:`cvflow.dataset.log_weights_extended`)."""
+        shape = tuple(self.grid.bins)
+        return CZARStats(self.grid, self.kappa, self.kT, self.abf_count.reshape(shape).copy(),
+                         -self.abf_sum.reshape(shape + (self.dim,)).copy())
+
     def soften(self, factor: float) -> None:
         """Scale the coupling κ by ``factor`` (< 1 after a blow-up), and λ's mass with it so
         that the period τ of λ in the coupling well stays the same. The walls stay."""
