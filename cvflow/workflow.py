@@ -54,17 +54,39 @@ def iteration_dir(run_dir: Path, i: int) -> Path:
 
 
 def library_versions() -> dict:
+    """The versions of what computes a run's numbers (recorded in config.resolved.yaml)."""
+    import mdtraj
+    import numba
     import numpy
     import openmm
+    import scipy
     import torch
     versions = {"cvflow": __version__, "openmm": str(openmm.__version__), "torch": str(torch.__version__),
-                "numpy": str(numpy.__version__), "python": _platform.python_version()}
+                "numpy": str(numpy.__version__), "scipy": str(scipy.__version__), "numba": str(numba.__version__),
+                "mdtraj": str(mdtraj.__version__), "python": _platform.python_version()}
     try:
         from .bias.plumed import plumed_version
         versions["plumed"] = plumed_version()
     except Exception:
         versions["plumed"] = None
     return versions
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def execution_record(cfg: Config) -> dict:
+    """Where and with how many threads a run computes (config.resolved.yaml). None of it
+    changes the numbers on the Reference platform (tests/test_loop.py holds one thread
+    against torch's default to the bit); the CPU platform's result depends on md.threads."""
+    import os
+    import torch
+    from .train import usable_cores
+    threads = cfg.model.threads or torch.get_num_threads()
+    return {"host": _platform.node(), "machine": _platform.machine(), "usable_cores": usable_cores(),
+            "torch_threads": int(threads), "md_threads": cfg.md.threads,
+            "bootstrap_workers": cfg.convergence.bootstrap.workers,
+            "env": {k: os.environ.get(k) for k in THREAD_VARIABLES}}
 
 
 def _flatten(d, prefix=()):
@@ -187,7 +209,7 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> dict:
         seeds[f"iter_{i:03d}"] = {"md": derive_seed(cfg.seed, i, 0), "train": derive_seed(cfg.seed, i, 1),
                                   "bootstrap": derive_seed(cfg.seed, i, 2)}
     seeds["production"] = {"md": derive_seed(cfg.seed, 10_000, 0)}
-    resolved = {"config": current, "seeds": seeds, "versions": library_versions()}
+    resolved = {"config": current, "seeds": seeds, "versions": library_versions(), "execution": execution_record(cfg)}
     art.write_text(resolved_path, yaml.safe_dump(resolved, sort_keys=False))
     return resolved
 

@@ -262,3 +262,28 @@ def test_the_bootstrap_pool_stops_promptly():
     finally:
         reset()
     assert time.time() - t0 < 10
+
+
+def test_thread_counts_do_not_change_the_numbers(tmp_path, es_run):
+    """Issue 22 (B2): the same config, seed and versions give the same numbers whatever the
+    thread settings. This run uses one thread everywhere (OMP/MKL/NUMBA_NUM_THREADS=1,
+    model.threads: 1) in a fresh process; the shared run used torch's default (one per
+    core). Regscores and thresholds agree to the bit, and config.resolved.yaml records the
+    thread settings and library versions of each run."""
+    import os
+    import subprocess
+    import sys
+    import yaml
+    cfg = quick_es(tmp_path, tmp_path / "one", model={"threads": 1})
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-m", "cvflow.cli", "run", str(cfg), "-q"], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    base = json.loads((es_run[1] / "summary.json").read_text())["iterations"]
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())["iterations"]
+    key = [(i["regscore"], i["threshold"], i["ess"]) for i in base]
+    assert [(i["regscore"], i["threshold"], i["ess"]) for i in one] == key
+    rec = yaml.safe_load((tmp_path / "one" / "config.resolved.yaml").read_text())
+    assert rec["execution"]["torch_threads"] == 1 and rec["execution"]["env"]["OMP_NUM_THREADS"] == "1"
+    for lib in ("numba", "scipy", "mdtraj", "openmm", "torch", "numpy"):
+        assert rec["versions"][lib]
