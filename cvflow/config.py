@@ -339,6 +339,9 @@ class ModelConfig(Strict):
     # own standard deviation; docs/measurements/ala2-training-choices.json)
     scaling: Literal["feature", "global"] = "global"
     threads: Optional[PositiveInt] = None
+    # where the networks train: auto takes CUDA when torch sees a GPU; the exported CV and
+    # decoders are CPU TorchScript either way. Numbers are reproducible for a given device.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 class BootstrapConfig(Strict):
@@ -494,7 +497,13 @@ class Config(Strict):
 
 def check_loop_config(cfg: "Config") -> None:
     """What only the learning loop needs (``run``, ``validate``), not ``cvflow sample``: a
-    ``bias.grid`` is the learned CV's grid, so it has ``model.bottleneck`` dimensions."""
+    ``bias.grid`` is the learned CV's grid, so it has ``model.bottleneck`` dimensions; and
+    ``model.device: cuda`` needs a GPU that torch sees."""
+    if cfg.model.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise ConfigError("model.device: cuda, but torch sees no CUDA device here "
+                              f"(torch {torch.__version__}); use auto or cpu")
     g = cfg.bias.grid
     if g is not None and len(g) != cfg.model.bottleneck:
         raise ConfigError(f"bias.grid has {len(g)} dimension(s) but the learned CV has model.bottleneck = "

@@ -68,6 +68,13 @@ def _adam(model, cfg) -> torch.optim.Adam:
         return torch.optim.Adam(model.parameters(), **kw)
 
 
+def training_device(setting: str = "auto") -> torch.device:
+    """``model.device`` resolved: ``auto`` is CUDA when torch sees a GPU, else the CPU."""
+    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
 def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progress=None,
                 label: str = "training", extra: np.ndarray | None = None, extra_weight: float = 0.0) -> TrainResult:
     """Train a fresh model (``model_cfg.kind``) on features ``x`` (n, m) with weights ``w``.
@@ -76,6 +83,10 @@ def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progr
     transition states): L = L(x, w) + extra_weight · mean ℓ(extra). Each minibatch carries
     a random quarter-batch of them; they are normalised with the data's mean and scale,
     and the validation loss includes their term over all of them.
+
+    The networks train on ``model_cfg.device`` (:func:`training_device`); the minibatch
+    order and the transition-state picks are drawn on the CPU, so they are the same on
+    every device, and the trained model is returned on the CPU.
     """
     x = np.asarray(x, np.float64)
     n = len(x)
@@ -95,17 +106,18 @@ def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progr
         raise TrainingError(f"{label}: all the weight lies in the {'validation' if w[tr].sum() <= 0 else 'training'} "
                             "blocks; the reweighted data are too few to train on")
     # mean one over each set: the batch loss Σ w l / n is then unbiased for Σ w l / Σ w
-    xt, wt = torch.from_numpy(xn[tr]), torch.from_numpy((w[tr] / w[tr].mean()).astype(np.float32))
-    xv, wv = torch.from_numpy(xn[va]), torch.from_numpy((w[va] / w[va].mean()).astype(np.float32))
+    dev = training_device(getattr(model_cfg, "device", "cpu"))
+    xt, wt = torch.from_numpy(xn[tr]).to(dev), torch.from_numpy((w[tr] / w[tr].mean()).astype(np.float32)).to(dev)
+    xv, wv = torch.from_numpy(xn[va]).to(dev), torch.from_numpy((w[va] / w[va].mean()).astype(np.float32)).to(dev)
     has_extra = extra is not None and len(extra) > 0 and extra_weight > 0
     if has_extra:
         extra = np.asarray(extra, np.float64)
         if not np.all(np.isfinite(extra)):
             raise TrainingError(f"{label}: transition-state features contain non-finite values")
-        xe = torch.from_numpy(((extra - mean) / std).astype(np.float32))
-        ones_e = torch.ones(len(xe))
+        xe = torch.from_numpy(((extra - mean) / std).astype(np.float32)).to(dev)
+        ones_e = torch.ones(len(xe), device=dev)
         n_e = min(len(xe), max(1, model_cfg.batch_size // 4))
-    model = build_model(model_cfg, x.shape[1])
+    model = build_model(model_cfg, x.shape[1]).to(dev)
     opt = _adam(model, model_cfg)
     best_state, best_val, bad = None, math.inf, 0
     history = []
@@ -118,18 +130,19 @@ def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progr
         model.start_epoch(epoch, model_cfg.epochs)
         # one gather per epoch, then contiguous minibatch views: cheaper than a gather per
         # minibatch; the loss sum stays a tensor, read once per epoch (no sync per step)
-        perm = torch.randperm(len(xt), generator=gen)
+        perm = torch.randperm(len(xt), generator=gen).to(dev)
         xs, ws = xt[perm], wt[perm]
-        tot = torch.zeros(())
+        tot = torch.zeros((), device=dev)
         for i in range(0, len(xt), bs):
             xb, wb = xs[i:i + bs], ws[i:i + bs]
             if has_extra:
                 # one forward pass over batch + extra frames: weights that make Σ w'ℓ / n'
                 # = Σ_b wℓ / n_b + extra_weight · Σ_e ℓ / n_e
-                pick = torch.randint(len(xe), (n_e,), generator=gen)
+                pick = torch.randint(len(xe), (n_e,), generator=gen).to(dev)
                 n_all = len(xb) + n_e
                 xb = torch.cat([xb, xe[pick]])
-                wb = torch.cat([wb * (n_all / (n_all - n_e)), torch.full((n_e,), extra_weight * n_all / n_e)])
+                wb = torch.cat([wb * (n_all / (n_all - n_e)),
+                                torch.full((n_e,), extra_weight * n_all / n_e, device=dev)])
             loss = model.loss(xb, wb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -155,7 +168,7 @@ def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progr
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
-    model.eval()
+    model = model.cpu().eval()
     return TrainResult(model, mean, std, history, best_val, epoch)
 
 

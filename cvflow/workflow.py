@@ -34,7 +34,7 @@ RUN_LENGTH_KEYS = {("md", "steps"), ("convergence", "production_steps"), ("conve
                    ("output",)}
 #: config keys that choose where and how fast it runs, not what it computes: they may change
 #: on --resume (a cluster job resumes on another node, with another GPU or none)
-EXECUTION_KEYS = {("md", "platform"), ("md", "threads"), ("model", "threads"),
+EXECUTION_KEYS = {("md", "platform"), ("md", "threads"), ("model", "threads"), ("model", "device"),
                   ("convergence", "bootstrap", "workers"), ("execution", "backend"),
                   ("execution", "scheduler"), ("execution", "workers")}
 EXECUTION_PREFIXES = {("execution", "cluster")}
@@ -81,10 +81,11 @@ def execution_record(cfg: Config) -> dict:
     against torch's default to the bit); the CPU platform's result depends on md.threads."""
     import os
     import torch
-    from .train import usable_cores
+    from .train import training_device, usable_cores
     threads = cfg.model.threads or torch.get_num_threads()
     return {"host": _platform.node(), "machine": _platform.machine(), "usable_cores": usable_cores(),
             "torch_threads": int(threads), "md_threads": cfg.md.threads,
+            "training_device": str(training_device(cfg.model.device)),
             "bootstrap_workers": cfg.convergence.bootstrap.workers,
             "env": {k: os.environ.get(k) for k in THREAD_VARIABLES}}
 

@@ -67,7 +67,10 @@ def _cases(tmp_path):
         ("unwritable output", ["run"], _es(output=str(blocker / "run")), "cannot write"),
         ("non-empty output", ["run"], _es(output=str(full)), "not empty"),
         ("engine unavailable", ["validate"], _es(bias__engine="plumed"), "plumed"),
-    ]
+    ] + ([] if torch.cuda.is_available() else [
+        ("no cuda for training", ["validate"], _es(model__device="cuda"), "model.device: cuda"),
+        ("no cuda for training (run)", ["run"], _es(model__device="cuda", output=str(tmp_path / "nocuda")),
+         "model.device: cuda")])
 
 
 def test_bad_inputs(tmp_path, monkeypatch):

@@ -70,3 +70,30 @@ def test_sample_runs_on_cuda(tmp_path):
     assert res.exit_code == 0, res.output
     assert "on CUDA" in res.output
     assert (tmp_path / "run" / "fes.csv").exists()
+
+
+def test_training_on_cuda_exports_a_cpu_cv(tmp_path):
+    """model.device: cuda trains on the GPU; the exported CV is CPU TorchScript that equals
+    the in-memory model, and a second training on the same device gives the same numbers."""
+    import torch
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA device")
+    from cvflow.config import ModelConfig
+    from cvflow.export import export_cv
+    from cvflow.features import AlignedFeatures, featurize
+    from cvflow.train import encode, train_model
+    bundle = build_ala2()
+    rng = np.random.default_rng(0)
+    idx = bundle.feature_atoms
+    frames = bundle.positions[None] + 0.02 * rng.normal(size=(3000,) + bundle.positions.shape)
+    feats = AlignedFeatures(idx, bundle.positions[idx], align=True)
+    x = featurize(frames, feats)
+    cfg = ModelConfig(hidden=[16], bottleneck=2, epochs=5, patience=5, device="cuda")
+    a, b = (train_model(x, None, cfg, 7) for _ in range(2))
+    assert next(a.model.parameters()).device.type == "cpu"
+    assert np.array_equal(encode(a, x), encode(b, x))
+    export_cv(feats, a.mean, a.std, a.model.encoder, bundle.n_atoms, tmp_path / "cv.pt",
+              check_positions=frames[:20])
+    m = torch.jit.load(str(tmp_path / "cv.pt"), map_location="cpu")
+    got = m(torch.as_tensor(frames[:50])).double().numpy()
+    assert np.allclose(got, encode(a, x[:50]), atol=1e-5)
