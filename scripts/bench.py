@@ -2,7 +2,9 @@
 """Benchmark: biased vs unbiased MD steps/s as ratios from one run, plus training cost.
 
 Systems: alanine dipeptide in vacuum and in implicit solvent (amber14, HBonds, 2 fs,
-300 K). Engines: ``none`` (OpenMM alone on the fastest platform for the unbiased system),
+300 K), optionally in a TIP3P box (``explicit``), and ``chignolin``: the solvated system of
+configs/chignolin.yaml (7,679 atoms; the CV is the same kind of network on its 10 Cα
+atoms, and its steps per timing are a hundredth of ``--steps``). Engines: ``none`` (OpenMM alone on the fastest platform for the unbiased system),
 ``native`` (cvflow eABF on a 2-D neural CV: Kabsch alignment of the 10 heavy atoms, then
 30-40-2 tanh), ``plumed`` when a usable kernel is present. Every ratio is against the
 fastest platform that runs the unbiased system, measured in the same process.
@@ -86,14 +88,20 @@ def main(argv=None):
     tmp.mkdir(parents=True, exist_ok=True)
     plats = [mm.Platform.getPlatform(i).getName() for i in range(mm.Platform.getNumPlatforms())]
     for solvent in args.solvents.split(","):
-        bundle = build_system(SystemConfig(pdb=pdb, solvent=solvent), "not element H")
+        chignolin = solvent == "chignolin"
+        if chignolin:
+            from cvflow.config import load_config
+            bundle = build_system(load_config(ROOT / "configs" / "chignolin.yaml").system, "name CA")
+        else:
+            bundle = build_system(SystemConfig(pdb=pdb, solvent=solvent), "not element H")
         torch.manual_seed(0)
         idx = bundle.feature_atoms
         feats = AlignedFeatures(idx, bundle.positions[idx], align=True)
         enc = MLP([3 * len(idx), 40, 2], ["tanh", "tanh"])
         cv_path = export_cv(feats, np.zeros(3 * len(idx)), np.full(3 * len(idx), 0.1), enc, bundle.n_atoms,
                             tmp / f"cv-{solvent}.pt") and tmp / f"cv-{solvent}.pt"
-        system_name = f"ala2-{solvent}"
+        system_name = "chignolin" if chignolin else f"ala2-{solvent}"
+        steps = max(20, args.steps // 100) if chignolin else args.steps
         cases = []
 
         def add(row, system, plat, steps):
@@ -102,29 +110,31 @@ def main(argv=None):
                           "steps": steps})
 
         for p in ("Reference", "CPU", "CUDA", "OpenCL"):
-            if p in plats and not (p == "Reference" and solvent == "explicit"):  # far slower with PME
-                add({"engine": "none"}, bundle.system, p, args.steps)
+            if p in plats and not (p == "Reference" and bundle.box is not None):  # far slower with PME
+                add({"engine": "none"}, bundle.system, p, steps)
         # the reference is the fastest platform for the unbiased system: a short probe picks it
         probe = time_cases(cases, 1)
         best_plat = cases[int(np.argmax(probe))]["row"]["platform"]
         grid = Grid.from_dims([GridDim(min=-1, max=1, bins=50)] * 2)
-        tors = save_torsion_cv(ramachandran_quads(md.Topology.from_openmm(bundle.topology)), bundle.n_atoms,
-                               tmp / f"phipsi-{solvent}.pt")
-        tgrid = Grid.from_dims([GridDim(min=-np.pi, max=np.pi, bins=60, periodic=True)] * 2)
-        for variant, path, g, fast in (("neural CV", cv_path, grid, True), ("phi/psi torsions", tors, tgrid, True),
-                                       ("neural CV, autograd", cv_path, grid, False)):
+        variants = [("neural CV", cv_path, grid, True), ("neural CV, autograd", cv_path, grid, False)]
+        if not chignolin:
+            tors = save_torsion_cv(ramachandran_quads(md.Topology.from_openmm(bundle.topology)), bundle.n_atoms,
+                                   tmp / f"phipsi-{solvent}.pt")
+            tgrid = Grid.from_dims([GridDim(min=-np.pi, max=np.pi, bins=60, periodic=True)] * 2)
+            variants.insert(1, ("phi/psi torsions", tors, tgrid, True))
+        for variant, path, g, fast in variants:
             cv = load_cv(path, bundle.n_atoms, fast=fast)
             bias = NativeEABF(cv, g, kappa=1000.0, mass=10.0, friction=1.0, temperature=300.0,
                               timestep=0.002, fullsamples=100, seed=1, report_interval=500)
             system = mm.XmlSerializer.deserialize(mm.XmlSerializer.serialize(bundle.system))
             system.addForce(bias.make_force())
             add({"engine": "native", "variant": variant}, system, best_plat,
-                args.steps if fast else max(100, args.steps // 50))
+                steps if fast else max(20, steps // 50))
         st = plumed_status()
         if st.usable:
             system = plumed_system(bundle, cv_path, grid, st.kernel, tmp / f"plumed-{solvent}")
             add({"engine": "plumed", "variant": "neural CV (PYTORCH_MODEL)"}, system, best_plat,
-                max(100, args.steps // 50))
+                max(20, steps // 50))
         rates = time_cases(cases, args.rounds)
         base = max(r for r, c in zip(rates, cases) if c["row"]["engine"] == "none")
         for r, c in zip(rates, cases):
@@ -154,7 +164,8 @@ def plumed_system(bundle, cv_path, grid, kernel, out_dir):
     write_plumed_cv(cv_path, particles, bundle.n_atoms, out_dir / "plumed" / "cv_plumed.pt")
     spec = PlumedInputSpec(cv_kind="torch", particles=particles, quads=None, model_file="cv_plumed.pt", dim=2,
                            grid=grid, kappa=1000.0, tau=0.5, friction=1.0, temperature=300.0, fullsamples=100,
-                           wall_kappa=1000.0, output_freq=10 ** 6, report_interval=500, periodic_box=False)
+                           wall_kappa=1000.0, output_freq=10 ** 6, report_interval=500,
+                           periodic_box=bundle.box is not None)
     masses = np.array([bundle.system.getParticleMass(i).value_in_unit(mm.unit.dalton)
                        for i in range(bundle.n_atoms)])
     bias = PlumedEABF(spec, out_dir, masses, bundle.n_atoms, kernel, 0.002, 300.0 * 0.00831446261815324, None)
