@@ -372,13 +372,14 @@ class Workflow:
         from .train import TrainingError
         logw, info = stage_log_weights(it_dir / "md", self.beta, self.cfg.bias.reweighting, xi,
                                        divide_by_histogram=False)
+        along = "A(λ) of the extended variable" if self.cfg.bias.reweighting == "extended" else "CZAR free energy"
         if info["frames_without_free_energy"] == n:
-            raise TrainingError(f"iteration {i} reweighting: no frame has a CZAR free energy "
-                                f"(all {n} lie outside the sampled grid of {it_dir / 'md' / 'fes.csv'})")
+            raise TrainingError(f"iteration {i} reweighting: no frame has a free energy ({along}) "
+                                f"(all {n} lie outside the sampled grid of {it_dir / 'md'})")
         if info["frames_without_free_energy"]:
             log.warning(f"iteration {i} reweighting: {info['frames_without_free_energy']} of {n} frames "
                         f"({100 * info['fraction_without_free_energy']:.1f}%) lie outside the main connected "
-                        "region of the CZAR free energy (or outside its grid) and get weight 0")
+                        f"region of the {along} (or outside its grid) and get weight 0")
         w = normalised_weights(logw)
         if not np.all(np.isfinite(w)):
             raise TrainingError(f"iteration {i}: weights are not finite")

@@ -10,7 +10,9 @@ iteration: regscore and threshold (and whether it was floored), the R² of a lin
 regression of the CV onto (cos φ, sin φ, cos ψ, sin ψ) on that iteration's frames, the
 fraction of frames with φ > 0, recoveries from blow-ups, and the wall time of each part;
 then, for the production run, ΔF(C7ax − C7eq) with its block-bootstrap error against the
-reference of scripts/ala2_reference.py (docs/measurements/ala2-reference.json).
+reference of scripts/ala2_reference.py (docs/measurements/ala2-reference.json). For every
+biased stage it also gives ΔF on the same frames by both reweightings (``extended``, by λ,
+and ``czar``, by the CZAR F(ξ) over ρ̃(ξ)), whichever the run used.
 """
 from __future__ import annotations
 
@@ -51,6 +53,20 @@ def run_one(config: str, out: Path, seed: int) -> float:
     return time.time() - t0
 
 
+def delta_f_both(seg_dir: Path, cv_path: Path, frames, phi, kT: float) -> dict:
+    """ΔF(C7ax − C7eq) = −kT ln(P(φ > 0)/P(φ ≤ 0)) on a biased stage's frames, reweighted by
+    each estimator (the run itself used ``bias.reweighting``), on the same frames."""
+    from cvflow.dataset import stage_log_weights
+    from cvflow.workflow import cv_values
+    xi = cv_values(cv_path, frames)
+    out = {}
+    for est in ("extended", "czar"):
+        logw, _ = stage_log_weights(seg_dir, 1.0 / kT, est, xi)
+        w = np.exp(logw - np.max(logw))
+        out[est] = float(-kT * np.log(w[phi > 0].sum() / w[phi <= 0].sum()))
+    return out
+
+
 def analyse(config: str, out: Path) -> dict:
     import mdtraj as md
     from cvflow.config import load_config
@@ -73,7 +89,10 @@ def analyse(config: str, out: Path) -> dict:
         t = md.Trajectory(frames, bundle.mdtraj_topology())
         phi = np.degrees(md.compute_phi(t)[1][:, 0])
         xi = cv_values(out / it["cv"], frames)
-        rows.append({"iteration": it["index"], "regscore": it["regscore"],
+        kT = 0.00831446261815324 * cfg.md.temperature
+        biasing_cv = out / s["iterations"][it["index"] - 1]["cv"] if it["index"] > 0 else None
+        both = delta_f_both(d / "md", biasing_cv, frames, phi, kT) if biasing_cv is not None else None
+        rows.append({"delta_f_by_estimator": both, "iteration": it["index"], "regscore": it["regscore"],
                      "regscore_per_output": it.get("regscore_per_output"), "threshold": it["threshold"],
                      "bootstrap_quantile": it.get("bootstrap_quantile"), "floored": it.get("threshold_floored"),
                      "r2_ramachandran": regscore(ramachandran_features(t), xi),
@@ -83,13 +102,15 @@ def analyse(config: str, out: Path) -> dict:
     t = md.Trajectory(frames, bundle.mdtraj_topology())
     phi = np.degrees(md.compute_phi(t)[1][:, 0])
     xi = cv_values(out / s["final_cv"], frames)
+    kT = 0.00831446261815324 * cfg.md.temperature
+    both = delta_f_both(production_md_dir(out), out / s["final_cv"], frames, phi, kT)
     states = s.get("states") or {}
     df = (states.get("delta_f") or {}).get("C7ax", {})
     return {"run": str(out), "finished": True, "converged": s["converged"], "iterations": rows,
             "production": {"r2_ramachandran": regscore(ramachandran_features(t), xi),
                            "phi_positive": float(np.mean(phi > 0)), "seconds": s["production"]["wall_seconds"],
                            "recoveries": len(s["production"].get("recoveries") or []),
-                           "ess": states.get("ess")},
+                           "ess": states.get("ess"), "delta_f_by_estimator": both},
             "delta_f": df.get("value"), "delta_f_error": df.get("error"),
             "wall_seconds": sum((it.get("wall_seconds") or 0) for it in s["iterations"])
             + s["production"]["wall_seconds"]}
@@ -121,19 +142,23 @@ def main() -> int:
         print(f"seed {seed}: converged={r['converged']} after {len(r['iterations'])} iterations, "
               f"{r['wall_seconds'] / 60:.1f} min of stage time")
         print(f"  {'iter':>4} {'regscore':>9} {'threshold':>10} {'R2 phi/psi':>10} {'phi>0':>6} {'recov':>5} "
-              f"{'md s':>6} {'train s':>7} {'boot s':>6}")
+              f"{'md s':>6} {'train s':>7} {'boot s':>6} {'dF ext':>7} {'dF czar':>7}")
         for it in r["iterations"]:
             sec = it["seconds"] or {}
             f = lambda v, p: "-" if v is None else format(v, p)  # noqa: E731
             thr = f(it["threshold"], ".4f") + ("*" if it["floored"] else " ")
             print(f"  {it['iteration']:>4} {f(it['regscore'], '.4f'):>9} {thr:>10} {it['r2_ramachandran']:>10.3f} "
                   f"{it['phi_positive']:>6.3f} {it['recoveries']:>5} {f(sec.get('md'), '.0f'):>6} "
-                  f"{f(sec.get('training'), '.0f'):>7} {f(sec.get('bootstrap'), '.0f'):>6}")
+                  f"{f(sec.get('training'), '.0f'):>7} {f(sec.get('bootstrap'), '.0f'):>6} "
+                  f"{f((it['delta_f_by_estimator'] or {}).get('extended'), '.2f'):>7} "
+                  f"{f((it['delta_f_by_estimator'] or {}).get('czar'), '.2f'):>7}")
         p = r["production"]
         dev = None if r["delta_f"] is None else r["delta_f"] - ref_df
         print(f"  production: R2 {p['r2_ramachandran']:.3f}, phi>0 {p['phi_positive']:.3f}, "
               f"ΔF(C7ax − C7eq) = {f(r['delta_f'], '.2f')} ± {f(r['delta_f_error'], '.2f')} kJ/mol "
-              f"(reference {ref_df:.2f}; difference {f(dev, '+.2f')}), {p['seconds']:.0f} s")
+              f"(reference {ref_df:.2f}; difference {f(dev, '+.2f')}), {p['seconds']:.0f} s; "
+              f"on the same frames: extended {p['delta_f_by_estimator']['extended']:.2f}, "
+              f"czar {p['delta_f_by_estimator']['czar']:.2f} kJ/mol")
     if args.json:
         Path(args.json).write_text(json.dumps({"config": args.config, "reference": ref_df,
                                                "reference_error": ref_err, "seeds": results}, indent=1))
