@@ -45,6 +45,13 @@ def test_two_walkers_merge_exactly_and_match_one_walker_of_twice_the_length(tmp_
     merged = CZARStats.load(two / "czar.npz")
     assert np.array_equal(merged.count, parts[0].count + parts[1].count)
     assert np.allclose(merged.sum_coupling, parts[0].sum_coupling + parts[1].sum_coupling, rtol=0, atol=1e-9)
+    lam = [CZARStats.load(two / "walkers" / f"w{k:02d}" / "lambda.npz") for k in range(2)]
+    lam_merged = CZARStats.load(two / "lambda.npz")  # the λ statistics of the extended reweighting
+    assert np.array_equal(lam_merged.count, lam[0].count + lam[1].count) and lam_merged.count.sum() > 0
+    assert np.allclose(lam_merged.sum_coupling, lam[0].sum_coupling + lam[1].sum_coupling, rtol=0, atol=1e-9)
+    from cvflow.dataset import stage_log_weights
+    logw, info = stage_log_weights(two, BETA_ES)  # walkers' frames, one κ: reweighted together
+    assert len(logw) == seg["frames"] and info["frames_without_free_energy"] <= 2
     assert len(np.load(two / "traj.npy")) == seg["frames"] == 2 * (100_000 // 50)
     c, f2, _ = read_fes(two / "fes.csv")
     _, f1, _ = read_fes(one / "fes.csv")
