@@ -113,6 +113,10 @@ class MDConfig(Strict):
     platform: Literal["auto", "Reference", "CPU", "CUDA", "OpenCL"] = "auto"
     threads: Optional[PositiveInt] = None
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)
+    # the atoms each frame keeps (an MDTraj selection; "all": every atom). Default: every
+    # atom in vacuum and implicit solvent; with explicit water, the solute (no water, no
+    # ions) and the feature atoms. Training, reweighting and the report use the saved atoms.
+    save_atoms: Optional[str] = None
 
     @field_validator("temperature")
     @classmethod
@@ -476,6 +480,11 @@ class Config(Strict):
         if self.execution.walkers > 1 and self.bias.engine == "plumed":
             raise ValueError("execution.walkers > 1 needs bias.engine: native (DRR's CZAR output holds "
                              "gradients, which cannot be merged exactly; cvflow's counts and sums can)")
+        subset = self.md.save_atoms not in (None, "all") or (self.md.save_atoms is None
+                                                              and self.system.solvent == "explicit")
+        if self.execution.walkers > 1 and subset and not self.system.is_toy:
+            raise ValueError("md.save_atoms: walkers start from saved frames spread over the CV, which need "
+                             "every atom; with execution.walkers > 1 set md.save_atoms: all")
         if self.states is not None and self.system.is_toy:
             raise ValueError("states are boxes in molecular observables (phi, psi, distance, rmsd); "
                              "a toy system has none")

@@ -26,11 +26,15 @@ import numpy as np
 
 
 
-def gradient_stats(cv, frames: np.ndarray, max_frames: int = 2000) -> dict:
+def gradient_stats(cv, frames: np.ndarray, max_frames: int = 2000, saved: np.ndarray | None = None) -> dict:
     """The largest per-atom gradient norm |∇_i ξ| (CV units per nm) of a CV evaluator on
-    frames ``(n, n_atoms, 3)`` (at most ``max_frames`` of them, evenly spaced)."""
+    frames ``(n, n_atoms, 3)`` (at most ``max_frames`` of them, evenly spaced); frames of
+    the ``saved`` atoms only (``md.save_atoms``) when given."""
     idx = np.unique(np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).astype(int))
     parts = np.asarray(cv.particles)
+    if saved is not None:
+        from .dataset import subset_index
+        parts = subset_index(saved, parts)
     g = np.empty(len(idx))
     for k, j in enumerate(idx):
         _, jac = cv(np.ascontiguousarray(frames[j][parts], dtype=np.float64))

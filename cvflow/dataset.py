@@ -25,8 +25,11 @@ from .features import AlignedFeatures
 from .fes import Grid, connected_regions, fes_on_frames, integrate_1d, integrate_2d, main_region, read_fes
 
 
-def make_features(bundle, features_cfg) -> AlignedFeatures:
-    """The featuriser for a system: (x, y) for toys; selected, aligned atoms for molecules."""
+def make_features(bundle, features_cfg, saved: np.ndarray | None = None) -> AlignedFeatures:
+    """The featuriser for a system: (x, y) for toys; selected, aligned atoms for molecules.
+
+    With ``saved`` (the atoms that frames hold, ``md.save_atoms``), it reads frames of those
+    atoms only: the same features, with the feature atoms' indices into the saved ones."""
     if bundle.is_toy:
         return AlignedFeatures([0], bundle.positions[:1], align=False, components=[0, 1])
     ref = bundle.positions
@@ -39,7 +42,26 @@ def make_features(bundle, features_cfg) -> AlignedFeatures:
                               f"the system has {bundle.n_atoms}")
         ref = t.xyz[0].astype(np.float64)
     idx = bundle.feature_atoms
-    return AlignedFeatures(idx, ref[idx], align=features_cfg.align)
+    return AlignedFeatures(idx if saved is None else subset_index(saved, idx), ref[idx], align=features_cfg.align)
+
+
+def subset_index(saved: np.ndarray, atoms: np.ndarray) -> np.ndarray:
+    """Where ``atoms`` (indices into the system) sit among the ``saved`` atoms."""
+    saved, atoms = np.asarray(saved), np.asarray(atoms)
+    pos = np.searchsorted(saved, atoms)
+    if np.any(pos >= len(saved)) or np.any(saved[np.minimum(pos, len(saved) - 1)] != atoms):
+        raise ValueError("some atoms are not among the saved ones (md.save_atoms)")
+    return pos.astype(np.int64)
+
+
+def expand_frames(frames: np.ndarray, saved: np.ndarray | None, n_atoms: int) -> np.ndarray:
+    """Frames of the saved atoms as frames of every atom (the others at the origin), for a
+    CV file, which takes the whole system's positions; ``saved`` None: unchanged."""
+    if saved is None:
+        return frames
+    full = np.zeros((len(frames), n_atoms, 3), dtype=frames.dtype)
+    full[:, saved] = frames
+    return full
 
 
 def log_weights_from_fes(xi: np.ndarray, fes_path, beta: float,

@@ -272,13 +272,16 @@ def _plot_weights(run: RunRecord, out: Path) -> Path | None:
     return out
 
 
-def _final_frames(run: RunRecord, bundle):
-    from .sampler import load_frames
+def _final_frames(run: RunRecord, bundle, with_atoms: bool = False):
+    """The frames of the last finished MD stage (production first); with ``with_atoms``,
+    also the atoms they hold (:func:`cvflow.sampler.saved_atoms_of`: None for all)."""
+    from .sampler import load_frames, saved_atoms_of
     from .workflow import production_md_dir
     for d in [production_md_dir(run.dir)] + [r.dir / "md" for r in reversed(run.iterations)]:
         if (d / "segment.json").exists():
-            return load_frames(d, bundle)
-    return None
+            frames = load_frames(d, bundle)
+            return (frames, saved_atoms_of(d)) if with_atoms else frames
+    return (None, None) if with_atoms else None
 
 
 def _plot_ramachandran(run: RunRecord, out: Path) -> Path | None:
@@ -349,16 +352,17 @@ def _plot_cv_map(run: RunRecord, out: Path) -> Path | None:
             ax.set_ylabel("y (nm)")
     else:
         import mdtraj as md
-        frames = _final_frames(run, bundle)
+        frames, saved = _final_frames(run, bundle, with_atoms=True)
         if frames is None or not len(frames):
             return None
         from .cvs import ramachandran_angles
+        top = md.Topology.from_openmm(bundle.topology)
         try:
-            ang = ramachandran_angles(md.Trajectory(frames, md.Topology.from_openmm(bundle.topology)))
+            ang = ramachandran_angles(md.Trajectory(frames, top if saved is None else top.subset(saved)))
         except ValueError:  # no φ/ψ: no Ramachandran map
             return None
         phi, psi = ang[:, :1], ang[:, 1:]
-        z = cv_values(final_cv, frames)
+        z = cv_values(final_cv, frames, saved, bundle.n_atoms)
         fig, axes = plt.subplots(1, z.shape[1], figsize=(5.2 * z.shape[1], 4.4), squeeze=False)
         for k, ax in enumerate(axes[0]):
             sc = ax.scatter(np.degrees(phi[:, 0]), np.degrees(psi[:, 0]), c=z[:, k], s=6, cmap="coolwarm")

@@ -35,7 +35,8 @@ from .fastcv import load_cv
 from .fes import Grid, write_fes
 from .progress import log
 from .stop import StopRequested, install_signal_handlers, stop_requested  # noqa: F401 (re-exported)
-from .system import SystemBundle, choose_platform, clone_system, confine_toy, platform_properties
+from .system import (SystemBundle, choose_platform, clone_system, confine_toy, platform_properties,
+                     saved_atom_indices)
 from .units import kT
 
 
@@ -153,6 +154,8 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
     recoveries_file = out_dir / "recoveries.json"
     recoveries = art.read_json(recoveries_file) if recoveries_file.exists() else []
     confine_toy(sim.context, bundle, md_cfg.timestep)
+    saved = saved_atom_indices(bundle, md_cfg.save_atoms)
+    keep = slice(None) if saved is None else saved
     step = 0
     if progress_file.exists():
         step = _restore_checkpoint(sim, bias, ckpt_dir, chunk_dir)
@@ -166,7 +169,7 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
         # a checkpoint at step 0, with the frame at step 0: a blow-up before the first
         # interval can recover from it
         pos0 = sim.context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
-        _write_checkpoint(sim, bias, ckpt_dir, chunk_dir, 0, [np.asarray(pos0)], [0])
+        _write_checkpoint(sim, bias, ckpt_dir, chunk_dir, 0, [np.asarray(pos0)[keep]], [0])
     log.debug(f"{label}: {steps:,} steps on {platform.getName()} from step {step:,}, seed {seed}, "
               f"engine {engine}, into {out_dir}")
     report = md_cfg.report_interval
@@ -223,7 +226,7 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
         # ξ and λ in colvar.csv (it sees the positions of step s when it computes the force
         # that moves them on), so that trajectory frame i and colvar row i are one configuration
         if step % report == 0 and step < steps:
-            frames.append(pos.copy())
+            frames.append(pos[keep].copy())
             frame_steps.append(step)
         stop = stop_requested()
         if step - last_ckpt >= md_cfg.checkpoint_interval or step == steps or stop:
@@ -235,10 +238,14 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
         if progress is not None:
             progress(step, steps)
     wall = time.perf_counter() - t0
-    n_frames, regions = _finalize(cfg, bundle, sim, bias, out_dir, chunk_dir)
+    n_frames, regions = _finalize(cfg, bundle, sim, bias, out_dir, chunk_dir, saved)
     result = SegmentResult(out_dir, steps, n_frames, wall, (steps - start_step) / max(wall, 1e-9),
                            platform.getName(), engine, regions, recoveries)
-    art.write_json(done_marker, result.to_dict())
+    info = result.to_dict()
+    info["saved_atoms"] = {"selection": md_cfg.save_atoms or "default",
+                           "count": int(bundle.n_atoms if saved is None else len(saved)),
+                           "of": int(bundle.n_atoms), "file": None if saved is None else "saved_atoms.npy"}
+    art.write_json(done_marker, info)
     # finished: the restart files are in the segment itself (checkpoint.chk, state.xml)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     shutil.rmtree(chunk_dir, ignore_errors=True)
@@ -319,14 +326,17 @@ def _concat(chunk_dir: Path, prefix: str, width: int | None = None) -> np.ndarra
     return np.concatenate(parts)
 
 
-def _finalize(cfg: Config, bundle: SystemBundle, sim, bias, out_dir: Path, chunk_dir: Path) -> tuple[int, dict | None]:
+def _finalize(cfg: Config, bundle: SystemBundle, sim, bias, out_dir: Path, chunk_dir: Path,
+              saved: np.ndarray | None = None) -> tuple[int, dict | None]:
     frames = _concat(chunk_dir, "frames")
     frame_steps = _concat(chunk_dir, "steps")
     art.write_npy(out_dir / "frame_steps.npy", frame_steps.astype(np.int64))
+    if saved is not None:
+        art.write_npy(out_dir / "saved_atoms.npy", saved.astype(np.int64))
     if bundle.is_toy:
         art.write_npy(out_dir / "traj.npy", frames.astype(np.float64))
     else:
-        write_trajectory(out_dir, bundle, frames, frame_steps, cfg.md.timestep)
+        write_trajectory(out_dir, bundle, frames, frame_steps, cfg.md.timestep, atoms=saved)
     dt = cfg.md.timestep
     regions = None
     if bias is not None:
@@ -358,7 +368,8 @@ def save_stats(path: Path, stats) -> None:
 
 
 def write_trajectory(out_dir: Path, bundle: SystemBundle, frames: np.ndarray,
-                     frame_steps: np.ndarray | None = None, timestep_ps: float | None = None) -> None:
+                     frame_steps: np.ndarray | None = None, timestep_ps: float | None = None,
+                     atoms: np.ndarray | None = None) -> None:
     """``traj.dcd`` with ``topology.pdb`` beside it (MDTraj, MDAnalysis and VMD read both).
 
     With the frames' steps (evenly spaced) and the timestep, the DCD header carries the
@@ -367,10 +378,13 @@ def write_trajectory(out_dir: Path, bundle: SystemBundle, frames: np.ndarray,
     them in ps."""
     import mdtraj as md
     top = bundle.mdtraj_topology()
-    ref = md.Trajectory(bundle.positions[None].astype(np.float32), top)
+    positions = bundle.positions
+    if atoms is not None:  # md.save_atoms: the frames hold these atoms, in this order
+        top, positions = top.subset(atoms), positions[atoms]
+    ref = md.Trajectory(positions[None].astype(np.float32), top)
     with art.atomic_path(out_dir / "topology.pdb") as tmp:
         ref.save_pdb(str(tmp))
-    traj = md.Trajectory(frames.astype(np.float32).reshape(-1, bundle.n_atoms, 3), top)
+    traj = md.Trajectory(frames.astype(np.float32).reshape(-1, top.n_atoms, 3), top)
     if bundle.box is not None and len(frames):
         traj.unitcell_vectors = np.repeat(bundle.box[None].astype(np.float32), len(frames), axis=0)
     with art.atomic_path(out_dir / "traj.dcd") as tmp:
@@ -404,8 +418,22 @@ def _set_dcd_times(path: Path, steps: np.ndarray, timestep_ps: float) -> None:
         fh.write(struct.pack("<f", timestep_ps / AKMA_PS))
 
 
+def saved_atoms_of(seg_dir: Path) -> np.ndarray | None:
+    """The atoms a finished segment's frames hold (``md.save_atoms``): indices into the
+    system, or None for every atom."""
+    path = Path(seg_dir) / "saved_atoms.npy"
+    return np.load(path) if path.exists() else None
+
+
+def last_positions(seg_dir: Path, bundle: SystemBundle) -> np.ndarray:
+    """Every atom's positions at the end of a finished segment (``state.xml``), nm."""
+    state = mm.XmlSerializer.deserialize((Path(seg_dir) / "state.xml").read_text())
+    return np.asarray(state.getPositions(asNumpy=True).value_in_unit(u.nanometer), np.float64)
+
+
 def load_frames(seg_dir: Path, bundle: SystemBundle) -> np.ndarray:
-    """Frames of a finished segment, ``(n, n_atoms, 3)`` in nm (float64)."""
+    """Frames of a finished segment, ``(n, n_saved, 3)`` in nm (float64): every atom, or the
+    atoms of :func:`saved_atoms_of` (``md.save_atoms``) in that order."""
     seg_dir = Path(seg_dir)
     if bundle.is_toy:
         return np.load(seg_dir / "traj.npy")

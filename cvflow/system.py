@@ -136,6 +136,36 @@ def _build_molecule(cfg: SystemConfig, atoms: str) -> SystemBundle:
     return SystemBundle(system, topology, pos, False, None, box, np.asarray(sel, np.int64))
 
 
+#: single-atom ion residues that a solvated system's frames leave out by default
+ION_RESIDUES = {"NA", "CL", "K", "MG", "CA", "ZN", "LI", "RB", "CS", "F", "BR", "I", "Na+", "Cl-", "K+"}
+
+
+def saved_atom_indices(bundle: SystemBundle, selection: str | None) -> np.ndarray | None:
+    """The atoms each frame keeps (``md.save_atoms``), sorted indices; None: every atom.
+
+    ``None`` (the default): every atom, except in a box of water, where the frames keep the
+    solute (not water, not single-atom ions) and the feature atoms. ``"all"``: every atom.
+    Any other value is an MDTraj selection; the feature atoms are always added, since the
+    features (and the learned CV) are computed from them."""
+    if bundle.is_toy or selection == "all":
+        return None
+    top = bundle.mdtraj_topology()
+    if selection is None:
+        if bundle.box is None:
+            return None
+        keep = [a.index for a in top.atoms if not a.residue.is_water
+                and not (a.residue.n_atoms == 1 and a.residue.name in ION_RESIDUES)]
+    else:
+        try:
+            keep = top.select(selection)
+        except Exception as e:
+            raise ConfigError(f"md.save_atoms: MDTraj cannot read the selection {selection!r}: {one_line(e)}") from None
+        if len(keep) == 0:
+            raise ConfigError(f"md.save_atoms: the selection {selection!r} matches no atom")
+    idx = np.union1d(np.asarray(keep, np.int64), bundle.feature_atoms)
+    return None if len(idx) == bundle.n_atoms else idx
+
+
 def _ff_exists(name: str) -> bool:
     try:
         app.ForceField(name)

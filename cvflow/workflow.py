@@ -18,14 +18,15 @@ from . import __version__
 from . import artifacts as art
 from .config import Config, ConfigError, check_loop_config, dump_config
 from .convergence import bootstrap_threshold, regscores
-from .dataset import effective_sample_size, make_features, normalised_weights, stage_log_weights
+from .dataset import (effective_sample_size, expand_frames, make_features, normalised_weights,
+                      stage_log_weights)
 from .export import export_cv
 from .features import featurize
 from .fes import Grid
 from .progress import Progress, log
-from .sampler import derive_seed, load_frames, run_segment
+from .sampler import derive_seed, last_positions, load_frames, run_segment
 from .stop import check_stop
-from .system import SystemBundle, build_system, choose_platform
+from .system import SystemBundle, build_system, choose_platform, saved_atom_indices
 from .train import bootstrap_member, bootstrap_workers, encode, process_map, train_model
 from .units import kT
 
@@ -227,7 +228,12 @@ class Workflow:
         self.bundle: SystemBundle = build_system(cfg.system, cfg.features.atoms)
         if cfg.execution.backend == "local":  # MD runs here: check its platform before the run directory
             choose_platform(cfg.md.platform, self.bundle.n_atoms, self.bundle.system)
-        self.features = make_features(self.bundle, cfg.features)
+        self.features = make_features(self.bundle, cfg.features)  # on every atom: the exported CV's
+        # the atoms that frames hold (md.save_atoms; None: all), and the features read from them
+        self.saved = saved_atom_indices(self.bundle, cfg.md.save_atoms)
+        self.frame_features = make_features(self.bundle, cfg.features, self.saved)
+        top = self.bundle.mdtraj_topology() if not self.bundle.is_toy else None
+        self.frame_topology = top.subset(self.saved) if self.saved is not None else top
         self.beta = 1.0 / kT(cfg.md.temperature)
         from .bias import resolve_engine
         self.engine = engine or resolve_engine(cfg.bias.engine, cfg.execution.walkers)
@@ -326,14 +332,17 @@ class Workflow:
         cfg = self.cfg
         frames = load_frames(prev_md, self.bundle) if prev_md is not None else np.zeros((0, self.bundle.n_atoms, 3))
         if cfg.execution.walkers == 1:
+            start = frames[-1] if len(frames) else None
+            if start is not None and self.saved is not None:  # frames without every atom
+                start = last_positions(prev_md, self.bundle)
             res = run_segment(cfg, self.bundle, out, steps, seed, cv_path=cv_path, grid=grid, engine=engine,
-                              start_positions=frames[-1] if len(frames) else None,
+                              start_positions=start,
                               progress=self.progress.md(label, cfg.md.timestep), label=label)
             return res.to_dict()
         from .walkers import Executor, run_walkers, spread_starts
         if self.executor is None:
             self.executor = Executor(cfg)
-        xi = cv_values(cv_path, frames) if cv_path is not None and len(frames) else None
+        xi = self._cv(cv_path, frames) if cv_path is not None and len(frames) else None
         starts = spread_starts(frames, xi, cfg.execution.walkers)
         res = run_walkers(cfg, self.bundle, out, steps, seed, cv_path=cv_path, grid=grid, engine=engine,
                           starts=starts, label=label, executor=self.executor)
@@ -360,7 +369,11 @@ class Workflow:
 
     def _data(self, it_dir: Path):
         frames = load_frames(it_dir / "md", self.bundle)
-        return frames, featurize(frames, self.features)
+        return frames, featurize(frames, self.frame_features)
+
+    def _cv(self, cv_path, frames: np.ndarray) -> np.ndarray:
+        """A CV file on this run's frames (of the saved atoms)."""
+        return cv_values(cv_path, frames, self.saved, self.bundle.n_atoms)
 
     def _weights(self, i: int, it_dir: Path, md_info, xi: np.ndarray | None, n: int) -> tuple[np.ndarray, dict]:
         """Normalised Boltzmann weights of a biased iteration's frames by ``bias.reweighting``
@@ -394,7 +407,7 @@ class Workflow:
         # the biasing CV on the frames, once, for the weights and the states
         ts = cfg.model.transition_states
         need_xi = cfg.model.reweight or cfg.states or (ts is not None and ts.source == "barrier")
-        xi = cv_values(prev_cv, frames) if md_info["biased"] and need_xi else None
+        xi = self._cv(prev_cv, frames) if md_info["biased"] and need_xi else None
         w, w_info = self._weights(i, it_dir, md_info, xi, len(frames))
         t_w = time.perf_counter() - t_w
         ess = effective_sample_size(w)
@@ -414,10 +427,11 @@ class Workflow:
         art.write_csv(it_dir / "training.csv", ["epoch", "train_loss", "val_loss"], np.array(result.history),
                       comments=["weighted mean squared reconstruction error, normalised features"])
         export_cv(self.features, result.mean, result.std, result.model.encoder, self.bundle.n_atoms,
-                  it_dir / "cv.pt", check_positions=frames[:: max(1, len(frames) // 50)])
+                  it_dir / "cv.pt", check_positions=expand_frames(frames[:: max(1, len(frames) // 50)], self.saved,
+                                                                  self.bundle.n_atoms))
         from .cvstats import gradient_stats
         from .fastcv import load_cv
-        cv_stats = gradient_stats(load_cv(it_dir / "cv.pt", self.bundle.n_atoms), frames)
+        cv_stats = gradient_stats(load_cv(it_dir / "cv.pt", self.bundle.n_atoms), frames, saved=self.saved)
         art.write_json(it_dir / "cv_stats.json", cv_stats)
         z = encode(result, x)
         decoder = self._export_decoder(result, it_dir, x, w, z)
@@ -496,8 +510,8 @@ class Workflow:
         else:
             frames, x = self._data(it_dir)
             t_r = time.perf_counter()
-            old = cv_values(self.run_dir / prev["cv"], frames)
-            new = cv_values(it_dir / "cv.pt", frames)
+            old = self._cv(self.run_dir / prev["cv"], frames)
+            new = self._cv(it_dir / "cv.pt", frames)
             per_output = regscores(old, new)
             score = float(per_output.min())
             t_r = time.perf_counter() - t_r
@@ -579,7 +593,7 @@ class Workflow:
             return None
         import mdtraj as md
         from .states import state_free_energies, state_membership
-        traj = md.Trajectory(frames.astype(np.float32), self.bundle.mdtraj_topology())
+        traj = md.Trajectory(frames.astype(np.float32), self.frame_topology)
         res = state_free_energies(state_membership(traj, self.cfg.states), w, 1.0 / self.beta,
                                   seed=derive_seed(self.cfg.seed, 20_000))
         res["ess"] = effective_sample_size(w)
@@ -590,7 +604,7 @@ class Workflow:
         out = self.run_dir / "production"
         md_dir = production_md_dir(self.run_dir)
         frames = load_frames(md_dir, self.bundle)
-        xi = cv_values(self.run_dir / last_train["cv"], frames)
+        xi = self._cv(self.run_dir / last_train["cv"], frames)
         states = self._states(frames, md_dir, xi, weights_out=out / "weights.npy")
         if states is not None:
             art.write_json(out / "states.json", states)
@@ -619,19 +633,26 @@ def last_train_index(tr_info) -> int:
     return int(Path(tr_info["cv"]).parent.name.split("_")[1])
 
 
-def cv_values(cv_path, frames: np.ndarray) -> np.ndarray:
+def cv_values(cv_path, frames: np.ndarray, saved: np.ndarray | None = None, n_atoms: int | None = None) -> np.ndarray:
     """A TorchScript CV evaluated on frames ``(n, n_atoms, 3)`` → ``(n, d)``.
 
-    cvflow's learned CVs take a batch; any other CV is called frame by frame.
+    cvflow's learned CVs take a batch; any other CV is called frame by frame. Frames of the
+    ``saved`` atoms only (``md.save_atoms``) are put back into positions of all ``n_atoms``
+    (the others at the origin: a CV file reads only its own atoms) a chunk at a time.
     """
     import torch
     from .fastcv import cv_format
     m = torch.jit.load(str(cv_path), map_location="cpu").eval()
     fmt = cv_format(m)
     dtype = torch.float64 if fmt else torch.float32
+    chunk = 4096 if saved is None else 256
+    out = []
     with torch.inference_mode():
-        if fmt == "aligned-mlp/1":
-            out = [m(torch.as_tensor(frames[i:i + 4096], dtype=dtype)).double().numpy()
-                   for i in range(0, len(frames), 4096)]
-            return np.concatenate(out).reshape(len(frames), -1) if out else np.zeros((0, 1))
-        return np.array([m(torch.as_tensor(f, dtype=dtype)).double().numpy() for f in frames]).reshape(len(frames), -1)
+        for i in range(0, len(frames), chunk):
+            part = expand_frames(frames[i:i + chunk], saved, n_atoms)
+            if fmt == "aligned-mlp/1":
+                out.append(m(torch.as_tensor(part, dtype=dtype)).double().numpy().reshape(len(part), -1))
+            else:
+                out.append(np.array([m(torch.as_tensor(f, dtype=dtype)).double().numpy() for f in part])
+                           .reshape(len(part), -1))
+    return np.concatenate(out) if out else np.zeros((0, 1))
