@@ -206,11 +206,18 @@ def stage_log_weights(seg_dir, beta: float, estimator: str = "extended", xi: np.
                       divide_by_histogram: bool = True) -> tuple[np.ndarray, dict]:
     """Log-weights of a biased stage's frames (``seg_dir``: its md/ directory) by
     ``estimator`` (``extended`` or ``czar``; see the module's docstring). ``xi`` (the biasing
-    CV on the frames) is needed by ``czar``; ``extended`` reads ξ and λ from colvar.csv.
+    CV on the frames) is needed by ``czar``; ``extended`` reads ξ and λ from colvar.csv and
+    the per-step λ statistics from lambda.npz, which the native engine writes; a stage
+    without them (PLUMED's) is reweighted by ``czar`` instead, and ``info`` says so.
     Walkers' stages (a ``walker`` column) are reweighted per walker's κ parts together."""
     from . import artifacts as art
     from .fes import CZARStats
     seg_dir = Path(seg_dir)
+    if estimator == "extended" and not (seg_dir / "lambda.npz").exists():
+        # no per-step λ statistics (the PLUMED engine, or a stage written before them): the
+        # frames alone are too few for A(λ) on a 2-D grid in short stages, so use CZAR's
+        logw, info = log_weights_from_fes(xi, seg_dir / "fes.csv", beta, divide_by_histogram=divide_by_histogram)
+        return logw, {**info, "estimator": "czar", "note": "no lambda.npz (per-step λ statistics) in this stage"}
     if estimator == "czar":
         return log_weights_from_fes(xi, seg_dir / "fes.csv", beta, divide_by_histogram=divide_by_histogram)
     stats = CZARStats.load(seg_dir / "czar.npz")

@@ -340,14 +340,18 @@ def _finalize(cfg: Config, bundle: SystemBundle, sim, bias, out_dir: Path, chunk
     dt = cfg.md.timestep
     regions = None
     if bias is not None:
+        if hasattr(bias, "finish"):  # PLUMED: flushes its last output (COLVAR rows, CZAR)
+            bias.finish(sim.context)
+            art.write_npy(chunk_dir / "colvar_final.npy", bias.take_colvar())
         rows = _concat(chunk_dir, "colvar", 1 + 2 * bias.dim)
+        # one row per saved frame: row i of colvar.csv is frame i (PLUMED's final evaluation
+        # at the last step, which has no frame, prints one more)
+        rows = rows[np.isin(rows[:, 0].astype(np.int64), frame_steps.astype(np.int64))] if len(rows) else rows
         d = bias.dim
         header = ["step", "time"] + [f"cv{i + 1}" for i in range(d)] + [f"lambda{i + 1}" for i in range(d)]
         table = np.column_stack([rows[:, 0], rows[:, 0] * dt, rows[:, 1:]]) if len(rows) else np.zeros((0, len(header)))
         art.write_csv(out_dir / "colvar.csv", header, table,
                       comments=["time in ps; cv and lambda in CV units"])
-        if hasattr(bias, "finish"):
-            bias.finish(sim.context)
         stats = bias.czar()
         save_stats(out_dir / "czar.npz", stats)
         if hasattr(bias, "lambda_stats"):

@@ -385,7 +385,9 @@ class Workflow:
         from .train import TrainingError
         logw, info = stage_log_weights(it_dir / "md", self.beta, self.cfg.bias.reweighting, xi,
                                        divide_by_histogram=False)
-        along = "A(λ) of the extended variable" if self.cfg.bias.reweighting == "extended" else "CZAR free energy"
+        if info.get("note"):
+            log.info(f"iteration {i} reweighting: {info['estimator']} ({info['note']})")
+        along = "A(λ) of the extended variable" if info.get("estimator") == "extended" else "CZAR free energy"
         if info["frames_without_free_energy"] == n:
             raise TrainingError(f"iteration {i} reweighting: no frame has a free energy ({along}) "
                                 f"(all {n} lie outside the sampled grid of {it_dir / 'md'})")

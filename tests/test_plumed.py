@@ -127,3 +127,10 @@ def test_run_ala2_quick_with_plumed_engine(tmp_path, plumed_kernel):
     assert (out / "iter_001" / "md" / "plumed" / "plumed.dat").is_file()
     _, f, _ = read_fes(out / summary["final_fes"])
     assert np.isfinite(f).sum() > 20
+    # one colvar row per frame, at the frames' steps (PLUMED flushes its last rows at the end)
+    from cvflow.artifacts import read_csv
+    for stage in ("iter_001/md", "production/md"):
+        _, rows = read_csv(out / stage / "colvar.csv")
+        assert np.array_equal(rows[:, 0].astype(np.int64), np.load(out / stage / "frame_steps.npy")), stage
+    # no per-step λ statistics from PLUMED: the stage is reweighted by CZAR, and says so
+    assert summary["iterations"][1]["reweighting"]["estimator"] == "czar"
