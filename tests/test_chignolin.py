@@ -51,8 +51,11 @@ def test_chignolin_validates_and_runs_a_biased_segment(tmp_path):
     assert header[2:] == ["cv1", "cv2", "lambda1", "lambda2"]
     assert colvar.shape == (4, 6) and np.all(np.isfinite(colvar))
     frames = load_frames(tmp_path / "seg", bundle)
-    assert frames.shape == (4, bundle.n_atoms, 3) and np.all(np.isfinite(frames))
+    assert frames.shape == (4, 138, 3) and np.all(np.isfinite(frames))  # md.save_atoms: the solute only
+    seg = json.loads((tmp_path / "seg" / "segment.json").read_text())
+    assert seg["saved_atoms"] == {"selection": "default", "count": 138, "of": bundle.n_atoms,
+                                  "file": "saved_atoms.npy"}
     from cvflow.states import state_membership
-    member = state_membership(md.Trajectory(frames, bundle.mdtraj_topology()), cfg.states)
+    member = state_membership(md.Trajectory(frames, bundle.mdtraj_topology().subset(np.arange(138))), cfg.states)
     assert member["unfolded"].all() and not member["folded"].any()
     assert json.loads((tmp_path / "seg" / "segment.json").read_text())["steps"] == 400
