@@ -26,8 +26,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from .features import AlignedFeatures
-from .fes import (Grid, connected_regions, fes_on_frames, integrate_1d, integrate_2d, main_region,
-                  nearest_image, read_fes)
+from .fes import Grid, connected_regions, fes_on_frames, integrate_1d, integrate_2d, main_region, read_fes
 
 
 def make_features(bundle, features_cfg, saved: np.ndarray | None = None) -> AlignedFeatures:
@@ -150,19 +149,20 @@ def log_weights_extended(xi: np.ndarray, lam: np.ndarray, kappa, grid: Grid, bet
     # with the per-step statistics, A(λ) lives on the ABF grid, and the few frames whose λ
     # is past the walls take the log-ratio at the nearest point of the grid (λ clamped);
     # with the frames' statistics alone, the grid grows to hold every λ
-    parts = np.unique(kappa)
-    clamp = step_stats is not None and len(parts) == 1
+    clamp = step_stats is not None and len(np.unique(np.asarray(kappa))) == 1
     g = grid if clamp else extended_grid(grid, lam)
     periods = g.periods
     lam_lookup = lam
     if clamp:
         half = 0.5 * g.widths
         lam_lookup = np.where(periods > 0, lam, np.clip(lam, g.mins + half * 1e-9, g.maxs - half * 1e-9))
-    diff = nearest_image(lam - xi, periods)
+    diff = lam - xi
+    diff = np.where(periods > 0, diff - periods * np.floor(diff / np.where(periods > 0, periods, 1.0) + 0.5), diff)
     wrapped = np.where(periods > 0, g.mins + np.mod(lam - g.mins, np.where(periods > 0, periods, 1.0)), lam_lookup)
     k = np.floor((wrapped - g.mins) / g.widths).astype(np.int64)
     k = np.where(periods > 0, np.mod(k, g.bins), np.clip(k, 0, g.bins - 1))
     logw = np.full(n, -np.inf)
+    parts = np.unique(kappa)
     for kap in parts:
         sel = kappa == kap
         count = np.zeros(tuple(g.bins))

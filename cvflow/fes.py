@@ -169,12 +169,6 @@ class CZARStats:
         return cls(grid, float(d["kappa"]), float(d["kT"]), d["count"], sums)
 
 
-def nearest_image(diff: np.ndarray, periods: np.ndarray) -> np.ndarray:
-    """Differences in CV space as nearest images on periodic dimensions (``periods`` > 0)."""
-    safe = np.where(periods > 0, periods, 1.0)
-    return np.where(periods > 0, diff - periods * np.floor(diff / safe + 0.5), diff)
-
-
 def connected_regions(mask: np.ndarray, periodic) -> np.ndarray:
     """Labels 1..n of the connected regions of ``mask`` (neighbours along each axis, and
     across the edge of a periodic axis); 0 outside the mask."""

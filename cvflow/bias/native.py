@@ -18,7 +18,7 @@ import openmm as mm
 
 from ..arena import JAC, POS, XI, Arena, f1, f2, f3, i1
 from ..cvs import torsions_packed
-from ..fes import CZARStats, Grid, nearest_image
+from ..fes import CZARStats, Grid
 from ..fastcv import CVEvaluator, aligned_mlp_packed
 
 _NOISE_BLOCK = 8192
@@ -340,7 +340,8 @@ class NativeEABF:
         """Coupling energy and forces at ``lam`` (default: the current λ); no side effects."""
         xi, jac = self.cv(pos)
         diff = xi - (self.lam if lam is None else lam)
-        diff = nearest_image(diff, self.grid.periods)
+        periods = self.grid.periods
+        diff = np.where(periods > 0, diff - periods * np.floor(diff / np.where(periods > 0, periods, 1) + 0.5), diff)
         forces = -(self.kappa * diff)[:, None, None] * jac
         return 0.5 * self.kappa * float(diff @ diff), forces.sum(0)
 
