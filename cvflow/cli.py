@@ -319,6 +319,54 @@ def _record_engine(run_dir, resolved, engine):
     art.write_text(Path(run_dir) / "config.resolved.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
 
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--from", "from_run", type=click.Path(file_okay=False), default=None,
+              help="A finished cvflow run whose production frames and weights train the flow.")
+@click.option("--out", "out", type=click.Path(file_okay=False), default=None,
+              help="Output directory (default: RUN_DIR/generate with --from, else <output>-generate).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted generate run in OUT.")
+@with_verbosity
+@_guard
+def generate(config, from_run, out, resume, verbose, quiet):
+    """Train a Boltzmann generator (a normalizing flow) on the energy and on frames, draw
+    samples and reweight them to free-energy differences between states.
+
+    Writes samples (samples.npy, or samples.dcd + topology.pdb), log_weights.npy,
+    generate.json (ESS, state free energies with bootstrap errors), training.csv and plots
+    in report/.
+    """
+    progress = _setup(verbose, quiet)
+    from .config import ConfigError, load_config
+    from .generate import GenerateRun, format_generate, prepare_generate_dir
+    from .progress import add_logfile, log
+    from .sampler import install_signal_handlers
+    cfg = load_config(config)
+    if cfg.generator is None:
+        raise ConfigError(f"{config}: no generator section; cvflow generate needs one (see the README, "
+                          f"'Boltzmann generators')")
+    if from_run is not None:
+        from_run = Path(from_run)
+        if not (from_run / "manifest.json").exists():
+            raise ConfigError(f"--from: {from_run} is not a cvflow run directory (no manifest.json)")
+    if out is None:
+        if from_run is not None:
+            out = from_run / "generate"
+        elif cfg.output is not None:
+            out = Path(str(cfg.output) + "-generate")
+        else:
+            raise ConfigError("--out: no output directory; pass --out or set 'output:' in the config")
+    out = Path(out)
+    gen = GenerateRun(cfg, out, from_run, progress)
+    prepare_generate_dir(cfg, out, resume)
+    add_logfile(out / "generate.log")
+    log.info(f"generate: {out}; config {config}" + (f"; frames from {from_run}" if from_run else ""))
+    install_signal_handlers()
+    info = gen.run()
+    for line in format_generate(info):
+        click.echo(f"{out}: {line}")
+
+
 EXAMPLES = ("entropic-switch", "ala2-vacuum", "ala2-implicit")
 
 

@@ -462,6 +462,80 @@ class StateDef(Strict):
         return {k: getattr(self, k) for k in _TORSIONS if getattr(self, k) is not None}
 
 
+class ToyBox(Strict):
+    """A named state of a toy for ``cvflow generate``: x and/or y inside [low, high] (nm;
+    ``.inf`` for an open side, e.g. ``x: [-.inf, 0]``)."""
+    x: Optional[list[float]] = None
+    y: Optional[list[float]] = None
+
+    @model_validator(mode="after")
+    def _boxes(self):
+        given = [(k, getattr(self, k)) for k in ("x", "y") if getattr(self, k) is not None]
+        if not given:
+            raise ValueError("a toy state needs a box in x or y, e.g. x: [-.inf, 0]")
+        for k, box in given:
+            if len(box) != 2 or not box[0] < box[1]:
+                raise ValueError(f"{k} takes [low, high] in nm with low < high, e.g. [-.inf, 0]")
+        return self
+
+
+class GeneratorMD(Strict):
+    """A short unbiased MD run whose frames train the generator by maximum likelihood:
+    ``steps`` steps from ``start`` (toys: [x, y]; molecules: the system's structure when
+    omitted), one frame every ``md.report_interval`` steps."""
+    steps: PositiveInt
+    start: Optional[list[Length]] = None
+
+    @field_validator("start")
+    @classmethod
+    def _two(cls, v):
+        if v is not None and len(v) != 2:
+            raise ValueError("start takes the toy's [x, y], e.g. ['-1.8 nm', '0 nm']")
+        return v
+
+
+class GeneratorConfig(Strict):
+    """A Boltzmann generator (``cvflow generate``): a normalizing flow (zuko's neural spline
+    flows) trained by maximum likelihood (ML) on frames with weights and by the reverse
+    Kullback-Leibler divergence (KL) to exp(−βU), then sampled and reweighted.
+
+    The loss at step t is ``ml_weight`` · ML + k(t) · KL, where the KL weight k(t) rises
+    linearly from 0 to ``kl_weight`` over ``kl_ramp`` steps after ``kl_start`` steps of ML
+    alone; with ``temperature_start`` the KL's temperature falls from it to md.temperature
+    over the same ramp (annealing). Energies above ``energy_cut`` (in kT above the lowest
+    of the training frames) grow only logarithmically in the KL, so that one clash does not
+    dominate a batch."""
+    transforms: PositiveInt = 4
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [64, 64])
+    bins: Annotated[int, Field(ge=2, le=64)] = 8
+    steps: PositiveInt = 2000
+    batch_size: PositiveInt = 256
+    learning_rate: float = Field(1e-3, gt=0)
+    # cosine: the learning rate falls to 0 over the steps (after the KL ramp); constant: it stays
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    ml_weight: float = Field(1.0, ge=0)
+    kl_weight: float = Field(1.0, ge=0)
+    kl_start: Annotated[int, Field(ge=0)] = 100
+    kl_ramp: Annotated[int, Field(ge=0)] = 500
+    temperature_start: Optional[Temperature] = None
+    energy_cut: float = Field(1000.0, gt=0)
+    samples: PositiveInt = 100_000
+    md: list[GeneratorMD] = Field(default_factory=list)
+    data: Optional[Path] = None
+    states: Optional[dict[str, ToyBox]] = None
+    bootstrap: Annotated[int, Field(ge=0)] = 200
+    checkpoint_every: PositiveInt = 200
+    platform: Literal["Reference", "CPU", "CUDA", "OpenCL"] = "Reference"
+
+    @model_validator(mode="after")
+    def _losses(self):
+        if self.ml_weight == 0 and self.kl_weight == 0:
+            raise ValueError("ml_weight and kl_weight are both 0: nothing would train the flow")
+        if self.temperature_start is not None and self.temperature_start <= 0:
+            raise ValueError("temperature_start must be positive")
+        return self
+
+
 class Config(Strict):
     """A whole cvflow run."""
     seed: int = Field(2024, ge=0)
@@ -473,6 +547,7 @@ class Config(Strict):
     convergence: ConvergenceConfig = Field(default_factory=ConvergenceConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     states: Optional[dict[str, StateDef]] = None
+    generator: Optional[GeneratorConfig] = None
     output: Optional[Path] = None
 
     @model_validator(mode="after")
@@ -487,7 +562,13 @@ class Config(Strict):
                              "every atom; with execution.walkers > 1 set md.save_atoms: all")
         if self.states is not None and self.system.is_toy:
             raise ValueError("states are boxes in molecular observables (phi, psi, distance, rmsd); "
-                             "a toy system has none")
+                             "a toy system has none (for cvflow generate, give generator.states in x and y)")
+        g = self.generator
+        if g is not None and g.states is not None and not self.system.is_toy:
+            raise ValueError("generator.states are boxes in a toy's x and y; a molecule's states are the "
+                             "top-level states: (phi, psi, distance, rmsd)")
+        if g is not None and any(m.start is not None for m in g.md) and not self.system.is_toy:
+            raise ValueError("generator.md[].start is a toy's [x, y]; a molecule's runs start from its structure")
         # molecules: beyond 5 fs even hydrogen-mass-repartitioned systems blow up
         if not self.system.is_toy and self.md.timestep > MAX_MOLECULAR_TIMESTEP:
             raise ValueError(f"md.timestep is {self.md.timestep * 1000:g} fs; molecular dynamics needs at most "
@@ -602,6 +683,8 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     cfg.features.reference = res(cfg.features.reference)
     if cfg.model.transition_states is not None:
         cfg.model.transition_states.file = res(cfg.model.transition_states.file)
+    if cfg.generator is not None:
+        cfg.generator.data = res(cfg.generator.data)
     for st in (cfg.states or {}).values():
         if st.rmsd is not None:
             st.rmsd.reference = res(st.rmsd.reference)
@@ -659,7 +742,8 @@ def check_input_files(cfg: Config) -> None:
     for key, p in (("system.pdb", cfg.system.pdb), ("bias.cv", cfg.bias.cv),
                    ("features.reference", cfg.features.reference),
                    ("model.transition_states.file",
-                    cfg.model.transition_states.file if cfg.model.transition_states else None)):
+                    cfg.model.transition_states.file if cfg.model.transition_states else None),
+                   ("generator.data", cfg.generator.data if cfg.generator else None)):
         if p is not None and not Path(p).is_file():
             raise ConfigError(f"{key}: file not found: {p}")
     for name, st in (cfg.states or {}).items():

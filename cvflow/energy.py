@@ -16,6 +16,7 @@ Units: positions in nm, energies in kJ/mol, forces in kJ/mol/nm.
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import openmm as mm
@@ -51,6 +52,7 @@ class OpenMMEnergy:
         self.max_energy = float(max_energy)
         self.evaluations = 0
         self.nonfinite = 0
+        self.seconds = 0.0  # wall time spent in evaluations
         self._pos = np.zeros((self.n_atoms, 3))
         self._force = np.zeros((self.n_atoms, 3))
 
@@ -62,12 +64,14 @@ class OpenMMEnergy:
             x = np.concatenate([x, np.zeros((len(x), 1))], axis=1)[:, None, :]
         if x.ndim != 3 or x.shape[1:] != (self.n_atoms, 3):
             raise ValueError(f"positions of shape {x.shape}; the system has {self.n_atoms} atoms")
+        t0 = time.perf_counter()
         n = len(x)
         energies = np.empty(n)
         forces = np.zeros((n, self.n_atoms, 3))
         for i in range(n):
             energies[i] = self._one(x[i], forces[i])
         self.evaluations += n
+        self.seconds += time.perf_counter() - t0
         return energies, forces
 
     def _one(self, pos: np.ndarray, force_out: np.ndarray) -> float:

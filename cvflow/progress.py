@@ -89,6 +89,26 @@ class Progress:
                 log.info(f"{label}: epoch {epoch}/{total} {msg}")
         return update
 
+    def steps(self, label: str):
+        """callback(step, total, message) for an optimisation: steps/s, ETA and the message."""
+        t0 = time.perf_counter()
+        state = {"last": t0, "bar": None}
+
+        def update(step, total, msg=""):
+            if self.quiet:
+                return
+            now = time.perf_counter()
+            rate = step / max(now - t0, 1e-9)
+            eta = f"ETA {(total - step) / rate:,.0f} s" if rate > 0 else "ETA -"
+            if self.interactive:
+                self._bar(state, label, step, total, f"step {step:,}/{total:,} {msg} {eta}")
+                if step >= total:
+                    log.info(f"{label}: {total:,} steps done, {msg}")
+            elif now - state["last"] >= self.min_seconds or step == total:
+                state["last"] = now
+                log.info(f"{label}: step {step:,}/{total:,} ({100 * step / total:.0f}%) {msg} {eta}")
+        return update
+
     def _bar(self, state, label, done, total, msg):
         from rich.progress import BarColumn, Progress as RichProgress, TextColumn
         if state["bar"] is None:
