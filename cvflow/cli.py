@@ -149,7 +149,8 @@ def validate(config, verbose, quiet):
     from .bias import resolve_engine
     engine = resolve_engine(cfg.bias.engine)
     kind = "toy potential" if bundle.is_toy else f"{bundle.n_atoms} atoms, {cfg.system.solvent}"
-    click.echo(f"{config}: OK ({kind}; engine {engine})")
+    gen = "; a generator section for cvflow generate" if cfg.generator is not None else ""
+    click.echo(f"{config}: OK ({kind}; engine {engine}{gen})")
 
 
 @main.command()

@@ -107,10 +107,12 @@ class GenerateRun:
     def _data(self) -> dict:
         parts, weights, sources = [], [], []
         if self.from_run is not None:
-            x, w = self._run_frames(self.from_run)
-            parts.append(x)
-            weights.append(w / w.sum() * len(w))
-            sources.append(f"{self.from_run} production ({len(x)} frames, reweighted)")
+            for stage, x, w in self._run_frames(self.from_run):
+                if self.gen.frame_weights == "uniform":
+                    w = np.ones(len(w))
+                parts.append(x)
+                weights.append(w / w.sum() * len(w))
+                sources.append(f"{self.from_run.name}/{stage} ({len(x)} frames, {self.gen.frame_weights})")
         if self.gen.data is not None:
             x = self._file_frames(self.gen.data)
             parts.append(x)
@@ -138,24 +140,31 @@ class GenerateRun:
             return frames.reshape(len(frames), -1, 3)[:, 0, :2] if frames.shape[-1] == 3 else frames.reshape(-1, 2)
         return frames
 
-    def _run_frames(self, run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    def _run_frames(self, run_dir: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """(stage, frames, weights) of a finished run: production, or (``generator.frames:
+        all``) every iteration and production, each with its ``weights.npy``."""
+        from .sampler import saved_atoms_of
         from .workflow import production_md_dir
-        md_dir = production_md_dir(run_dir)
-        wpath = run_dir / "production" / "weights.npy"
-        if not (md_dir / "segment.json").exists() or not wpath.exists():
+        stages = [("production", production_md_dir(run_dir), run_dir / "production" / "weights.npy")]
+        if not (stages[0][1] / "segment.json").exists() or not stages[0][2].exists():
             raise ConfigError(f"--from: {run_dir} has no finished production (production/weights.npy); "
                               f"finish the run with cvflow run --resume first")
-        from .sampler import saved_atoms_of
-        saved = saved_atoms_of(md_dir)
-        if saved is not None and len(saved) != self.bundle.n_atoms:
-            raise ConfigError(f"--from: {run_dir} saved {len(saved)} of the system's {self.bundle.n_atoms} atoms "
-                              f"(md.save_atoms); the generator needs every atom")
-        frames = load_frames(md_dir, self.bundle)
-        w = np.load(wpath).astype(np.float64)
-        if len(w) != len(frames) or frames.shape[1] != self.bundle.n_atoms:
-            raise ConfigError(f"--from: {run_dir}: {len(frames)} production frames of {frames.shape[1]} atoms and "
-                              f"{len(w)} weights; the system has {self.bundle.n_atoms} atoms")
-        return self._as_config(frames), w
+        if self.gen.frames == "all":
+            its = sorted(p for p in run_dir.glob("iter_[0-9][0-9][0-9]") if (p / "weights.npy").exists())
+            stages = [(p.name, p / "md", p / "weights.npy") for p in its] + stages
+        out = []
+        for name, md_dir, wpath in stages:
+            saved = saved_atoms_of(md_dir)
+            if saved is not None and len(saved) != self.bundle.n_atoms:
+                raise ConfigError(f"--from: {run_dir}/{name} saved {len(saved)} of the system's "
+                                  f"{self.bundle.n_atoms} atoms (md.save_atoms); the generator needs every atom")
+            frames = load_frames(md_dir, self.bundle)
+            w = np.load(wpath).astype(np.float64)
+            if len(w) != len(frames) or (not self.bundle.is_toy and frames.shape[1] != self.bundle.n_atoms):
+                raise ConfigError(f"--from: {run_dir}/{name}: {len(frames)} frames of {frames.shape[1]} atoms and "
+                                  f"{len(w)} weights; the system has {self.bundle.n_atoms} atoms")
+            out.append((name, self._as_config(frames), w))
+        return out
 
     def _file_frames(self, path: Path) -> np.ndarray:
         if self.bundle.is_toy:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import normalised_weights
-from .report import _plt
+from .report import _plt, save_figure
 
 
 def write_generate_report(run) -> list[Path]:
@@ -36,10 +36,7 @@ def _weights(logw: np.ndarray, path: Path) -> Path:
     ax.set_xlabel("log10(w · n)  (0: the weight of a perfect generator)")
     ax.set_ylabel("samples")
     ax.set_title(f"importance weights ({len(logw) - len(finite)} without a finite energy)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _training(csv_path: Path, path: Path) -> Path | None:
@@ -59,10 +56,7 @@ def _training(csv_path: Path, path: Path) -> Path | None:
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("nats")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _toy_samples(run, w: np.ndarray, path: Path) -> Path:
@@ -104,10 +98,7 @@ def _toy_samples(run, w: np.ndarray, path: Path) -> Path:
     for ax in axes:
         ax.set_xlabel("x (nm)")
     axes[0].set_ylabel("y (nm)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _ramachandran(run, w: np.ndarray, path: Path) -> Path | None:
@@ -132,7 +123,4 @@ def _ramachandran(run, w: np.ndarray, path: Path) -> Path | None:
         ax.set_xlabel("φ (degrees)")
         ax.set_ylabel("ψ (degrees)")
         ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -144,6 +144,14 @@ def _plt():
     return plt
 
 
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write (110 dpi) and close ``fig``; returns ``path``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
 def plot_fes(fes_csv: Path, kT: float, out: Path, title: str = "") -> Path:
     """The free energy in kJ/mol, with a second scale in kT. 1-D: a curve; 2-D: filled contours."""
     plt = _plt()

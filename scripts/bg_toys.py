@@ -78,8 +78,9 @@ def js_divergence(p, q):
     return float(0.5 * kl(p, m) + 0.5 * kl(q, m))
 
 
-def density_check(samples, logw, grid, lo, hi, bins=(50, 40)):
-    """JS divergence (nats) between the reweighted 2-D histogram and the exact density."""
+def density_check(samples, logw, grid, lo, hi, bins=(50, 40), figure=None, kT=1.0):
+    """JS divergence (nats) between the reweighted 2-D histogram and the exact density
+    (and, with ``figure``, both drawn side by side as −ln p in kT)."""
     xs, ys, p = grid
     ex = [np.linspace(lo[0], hi[0], bins[0] + 1), np.linspace(lo[1], hi[1], bins[1] + 1)]
     w = np.exp(logw - logw[np.isfinite(logw)].max())
@@ -87,7 +88,25 @@ def density_check(samples, logw, grid, lo, hi, bins=(50, 40)):
     h, _, _ = np.histogram2d(samples[:, 0], samples[:, 1], ex, weights=w)
     xx, yy = np.meshgrid(xs, ys, indexing="ij")
     ref, _, _ = np.histogram2d(xx.ravel(), yy.ravel(), ex, weights=p.ravel())
-    return js_divergence(h, ref)
+    js = js_divergence(h, ref)
+    if figure is not None:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+        for ax, hist, title in ((axes[0], ref, "exact density"), (axes[1], h, f"reweighted samples (JS {js:.4f})")):
+            with np.errstate(divide="ignore"):
+                f = -np.log(hist / hist.sum())
+            f -= f[np.isfinite(f)].min()
+            im = ax.imshow(np.where(np.isfinite(f), f, np.nan).T, origin="lower", aspect="auto", vmax=14,
+                           extent=(lo[0], hi[0], lo[1], hi[1]), cmap="viridis")
+            ax.set_title(title)
+            ax.set_xlabel("x (nm)")
+        axes[0].set_ylabel("y (nm)")
+        fig.colorbar(im, ax=axes, label="−ln p (kT)")
+        fig.savefig(figure, dpi=100)
+        plt.close(fig)
+    return js
 
 
 def plain_md(cfg, bundle, steps, seed, work):
@@ -135,8 +154,9 @@ def main():
                    "energy_evaluations": info["energy_evaluations"], "wall_s": wall}
             if name == "muller-brown":
                 samples = np.load(work / "gen" / "samples.npy")
+                fig = ROOT / "docs" / "img" / "bg-muller-brown-density.png" if seed == args.seeds[0] else None
                 row["js_divergence_2d"] = density_check(samples, np.load(work / "gen" / "log_weights.npy"),
-                                                        grid, lo, hi)
+                                                        grid, lo, hi, figure=fig)
             row["plain_md_same_budget"] = plain_md(cfg, bundle, info["energy_evaluations"], seed, work)
             rows[str(seed)] = row
             print(name, seed, json.dumps({k: row[k] for k in ("deviation_kT", "ess_fraction")}), f"{wall:.0f} s",

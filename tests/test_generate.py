@@ -156,6 +156,9 @@ def test_generate_writes_its_outputs_and_refuses_to_overwrite(tmp_path):
     def numbers(text):
         return [ln for ln in text.splitlines() if "ESS" in ln or "ΔF" in ln]
     assert numbers(resumed.output) == numbers(res.output) != []  # a finished directory: the same numbers
+    changed = toy_config(tmp_path, steps=31)
+    refused = invoke("generate", changed, "--out", out, "--resume")
+    assert refused.exit_code == 2 and "generator differs" in refused.output, refused.output
 
 
 def test_interrupted_training_resumes_exactly(tmp_path, monkeypatch):
@@ -211,6 +214,40 @@ def test_bad_data_and_from_are_one_line(tmp_path):
     assert res.exit_code == 2 and "shape (10, 3)" in res.output and "Traceback" not in res.output
     res = invoke("generate", toy_config(tmp_path), "--from", tmp_path, "--out", tmp_path / "g2")
     assert res.exit_code == 2 and "not a cvflow run directory" in res.output
+
+
+def test_generate_from_a_finished_molecular_run(tmp_path, ala2_run):
+    """``--from`` a finished alanine-dipeptide run: every stage's frames (``frames: all``)
+    and their weights train the internal-coordinate flow; the samples come as a DCD with a topology whose
+    structures keep the constrained X–H bonds at their length, the states are counted on
+    them, and the report has the Ramachandran map."""
+    import mdtraj as md
+    from conftest import ROOT
+    run_dir, _ = ala2_run
+    data = yaml.safe_load((ROOT / "configs" / "bg-ala2.yaml").read_text())
+    data["system"]["pdb"] = str(ROOT / "systems" / "alanine-dipeptide" / "ala2.pdb")
+    data["generator"].update(transforms=2, hidden=[32], steps=12, kl_start=6, kl_ramp=2, samples=400,
+                             batch_size=32, checkpoint_every=5, frames="all")
+    path = tmp_path / "bg.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))  # the first state is the reference
+    out = tmp_path / "gen"
+    res = invoke("generate", path, "--from", run_dir, "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "ΔF(C7ax − C7eq)" in res.output
+    man = yaml.safe_load((out / "manifest.json").read_text())["stages"]
+    stages = sorted(run_dir.glob("iter_[0-9][0-9][0-9]")) + [run_dir / "production"]
+    frames = sum(len(np.load(p / "weights.npy")) for p in stages)  # frames: all, every stage
+    assert man["data"]["frames"] == frames and len(man["data"]["sources"]) == len(stages)
+    assert "production" in man["data"]["sources"][-1]
+    t = md.load_dcd(str(out / "samples.dcd"), top=str(out / "topology.pdb"))
+    assert t.n_frames == 400 and t.n_atoms == 22
+    bundle = build_ala2()
+    i, j, d = bundle.system.getConstraintParameters(0)
+    dist = np.linalg.norm(t.xyz[:, i] - t.xyz[:, j], axis=-1)
+    assert np.allclose(dist, d.value_in_unit(d.unit), atol=1e-5)  # float32 DCD
+    info = yaml.safe_load((out / "generate.json").read_text())
+    assert set(info["states"]["populations"]) == {"C7eq", "C7ax"}
+    assert (out / "report" / "ramachandran.png").exists()
 
 
 @pytest.mark.slow
