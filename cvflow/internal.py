@@ -65,9 +65,13 @@ class ZMatrix:
                 continue
             j = parent[i]
             k = parent[j] if parent[j] >= 0 else next(n for n in nbr[j] if n in placed and n != i)
-            cand = [parent[k]] if parent[k] >= 0 else []
-            cand += [n for n in nbr[k] if n in placed and n not in (i, j)] + [n for n in nbr[j] if n in placed
-                                                                               and n not in (i, k)]
+            # a placed sibling of i (another atom bonded to j) first: the torsion (i, j, k, sibling)
+            # is then the rotation between the two about j–k, nearly fixed by the geometry
+            # (±120° on an sp3 centre, 180° on an sp2 one), instead of two free torsions
+            # whose difference must be learned exactly (a methyl's hydrogens would clash)
+            cand = [n for n in nbr[j] if n in placed and n not in (i, k)]
+            cand += [parent[k]] if parent[k] >= 0 else []
+            cand += [n for n in nbr[k] if n in placed and n not in (i, j)]
             cand += [n for n in order[:pos] if n not in (i, j, k)]
             l = next(c for c in cand if c not in (i, j, k) and c in placed)
             rows.append((i, j, k, l))

@@ -91,3 +91,26 @@ def test_torsions_agree_with_mdtraj_and_wrap(ala2):
     x1, _ = zm.to_cartesian(b, a, t1)
     x2, _ = zm.to_cartesian(b, a, t2)
     assert (x1 - x2).abs().max() < 1e-6
+
+
+def test_siblings_are_placed_relative_to_each_other(ala2):
+    """An atom whose bond partner j already holds another placed atom takes that sibling as
+    its torsion reference: the torsion is then the nearly fixed rotation between the two
+    about j–k (about ±120° for a methyl's hydrogens) rather than a second free torsion."""
+    bundle, zm = ala2
+    top = bundle.mdtraj_topology()
+    nbr = {a.index: set() for a in top.atoms}
+    for a, b in top.bonds:
+        nbr[a.index].add(b.index)
+        nbr[b.index].add(a.index)
+    pos = {int(a): p for p, a in enumerate(zm.order)}
+    x = torch.as_tensor(bundle.positions[None])
+    _, _, tors = zm.to_internal(x)
+    n_sib = 0
+    for c, (i, j, k, l) in enumerate(zm.rows):
+        sibs = [n for n in nbr[int(j)] if n not in (i, k) and pos[n] < pos[int(i)]]
+        if sibs:
+            n_sib += 1
+            assert int(l) in sibs
+            assert 60 < abs(np.degrees(float(tors[0, c]))) <= 180  # a rotation about j–k (180: sp2), not ~0
+    assert n_sib >= 8  # the methyl hydrogens (3 x 2) and the carbonyl/amide partners
