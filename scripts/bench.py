@@ -218,7 +218,7 @@ def bench_generator_training(pdb, steps: int = 30) -> dict:
         run = GenerateRun(cfg, Path(tmp) / "gen")
         run.run()
         tr = run.manifest.get("train")
-    return {"system": "ala2-vacuum", "engine": "bg-train", "variant": f"KL, batch 256, {steps} steps",
+    return {"system": "ala2-vacuum", "engine": "flow", "variant": f"KL, batch 256, {steps} steps",
             "platform": "Reference", "steps_per_s": tr["energy_evaluations"] / tr["wall_s"], "ratio": None,
             "note": f"energy evaluations/s of training; {100 * tr['energy_fraction_of_training']:.0f}% of its "
                     f"time in the OpenMM bridge"}
