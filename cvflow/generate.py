@@ -223,12 +223,14 @@ class GenerateRun:
             out[tuple(sorted((int(i), int(j))))] = float(d.value_in_unit(u.nanometer))
         return out
 
-    def schedule(self, step: int) -> tuple[float, float]:
-        """(KL weight, KL temperature in K) at optimiser step ``step``."""
+    def schedule(self, step: int, with_ml: bool = True) -> tuple[float, float]:
+        """(KL weight, KL temperature in K) at optimiser step ``step``; without ML (no
+        frames, or ml_weight 0) the KL starts at once (``kl_start`` is ML's head start)."""
         g = self.gen
-        if g.kl_weight == 0 or step < g.kl_start:
+        start = g.kl_start if with_ml else 0
+        if g.kl_weight == 0 or step < start:
             return 0.0, self.cfg.md.temperature
-        frac = 1.0 if g.kl_ramp == 0 else min(1.0, (step - g.kl_start + 1) / g.kl_ramp)
+        frac = 1.0 if g.kl_ramp == 0 else min(1.0, (step - start + 1) / g.kl_ramp)
         t = self.cfg.md.temperature
         if g.temperature_start is not None:
             t = g.temperature_start + frac * (t - g.temperature_start)
@@ -237,7 +239,7 @@ class GenerateRun:
     def learning_rate(self, step: int) -> float:
         """Constant, or (``cosine``) constant until the KL ramp ends, then a cosine to 0."""
         g = self.gen
-        hold = min(g.kl_start + g.kl_ramp, g.steps - 1)
+        hold = min((g.kl_start if g.ml_weight > 0 else 0) + g.kl_ramp, g.steps - 1)
         if g.lr_schedule == "constant" or step < hold:
             return g.learning_rate
         return 0.5 * g.learning_rate * (1 + math.cos(math.pi * (step - hold) / max(1, g.steps - hold)))
@@ -279,7 +281,7 @@ class GenerateRun:
         report = self.progress.steps("generator training") if self.progress else None
         for step in range(start, g.steps):
             torch.manual_seed(derive_seed(self.seed, 1, step))
-            k_kl, temp = self.schedule(step)
+            k_kl, temp = self.schedule(step, use_ml)
             for group in opt.param_groups:
                 group["lr"] = self.learning_rate(step)
             loss = torch.zeros((), dtype=torch.float64)

@@ -188,6 +188,21 @@ def test_interrupted_training_resumes_exactly(tmp_path, monkeypatch):
     assert np.array_equal(np.load(straight / "log_weights.npy"), np.load(cut / "log_weights.npy"))
 
 
+def test_kl_alone_from_the_energy_only(tmp_path):
+    """``ml_weight: 0`` and no frames: the flow trains on the energy alone (the KL starts
+    at once; ``kl_start`` is ML's head start), and the KL estimate falls."""
+    path = toy_config(tmp_path, potential="(x^2-1)^2 + 0.5*y^2", ml_weight=0, md=[], steps=40, samples=500,
+                      states=None)
+    out = tmp_path / "kl"
+    res = invoke("generate", path, "--out", out)
+    assert res.exit_code == 0, res.output
+    from cvflow.artifacts import read_csv
+    _, rows = read_csv(out / "training.csv")
+    kl = rows[:, 2]
+    assert np.isfinite(kl).all() and np.isnan(rows[:, 1]).all()  # KL every step, no ML
+    assert kl[-10:].mean() < kl[:10].mean()
+
+
 @pytest.mark.parametrize("change, message", [
     ({"generator": None}, "no generator section"),
     ({"md": []}, "needs training frames"),
