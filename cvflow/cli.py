@@ -323,7 +323,7 @@ def _record_engine(run_dir, resolved, engine):
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--from", "from_run", type=click.Path(file_okay=False), default=None,
-              help="A finished cvflow run whose production frames and weights train the flow.")
+              help="A finished cvflow run whose frames and weights train the flow (generator.frames, frame_weights).")
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None,
               help="Output directory (default: RUN_DIR/generate with --from, else <output>-generate).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted generate run in OUT.")

@@ -481,7 +481,8 @@ def prepare_generate_dir(cfg: Config, out: Path, resume: bool) -> None:
     import openmm
     import zuko
     art.write_text(resolved, yaml.safe_dump({"config": current, "versions": {
-        "torch": str(torch.__version__), "openmm": str(openmm.__version__), "zuko": str(getattr(zuko, "__version__", "?"))},
+        "torch": str(torch.__version__), "openmm": str(openmm.__version__),
+        "zuko": str(getattr(zuko, "__version__", "?"))},
         "threads": torch.get_num_threads()}, sort_keys=False))
 
 

@@ -36,8 +36,9 @@ def main():
     ref_df, ref_err = ref["delta_f_C7ax_minus_C7eq"], ref["error"]
     summary = json.loads((args.source / "summary.json").read_text())
     src = summary.get("production_analysis", {}).get("states") or {}
-    out = {"script": "scripts/bg_ala2.py", "config": str(args.config.resolve().relative_to(ROOT)) if args.config.resolve().is_relative_to(ROOT)
-           else str(args.config),
+    cfg_path = args.config.resolve()
+    out = {"script": "scripts/bg_ala2.py",
+           "config": str(cfg_path.relative_to(ROOT)) if cfg_path.is_relative_to(ROOT) else str(cfg_path),
            "source_run": str(args.source), "reference_delta_f": ref_df, "reference_error": ref_err,
            "source_production_delta_f": (src.get("delta_f", {}).get("C7ax") or {}).get("value"),
            "source_production_frames": src.get("frames"), "seeds": {}}
