@@ -372,29 +372,19 @@ class GenerateRun:
         if self.bundle.is_toy:
             art.write_npy(self.out / "samples.npy", x)
         else:
-            self._write_dcd(x)
+            from .sampler import write_trajectory
+            write_trajectory(self.out, self.bundle, x, name="samples.dcd")
         return {"samples": int(len(x)), "wall_s": time.perf_counter() - t0,
                 "energy_evaluations": int(self.bridge.evaluations - evals0),
                 "nonfinite_energies": int(self.bridge.nonfinite - bad0),
                 "files": ["samples.npy" if self.bundle.is_toy else "samples.dcd", "log_weights.npy"]}
 
-    def _write_dcd(self, x: np.ndarray) -> None:
-        import mdtraj as md
-        from .sampler import ascii_path
-        top = self.bundle.mdtraj_topology()
-        with art.atomic_path(self.out / "topology.pdb") as tmp:
-            md.Trajectory(self.bundle.positions[None].astype(np.float32), top).save_pdb(str(tmp))
-        with art.atomic_path(self.out / "samples.dcd") as tmp:
-            tmp_dcd = tmp.with_suffix(".dcd")
-            with ascii_path(tmp_dcd, write=True) as dcd:
-                md.Trajectory(x.astype(np.float32), top).save_dcd(str(dcd))
-            tmp_dcd.replace(tmp)
-
     def samples(self) -> np.ndarray:
         """The samples: (n, 2) for toys, (n, N, 3) nm for molecules."""
         if self.bundle.is_toy:
             return np.load(self.out / "samples.npy")
-        return load_frames_dcd(self.out / "samples.dcd", self.out / "topology.pdb")
+        from .sampler import read_dcd
+        return read_dcd(self.out / "samples.dcd", self.out / "topology.pdb").xyz.astype(np.float64)
 
     # -- 4. analysis -----------------------------------------------------------------------
     def _analyse(self) -> dict:
@@ -446,13 +436,6 @@ class GenerateRun:
         from .states import state_membership
         traj = md.Trajectory(self.samples().astype(np.float32), self.bundle.mdtraj_topology())
         return state_membership(traj, self.cfg.states)
-
-
-def load_frames_dcd(dcd: Path, top: Path) -> np.ndarray:
-    import mdtraj as md
-    from .sampler import _quiet_c_stdout, ascii_path
-    with _quiet_c_stdout(), ascii_path(dcd) as path:
-        return md.load_dcd(str(path), top=str(top)).xyz.astype(np.float64)
 
 
 def _zuko_version() -> str:

@@ -299,9 +299,8 @@ def _plot_ramachandran(run: RunRecord, out: Path) -> Path | None:
     if not ((prod / "weights.npy").exists() and (md_dir / "traj.dcd").exists()):
         return None
     import mdtraj as md
-    from .sampler import _quiet_c_stdout, ascii_path
-    with _quiet_c_stdout(), ascii_path(md_dir / "traj.dcd") as dcd:
-        t = md.load_dcd(str(dcd), top=str(md_dir / "topology.pdb"))
+    from .sampler import read_dcd
+    t = read_dcd(md_dir / "traj.dcd", md_dir / "topology.pdb")
     phi, psi = md.compute_phi(t)[1], md.compute_psi(t)[1]
     if phi.shape[1] == 0 or psi.shape[1] == 0:
         return None

@@ -373,8 +373,8 @@ def save_stats(path: Path, stats) -> None:
 
 def write_trajectory(out_dir: Path, bundle: SystemBundle, frames: np.ndarray,
                      frame_steps: np.ndarray | None = None, timestep_ps: float | None = None,
-                     atoms: np.ndarray | None = None) -> None:
-    """``traj.dcd`` with ``topology.pdb`` beside it (MDTraj, MDAnalysis and VMD read both).
+                     atoms: np.ndarray | None = None, name: str = "traj.dcd") -> None:
+    """``name`` (``traj.dcd``) with ``topology.pdb`` beside it (MDTraj, MDAnalysis and VMD read both).
 
     With the frames' steps (evenly spaced) and the timestep, the DCD header carries the
     first step, the interval and the timestep (the CHARMM convention that OpenMM's
@@ -391,7 +391,7 @@ def write_trajectory(out_dir: Path, bundle: SystemBundle, frames: np.ndarray,
     traj = md.Trajectory(frames.astype(np.float32).reshape(-1, top.n_atoms, 3), top)
     if bundle.box is not None and len(frames):
         traj.unitcell_vectors = np.repeat(bundle.box[None].astype(np.float32), len(frames), axis=0)
-    with art.atomic_path(out_dir / "traj.dcd") as tmp:
+    with art.atomic_path(out_dir / name) as tmp:
         tmp_dcd = tmp.with_suffix(".dcd")
         with ascii_path(tmp_dcd, write=True) as dcd:
             traj.save_dcd(str(dcd))
@@ -441,10 +441,15 @@ def load_frames(seg_dir: Path, bundle: SystemBundle) -> np.ndarray:
     seg_dir = Path(seg_dir)
     if bundle.is_toy:
         return np.load(seg_dir / "traj.npy")
+    return read_dcd(seg_dir / "traj.dcd", seg_dir / "topology.pdb").xyz.astype(np.float64)
+
+
+def read_dcd(dcd: Path, topology: Path):
+    """An MDTraj trajectory from a DCD and its topology file, quietly (MDTraj's DCD plugin
+    prints two lines per file from C) and from any path (see :func:`ascii_path`)."""
     import mdtraj as md
-    with _quiet_c_stdout():  # MDTraj's DCD plugin prints two lines per file from C
-        with ascii_path(seg_dir / "traj.dcd") as dcd:
-            return md.load_dcd(str(dcd), top=str(seg_dir / "topology.pdb")).xyz.astype(np.float64)
+    with _quiet_c_stdout(), ascii_path(Path(dcd)) as path:
+        return md.load_dcd(str(path), top=str(topology))
 
 
 @contextlib.contextmanager
