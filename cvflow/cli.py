@@ -338,34 +338,75 @@ def generate(config, from_run, out, resume, verbose, quiet):
     in report/.
     """
     progress = _setup(verbose, quiet)
-    from .config import ConfigError, load_config
     from .generate import GenerateRun, format_generate, prepare_generate_dir
-    from .progress import add_logfile, log
-    from .sampler import install_signal_handlers
+    cfg, from_run, out = _generative_inputs(config, from_run, out, "generator", "generate",
+                                            "'Boltzmann generators'")
+    _run_generative(GenerateRun(cfg, out, from_run, progress), prepare_generate_dir, format_generate, resume,
+                    "generate", config)
+
+
+def _generative_inputs(config, from_run, out, section: str, name: str, readme: str):
+    """The config (with its ``section``), the run that gives frames (checked) and the
+    output directory: --out, else RUN_DIR/<name> with --from, else <output>-<name>."""
+    from .config import ConfigError, load_config
     cfg = load_config(config)
-    if cfg.generator is None:
-        raise ConfigError(f"{config}: no generator section; cvflow generate needs one (see the README, "
-                          f"'Boltzmann generators')")
+    if getattr(cfg, section) is None:
+        raise ConfigError(f"{config}: no {section} section; cvflow {name} needs one (see the README, {readme})")
     if from_run is not None:
         from_run = Path(from_run)
         if not (from_run / "manifest.json").exists():
             raise ConfigError(f"--from: {from_run} is not a cvflow run directory (no manifest.json)")
     if out is None:
         if from_run is not None:
-            out = from_run / "generate"
+            out = from_run / name
         elif cfg.output is not None:
-            out = Path(str(cfg.output) + "-generate")
+            out = Path(str(cfg.output) + f"-{name}")
         else:
             raise ConfigError("--out: no output directory; pass --out or set 'output:' in the config")
-    out = Path(out)
-    gen = GenerateRun(cfg, out, from_run, progress)
-    prepare_generate_dir(cfg, out, resume)
-    add_logfile(out / "generate.log")
-    log.info(f"generate: {out}; config {config}" + (f"; frames from {from_run}" if from_run else ""))
+    return cfg, from_run, Path(out)
+
+
+def _run_generative(run, prepare, fmt, resume: bool, name: str, config) -> None:
+    """Prepare the output directory, log to it, run the stages and print the summary."""
+    from .progress import add_logfile, log
+    from .sampler import install_signal_handlers
+    out = run.out
+    prepare(run.cfg, out, resume)
+    add_logfile(out / f"{name}.log")
+    log.info(f"{name}: {out}; config {config}" + (f"; frames from {run.from_run}" if run.from_run else ""))
     install_signal_handlers()
-    info = gen.run()
-    for line in format_generate(info):
+    info = run.run()
+    for line in fmt(info):
         click.echo(f"{out}: {line}")
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--from", "from_run", type=click.Path(file_okay=False), default=None,
+              help="A finished cvflow run whose frames and weights train the model by the ELBO (forward KL).")
+@click.option("--no-data", is_flag=True, help="Train by the reverse KL to exp(-U/kT) alone, from the energy (no MD).")
+@click.option("--out", "out", type=click.Path(file_okay=False), default=None,
+              help="Output directory (default: RUN_DIR/cg with --from, else <output>-cg).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted cg run in OUT.")
+@with_verbosity
+@_guard
+def cg(config, from_run, no_data, out, resume, verbose, quiet):
+    """Probabilistic coarse-graining: a VAE whose latent variable is the CV and whose
+    decoder generates configurations, learned from a run's frames (--from, with credible
+    intervals from a Bayesian decoder) or from the energy alone (--no-data).
+
+    Writes generated configurations (samples.npy, or samples.dcd + topology.pdb),
+    cg.json (observables and state populations with intervals), training.csv,
+    tempering.csv (--no-data) and plots in report/.
+    """
+    progress = _setup(verbose, quiet)
+    from .cg import CGRun, format_cg, prepare_cg_dir
+    from .config import ConfigError
+    if (from_run is None) == (not no_data):
+        raise ConfigError("cvflow cg needs one of --from RUN_DIR (train on its frames) and --no-data (train on "
+                          "the energy alone)")
+    cfg, from_run, out = _generative_inputs(config, from_run, out, "cg", "cg", "'Probabilistic coarse-graining'")
+    _run_generative(CGRun(cfg, out, from_run, progress), prepare_cg_dir, format_cg, resume, "cg", config)
 
 
 EXAMPLES = ("entropic-switch", "ala2-vacuum", "ala2-implicit")

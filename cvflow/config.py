@@ -317,9 +317,19 @@ class TransitionStatesConfig(Strict):
         return self
 
 
+class VAEConfig(Strict):
+    """``kind: vae``: the ELBO's KL term, KL(r(z|x) ‖ N(0, I)), has weight ``kl_weight``
+    (1: the ELBO itself), reached linearly over the first ``kl_warmup`` epochs (a warm-up
+    keeps the encoder from collapsing onto the prior before the decoder learns)."""
+    kl_weight: float = Field(1.0, gt=0)
+    kl_warmup: Annotated[int, Field(ge=0)] = 20
+
+
 class ModelConfig(Strict):
     """The network that learns the CV (one kind of ``cvflow.models.MODELS``)."""
-    kind: Literal["autoencoder", "multidecoder"] = "autoencoder"
+    kind: Literal["autoencoder", "multidecoder", "vae"] = "autoencoder"
+    # vae: the probabilistic encoder/decoder of Schöberl et al.; the CV is the encoder mean
+    vae: VAEConfig = Field(default_factory=VAEConfig)
     # multidecoder: K decoders share the encoder; each frame is reconstructed by its best one
     decoders: Annotated[int, Field(ge=1, le=16)] = 2
     softmin: SoftminConfig = Field(default_factory=SoftminConfig)
@@ -328,7 +338,10 @@ class ModelConfig(Strict):
     bottleneck: Literal[1, 2] = 2
     activation: Literal["tanh", "softplus", "relu", "elu"] = "tanh"
     # the CV layer: tanh keeps ξ in (−1, 1); identity leaves it unbounded (no saturation:
-    # measured on alanine dipeptide, docs/measurements/ala2-paper-*.json)
+    # measured on alanine dipeptide, docs/measurements/ala2-paper-*.json). Default: tanh,
+    # but identity for kind vae, whose CV is the mean of a Gaussian with prior N(0, 1)
+    # (measured on the entropic switch: with tanh the loop did not converge in 8 iterations
+    # and the CV was not monotonic in x; with identity it converged in 3, see the README)
     bottleneck_activation: Literal["tanh", "identity"] = "tanh"
     epochs: PositiveInt = 200
     batch_size: PositiveInt = 256
@@ -346,6 +359,12 @@ class ModelConfig(Strict):
     # where the networks train: auto takes CUDA when torch sees a GPU; the exported CV and
     # decoders are CPU TorchScript either way. Numbers are reproducible for a given device.
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _vae_cv_layer(self):
+        if self.kind == "vae" and "bottleneck_activation" not in self.model_fields_set:
+            object.__setattr__(self, "bottleneck_activation", "identity")
+        return self
 
 
 class BootstrapConfig(Strict):
@@ -542,6 +561,69 @@ class GeneratorConfig(Strict):
         return self
 
 
+class TemperingConfig(Strict):
+    """Reverse-KL training (``cvflow cg --no-data``) at an inverse temperature β_s that
+    rises from ``beta_start`` · β towards β (Schöberl et al. 2020): after ``steps_per_level``
+    optimiser steps at β_s, β_s is raised as far as the current model allows, to the largest
+    β' whose KL estimate KL(q ‖ q·e^{−(β'−β_s)U}/c), computed on ``estimate_samples`` of the
+    model's samples, stays under ``kl_threshold`` nats. ``final_steps`` more steps train at β."""
+    beta_start: float = Field(1e-10, gt=0, le=1)
+    kl_threshold: float = Field(0.3, gt=0)
+    steps_per_level: PositiveInt = 100
+    final_steps: Annotated[int, Field(ge=0)] = 2000
+    estimate_samples: Annotated[int, Field(ge=100)] = 2000
+    max_levels: PositiveInt = 1000
+
+
+class CGConfig(Strict):
+    """Probabilistic coarse-graining (``cvflow cg``): the VAE of :mod:`cvflow.models.vae`
+    (latent z ~ N(0, I), decoder q(x|z), encoder r(z|x) whose mean is the CV), trained on a
+    run's frames and weights (``--from``: the ELBO with an ARD prior on the decoder's weights
+    and a Laplace approximation of the posterior of its output layer) or on the energy alone
+    (``--no-data``: the reverse KL with tempering)."""
+    latent: Literal[1, 2, 3] = 2
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [64, 64])
+    activation: Literal["tanh", "softplus", "relu", "elu"] = "tanh"
+    steps: PositiveInt = 3000              # optimiser steps on the data (--from)
+    batch_size: PositiveInt = 256          # frames per step, or the model's samples per step (--no-data)
+    learning_rate: float = Field(1e-3, gt=0)
+    kl_warmup: Annotated[int, Field(ge=0)] = 500   # steps over which the ELBO's KL term reaches weight 1
+    # cosine: the learning rate falls on a cosine to 0 after the KL warm-up (--from) or over
+    # the final steps at β (--no-data); constant: it stays
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    # --from: which of the run's frames and weights (as for the generator; initial: iteration
+    # 0 alone, biased on bias.cv), and how many of them, evenly spaced (null: all): the
+    # predictions' credible intervals widen when they are few
+    frames: Literal["production", "all", "initial"] = "production"
+    frame_weights: Literal["reweighted", "uniform"] = "reweighted"
+    n_frames: Optional[PositiveInt] = None
+    ard: bool = True                       # an ARD (sparsity) prior on the decoder's weights
+    ard_every: PositiveInt = 250           # steps between updates of its precisions
+    posterior_draws: Annotated[int, Field(ge=2)] = 50   # decoder draws from the Laplace posterior
+    tempering: TemperingConfig = Field(default_factory=TemperingConfig)
+    # --no-data: the entropy term E_q[log q(x)]. encoder_bound: the paper's upper bound
+    # E_q[log q(x, z) − log r(z|x)]; importance_weighted: a tighter upper bound with
+    # iw_samples draws of r besides the generating z (Sobolev & Vetrov 2019); quadrature:
+    # log q(x) itself, by quadrature over a 1-D latent (then the objective is the reverse KL
+    # exactly). A bound's gap differs between modes and shifts their weights (measured on
+    # the double well, see the README)
+    entropy: Literal["encoder_bound", "importance_weighted", "quadrature"] = "importance_weighted"
+    iw_samples: Annotated[int, Field(ge=2)] = 32
+    encoder_prior_scale: float = Field(1.5, ge=1.0)  # importance_weighted: the encoder's training latents
+    samples: PositiveInt = 20_000          # generated configurations (pooled over the draws)
+    states: Optional[dict[str, ToyBox]] = None
+    energy_cut: float = Field(1000.0, gt=0)  # β_s U/kT above the structure's: log-capped above
+    checkpoint_every: PositiveInt = 200
+    platform: Literal["Reference", "CPU", "CUDA", "OpenCL"] = "Reference"
+
+    @model_validator(mode="after")
+    def _quadrature_needs_one_latent(self):
+        if self.entropy == "quadrature" and self.latent != 1:
+            raise ValueError(f"entropy: quadrature integrates over a 1-D latent; latent is {self.latent} "
+                             "(use importance_weighted)")
+        return self
+
+
 class Config(Strict):
     """A whole cvflow run."""
     seed: int = Field(2024, ge=0)
@@ -554,6 +636,7 @@ class Config(Strict):
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     states: Optional[dict[str, StateDef]] = None
     generator: Optional[GeneratorConfig] = None
+    cg: Optional[CGConfig] = None
     output: Optional[Path] = None
 
     @model_validator(mode="after")

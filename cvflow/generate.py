@@ -21,7 +21,6 @@ Units: positions nm, energies kJ/mol, kT = k_B · md.temperature.
 """
 from __future__ import annotations
 
-import csv
 import math
 import time
 from pathlib import Path
@@ -32,20 +31,19 @@ import torch
 from . import artifacts as art
 from .config import Config, ConfigError, dump_config
 from .dataset import effective_sample_size, normalised_weights
-from .energy import OpenMMEnergy, energy, regularised
+from .energy import energy, regularised
 from .flows import BoltzmannGenerator, MoleculeCoordinates, ToyCoordinates, coordinates_from_params
-from .internal import ZMatrix
+from .generative import GenerativeRun, prepare_output_dir
 from .progress import log
 from .sampler import derive_seed, load_frames, run_segment
 from .stop import StopRequested, stop_requested
-from .system import SystemBundle, build_system
 from .train import TrainingError
 from .units import KB as KB_KJ_PER_MOL_K
 
 SAMPLE_CHUNK = 10_000
 
 
-class GenerateRun:
+class GenerateRun(GenerativeRun):
     """One ``cvflow generate`` directory.
 
     Parameters
@@ -57,24 +55,12 @@ class GenerateRun:
         A finished cvflow run whose production frames and weights are training data.
     """
 
+    command = "cvflow generate"
+
     def __init__(self, cfg: Config, out_dir: Path, from_run: Path | None = None, progress=None):
-        if cfg.generator is None:
-            raise ConfigError("generator: the config has no generator section (see the README, 'Boltzmann "
-                              "generators')")
-        self.cfg = cfg
+        platform = cfg.generator.platform if cfg.generator is not None else "Reference"
+        super().__init__(cfg, out_dir, from_run, progress, "generator", 30_000, platform)
         self.gen = cfg.generator
-        self.out = Path(out_dir)
-        self.from_run = Path(from_run) if from_run is not None else None
-        self.progress = progress
-        self.bundle = build_system(cfg.system, "all")
-        if self.bundle.box is not None:
-            raise ConfigError("cvflow generate works on toys and on molecules in vacuum or implicit solvent; "
-                              f"this system has {self.bundle.n_atoms:,} atoms in a periodic box")
-        self.kT = KB_KJ_PER_MOL_K * cfg.md.temperature
-        self.manifest = art.Manifest(self.out)
-        self.bridge = OpenMMEnergy(self.bundle, platform=self.gen.platform)
-        self.zmatrix = None if self.bundle.is_toy else ZMatrix.from_topology(self.bundle.mdtraj_topology())
-        self.seed = derive_seed(cfg.seed, 30_000)
 
     # -- the stages ------------------------------------------------------------------------
     def run(self) -> dict:
@@ -87,27 +73,13 @@ class GenerateRun:
         self._stage("sample", self._sample)
         info = self._stage("analysis", self._analyse)
         from .generate_report import write_generate_report
-        try:
-            info["report"] = [str(p.relative_to(self.out)) for p in write_generate_report(self)]
-        except Exception as e:  # a plot must not lose the numbers
-            from .config import one_line
-            log.warning(f"report: plots not written ({one_line(e)})")
-        return info
-
-    def _stage(self, name: str, fn):
-        if self.manifest.done(name):
-            return self.manifest.get(name)
-        self.manifest.current(name)
-        info = fn()
-        self.manifest.mark(name, info)
-        self.manifest.current(None)
-        return info
+        return self._with_report(info, write_generate_report)
 
     # -- 1. data ---------------------------------------------------------------------------
     def _data(self) -> dict:
         parts, weights, sources = [], [], []
         if self.from_run is not None:
-            for stage, x, w in self._run_frames(self.from_run):
+            for stage, x, w in self._run_frames(self.from_run, self.gen.frames):
                 if self.gen.frame_weights == "uniform":
                     w = np.ones(len(w))
                 parts.append(x)
@@ -132,39 +104,6 @@ class GenerateRun:
         art.write_npz(self.out / "data.npz", positions=x, weights=w)
         log.info(f"generator data: {len(x) if parts else 0} frames from " + ("; ".join(sources) or "none"))
         return {"frames": int(len(x)) if parts else 0, "sources": sources}
-
-    def _as_config(self, frames: np.ndarray) -> np.ndarray:
-        """Frames (n, n_atoms, 3) → a toy's (n, 2) or a molecule's (n, N, 3)."""
-        frames = np.asarray(frames, np.float64)
-        if self.bundle.is_toy:
-            return frames.reshape(len(frames), -1, 3)[:, 0, :2] if frames.shape[-1] == 3 else frames.reshape(-1, 2)
-        return frames
-
-    def _run_frames(self, run_dir: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
-        """(stage, frames, weights) of a finished run: production, or (``generator.frames:
-        all``) every iteration and production, each with its ``weights.npy``."""
-        from .sampler import saved_atoms_of
-        from .workflow import production_md_dir
-        stages = [("production", production_md_dir(run_dir), run_dir / "production" / "weights.npy")]
-        if not (stages[0][1] / "segment.json").exists() or not stages[0][2].exists():
-            raise ConfigError(f"--from: {run_dir} has no finished production (production/weights.npy); "
-                              f"finish the run with cvflow run --resume first")
-        if self.gen.frames == "all":
-            its = sorted(p for p in run_dir.glob("iter_[0-9][0-9][0-9]") if (p / "weights.npy").exists())
-            stages = [(p.name, p / "md", p / "weights.npy") for p in its] + stages
-        out = []
-        for name, md_dir, wpath in stages:
-            saved = saved_atoms_of(md_dir)
-            if saved is not None and len(saved) != self.bundle.n_atoms:
-                raise ConfigError(f"--from: {run_dir}/{name} saved {len(saved)} of the system's "
-                                  f"{self.bundle.n_atoms} atoms (md.save_atoms); the generator needs every atom")
-            frames = load_frames(md_dir, self.bundle)
-            w = np.load(wpath).astype(np.float64)
-            if len(w) != len(frames) or (not self.bundle.is_toy and frames.shape[1] != self.bundle.n_atoms):
-                raise ConfigError(f"--from: {run_dir}/{name}: {len(frames)} frames of {frames.shape[1]} atoms and "
-                                  f"{len(w)} weights; the system has {self.bundle.n_atoms} atoms")
-            out.append((name, self._as_config(frames), w))
-        return out
 
     def _file_frames(self, path: Path) -> np.ndarray:
         if self.bundle.is_toy:
@@ -213,15 +152,6 @@ class GenerateRun:
         g = self.gen
         torch.manual_seed(derive_seed(self.seed, 0))
         return BoltzmannGenerator(coords, g.transforms, g.hidden, g.bins)
-
-    def constraints(self) -> dict:
-        out = {}
-        s = self.bundle.system
-        for c in range(s.getNumConstraints()):
-            i, j, d = s.getConstraintParameters(c)
-            from openmm import unit as u
-            out[tuple(sorted((int(i), int(j))))] = float(d.value_in_unit(u.nanometer))
-        return out
 
     def schedule(self, step: int, with_ml: bool = True) -> tuple[float, float]:
         """(KL weight, KL temperature in K) at optimiser step ``step``; without ML (no
@@ -369,22 +299,11 @@ class GenerateRun:
         logw = np.concatenate(logw)
         art.write_npy(self.out / "log_weights.npy", logw)
         art.write_npy(self.out / "reduced_energies.npy", np.concatenate(us))
-        if self.bundle.is_toy:
-            art.write_npy(self.out / "samples.npy", x)
-        else:
-            from .sampler import write_trajectory
-            write_trajectory(self.out, self.bundle, x, name="samples.dcd")
+        self.write_samples(x)
         return {"samples": int(len(x)), "wall_s": time.perf_counter() - t0,
                 "energy_evaluations": int(self.bridge.evaluations - evals0),
                 "nonfinite_energies": int(self.bridge.nonfinite - bad0),
                 "files": ["samples.npy" if self.bundle.is_toy else "samples.dcd", "log_weights.npy"]}
-
-    def samples(self) -> np.ndarray:
-        """The samples: (n, 2) for toys, (n, N, 3) nm for molecules."""
-        if self.bundle.is_toy:
-            return np.load(self.out / "samples.npy")
-        from .sampler import read_dcd
-        return read_dcd(self.out / "samples.dcd", self.out / "topology.pdb").xyz.astype(np.float64)
 
     # -- 4. analysis -----------------------------------------------------------------------
     def _analyse(self) -> dict:
@@ -416,26 +335,11 @@ class GenerateRun:
         return info
 
     def state_membership(self) -> dict[str, np.ndarray] | None:
-        """Which samples are in each state: toys by ``generator.states`` boxes in x, y;
-        molecules by the config's ``states``."""
-        if self.bundle.is_toy:
-            if not self.gen.states:
-                return None
-            x = self.samples()
-            out = {}
-            for name, box in self.gen.states.items():
-                inside = np.ones(len(x), bool)
-                for c, b in ((0, box.x), (1, box.y)):
-                    if b is not None:
-                        inside &= (x[:, c] >= b[0]) & (x[:, c] <= b[1])
-                out[name] = inside
-            return out
-        if not self.cfg.states:
+        """Which samples are in each state (``generator.states`` boxes for toys, ``states``
+        for molecules)."""
+        if self.bundle.is_toy and not self.gen.states or not self.bundle.is_toy and not self.cfg.states:
             return None
-        import mdtraj as md
-        from .states import state_membership
-        traj = md.Trajectory(self.samples().astype(np.float32), self.bundle.mdtraj_topology())
-        return state_membership(traj, self.cfg.states)
+        return self.membership(self.samples(), self.gen.states)
 
 
 def _zuko_version() -> str:
@@ -446,27 +350,7 @@ def _zuko_version() -> str:
 def prepare_generate_dir(cfg: Config, out: Path, resume: bool) -> None:
     """Refuse a directory with results without ``--resume``, and a changed generator,
     system or seed with it; record the config."""
-    import yaml
-    out = Path(out)
-    resolved = out / "config.resolved.yaml"
-    current = dump_config(cfg)
-    has = out.exists() and any(out.iterdir())
-    if resume and not (out / "manifest.json").exists():
-        raise ConfigError(f"--resume: nothing to resume in {out}; run without --resume to start")
-    if has and not resume:
-        raise ConfigError(f"--out: {out} is not empty; use --resume to continue it or choose another directory")
-    if resume and resolved.exists():
-        recorded = yaml.safe_load(resolved.read_text())["config"]
-        for key in ("seed", "system", "generator", "md"):
-            if recorded.get(key) != current.get(key):
-                raise ConfigError(f"--resume: {key} differs from the one recorded in {resolved}")
-    out.mkdir(parents=True, exist_ok=True)
-    import openmm
-    import zuko
-    art.write_text(resolved, yaml.safe_dump({"config": current, "versions": {
-        "torch": str(torch.__version__), "openmm": str(openmm.__version__),
-        "zuko": str(getattr(zuko, "__version__", "?"))},
-        "threads": torch.get_num_threads()}, sort_keys=False))
+    prepare_output_dir(cfg, out, resume, "generator", ("zuko",))
 
 
 def format_generate(info: dict) -> list[str]:

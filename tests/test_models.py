@@ -27,7 +27,10 @@ def test_every_kind_keeps_the_contract(kind):
     m.start_epoch(1, 10)
     dec = m.decoder_module()
     assert dec(m.encoder(x)).shape == (7, m.n_decoders, 5)
-    assert MODELS[kind].cv_range_for(cfg) == (-1.0, 1.0)
+    # a tanh CV layer by default, an unbounded one (identity) for the VAE's Gaussian mean
+    expected = (-np.inf, np.inf) if kind == "vae" else (-1.0, 1.0)
+    assert MODELS[kind].cv_range_for(cfg) == expected
+    assert MODELS[kind].cv_range_for(ModelConfig(kind=kind, bottleneck_activation="tanh")) == (-1.0, 1.0)
 
 
 def test_decoder_bank_is_k_independent_networks():

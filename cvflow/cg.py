@@ -1,0 +1,772 @@
+"""``cvflow cg``: probabilistic coarse-graining with the VAE of Schöberl, Zabaras &
+Koutsourelakis (2019: from data; 2020: from the force field alone).
+
+The model (:class:`cvflow.models.vae.VAE`, the same class the loop trains with
+``model.kind: vae``): a latent z ~ N(0, I), a decoder q_θ(x | z) = N(μ_θ(z), diag σ²_θ(z))
+that generates configurations, and an encoder r_φ(z | x) whose mean is the CV. Its space:
+a toy's (x, y), standardised; a molecule's Cartesian coordinates of every atom, centred,
+rotated onto a reference structure (Kabsch) and divided by one global scale.
+
+Two ways to learn it, two sets of stages (recorded in ``manifest.json``; ``--resume``
+continues at the first missing stage, and training from ``checkpoint.pt``):
+
+``--from RUN_DIR`` (forward KL): **data** (the run's frames and weights, ``cg.n_frames`` of
+them, evenly spaced) → **train** (the weighted ELBO, with an ARD prior on the decoder's
+weights whose precisions are re-estimated every ``cg.ard_every`` steps) → **posterior** (a
+Laplace approximation of p(θ_out | data) for the output layer of the decoder mean, exact for
+a Gaussian likelihood given the hidden activations) → **sample** (``cg.posterior_draws``
+decoders drawn from it, each generating its share of ``cg.samples``) → **analysis**
+(observables per draw → 95 % credible intervals).
+
+``--no-data`` (reverse KL): **train** (minimise E_q[log q(x, z) − log r(z|x) + β_s U(x)],
+an upper bound on KL(q(x) ‖ p_βs) up to log Z, on the model's own reparameterised samples,
+with U and forces from OpenMM; β_s tempered, :class:`cvflow.config.TemperingConfig`) →
+**sample** → **analysis**. No MD is run.
+
+Bounds (``tempering.csv``): with L = log q(x, z) − log r(z|x) + β_s U(x) on the model's
+samples, −E[L] ≤ log Z_βs ≤ ½ log E[e^{−2L}] (the ELBO and the χ² upper bound, CUBO), and
+log E[e^{−L}] estimates log Z_βs. Units: nm, kJ/mol, log-densities in nats of nm⁻ᵈ.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import artifacts as art
+from .config import Config, ConfigError, dump_config
+from .energy import energy, regularised
+from .generative import GenerativeRun, prepare_output_dir
+from .models.vae import VAE
+from .progress import log
+from .sampler import derive_seed
+from .stop import StopRequested, stop_requested
+from .train import TrainingError
+
+LAPLACE_Z_DRAWS = 8          # z per frame in the Laplace precision (a Monte Carlo over r(z|x))
+GAMMA_A0 = GAMMA_B0 = 1e-6   # the ARD precisions' Gamma hyperprior (nearly flat in log α)
+
+
+# -- the VAE's space ---------------------------------------------------------------------------
+class CGSpace:
+    """Configurations ↔ the VAE's vectors v: x = mean + scale · v (toys: (n, 2); molecules:
+    (n, N, 3) after centring and Kabsch rotation onto ``reference``; one scale).
+
+    log|dx/dv| = Σ log scale over the coordinates, so log q(x) = log q(v) − that.
+    """
+
+    def __init__(self, mean: np.ndarray, scale: np.ndarray, reference: np.ndarray | None = None):
+        self.mean = np.asarray(mean, np.float64).reshape(-1)
+        self.scale = np.broadcast_to(np.asarray(scale, np.float64), self.mean.shape).copy()
+        self.reference = None if reference is None else np.asarray(reference, np.float64)
+
+    @property
+    def dim(self) -> int:
+        return len(self.mean)
+
+    @property
+    def log_det(self) -> float:
+        """log|dx/dv|."""
+        return float(np.log(self.scale).sum())
+
+    @classmethod
+    def fit(cls, x: np.ndarray | None, w: np.ndarray | None, toy: bool, structure: np.ndarray | None = None):
+        """From frames (weighted mean; toys: each coordinate's weighted standard deviation,
+        molecules: one global one). Without frames: the unit map (toys) or the structure."""
+        if toy:
+            if x is None:
+                return cls(np.zeros(2), np.ones(2))
+            w = np.ones(len(x)) if w is None else w / w.sum()
+            w = w / w.sum()
+            m = (w[:, None] * x).sum(0)
+            s = np.sqrt((w[:, None] * (x - m) ** 2).sum(0))
+            return cls(m, np.maximum(s, 1e-3))
+        ref = (x[0] if x is not None else structure).astype(np.float64)
+        ref = ref - ref.mean(0)
+        space = cls(ref.reshape(-1), 1.0, ref)
+        if x is None:
+            return cls(ref.reshape(-1), 0.05, ref)
+        v = space.align(x).reshape(len(x), -1)
+        w = np.ones(len(x)) if w is None else w
+        w = w / w.sum()
+        m = (w[:, None] * v).sum(0)
+        s = np.sqrt((w[:, None] * (v - m) ** 2).sum(0))
+        return cls(m, float(np.sqrt(np.mean(s ** 2))), ref)
+
+    def align(self, x: np.ndarray) -> np.ndarray:
+        """Molecules: frames (n, N, 3) centred and rotated onto the reference."""
+        from .features import kabsch_rotation
+        xt = torch.as_tensor(np.asarray(x, np.float64))
+        xt = xt - xt.mean(1, keepdim=True)
+        return (xt @ kabsch_rotation(xt, torch.as_tensor(self.reference))).numpy()
+
+    def to_v(self, x: np.ndarray) -> np.ndarray:
+        flat = (x if self.reference is None else self.align(x)).reshape(len(x), -1)
+        return (flat - self.mean) / self.scale
+
+    def to_x(self, v):
+        """v (n, dim) → configurations (toys (n, 2); molecules (n, N, 3)); numpy or torch."""
+        if isinstance(v, torch.Tensor):
+            flat = torch.as_tensor(self.mean) + torch.as_tensor(self.scale) * v.double()
+        else:
+            flat = self.mean + self.scale * np.asarray(v, np.float64)
+        return flat if self.reference is None else flat.reshape(len(v), -1, 3)
+
+    def forward(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """v → (configurations, log|dx/dv| per sample), differentiable."""
+        return self.to_x(v), torch.full((len(v),), self.log_det, dtype=torch.float64)
+
+    def params(self) -> dict:
+        return {"kind": "cartesian", "mean": self.mean.tolist(), "scale": self.scale.tolist(),
+                "reference": None if self.reference is None else self.reference.tolist()}
+
+    @classmethod
+    def from_params(cls, p: dict, zmatrix=None):
+        if p.get("kind") == "internal":
+            return InternalSpace.from_params(p, zmatrix)
+        return cls(p["mean"], p["scale"], p["reference"])
+
+
+class InternalSpace:
+    """A molecule's internal coordinates (:mod:`cvflow.internal`) ↔ the VAE's v, for
+    training from the energy alone: v = ((b − b₀)/s_b, (a − a₀)/s_a, t − t₀) for the free
+    bonds, the angles and the torsions, around the structure's values (b₀, a₀, t₀), with
+    ``bond_scale`` nm and ``angle_scale`` rad; bonds that the system constrains are held at
+    their length. A Gaussian decoder on v then starts near the structure instead of at
+    arbitrary torsions. v → x is onto the shapes (the rigid-body motion removed), with
+    log|dx/dv| = Σ (2 log|b| + log|sin a|) + Σ log s (a bond or an angle that leaves its
+    range maps onto a valid shape too; its local Jacobian is still exact, so log q(x) is
+    bounded below and the reverse-KL objective stays an upper bound).
+    """
+
+    def __init__(self, zmatrix, structure: np.ndarray, constraints: dict, bond_scale: float = 0.01,
+                 angle_scale: float = 0.1):
+        from .flows import MoleculeCoordinates
+        self.zmatrix = zmatrix
+        self.structure = np.asarray(structure, np.float64)
+        self.constraints = dict(constraints)
+        b, a, t = (q[0] for q in zmatrix.to_internal(torch.as_tensor(self.structure[None])))
+        pairs = MoleculeCoordinates.bond_pairs(zmatrix)
+        fixed = np.array([constraints.get(tuple(sorted(p)), np.nan) for p in pairs], float)
+        self.free = torch.as_tensor(np.isnan(fixed))
+        self.b0 = torch.where(self.free, b, torch.as_tensor(np.nan_to_num(fixed)))
+        self.a0, self.t0 = a, t
+        self.sb, self.sa = float(bond_scale), float(angle_scale)
+        self.n_free = int(self.free.sum())
+        self.reference = None
+
+    @property
+    def dim(self) -> int:
+        return self.n_free + len(self.a0) + len(self.t0)
+
+    def forward(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        v = v.double()
+        nb, na = self.n_free, len(self.a0)
+        bonds = self.b0.expand(len(v), -1).clone()
+        bonds[:, self.free] = self.b0[self.free] + self.sb * v[:, :nb]
+        angles = self.a0 + self.sa * v[:, nb:nb + na]
+        tors = self.t0 + v[:, nb + na:]
+        x, _ = self.zmatrix.to_cartesian(bonds, angles, tors)
+        logdet = ((2 * torch.log(bonds.abs())).sum(-1) + torch.log(torch.sin(angles).abs()).sum(-1)
+                  + nb * math.log(self.sb) + na * math.log(self.sa))
+        return x, logdet
+
+    def to_x(self, v):
+        x = self.forward(torch.as_tensor(v))[0]
+        return x if isinstance(v, torch.Tensor) else x.numpy()
+
+    def to_v(self, x: np.ndarray) -> np.ndarray:
+        b, a, t = self.zmatrix.to_internal(torch.as_tensor(np.asarray(x, np.float64)))
+        dt = torch.remainder(t - self.t0 + math.pi, 2 * math.pi) - math.pi
+        return torch.cat([(b[:, self.free] - self.b0[self.free]) / self.sb, (a - self.a0) / self.sa, dt], 1).numpy()
+
+    def params(self) -> dict:
+        return {"kind": "internal", "structure": self.structure.tolist(),
+                "constraints": [[i, j, d] for (i, j), d in self.constraints.items()],
+                "bond_scale": self.sb, "angle_scale": self.sa}
+
+    @classmethod
+    def from_params(cls, p: dict, zmatrix) -> "InternalSpace":
+        cons = {(int(i), int(j)): float(d) for i, j, d in p["constraints"]}
+        return cls(zmatrix, np.array(p["structure"]), cons, p["bond_scale"], p["angle_scale"])
+
+
+# -- the ARD prior and the Laplace posterior of the decoder ----------------------------------
+def decoder_weights(model: VAE) -> list[torch.nn.Parameter]:
+    """The decoder's weight matrices (the ARD prior's parameters; biases have none)."""
+    return [m.weight for m in model.decoder.net if isinstance(m, torch.nn.Linear)]
+
+
+def ard_update(weights: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each weight's precision α = (a₀ + ½) / (b₀ + ½ θ²), the mode of its Gamma posterior
+    given θ (MAP-II, a Student-t prior on θ: sparsity)."""
+    return [(GAMMA_A0 + 0.5) / (GAMMA_B0 + 0.5 * w.detach() ** 2) for w in weights]
+
+
+def laplace_output_layer(model: VAE, v: torch.Tensor, w: torch.Tensor, alpha_out: torch.Tensor,
+                         seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Gaussian posterior of the decoder mean's output layer [W | b] (D, H + 1).
+
+    With the rest of θ at its MAP, the log-likelihood Σ_j w_j E_r[log q(v_j | z)] is
+    quadratic in row d of the mean layer, with precision Σ_j w_j E_r[h̃ h̃ᵀ / σ_d²] (h̃: the
+    last hidden layer at z, and a 1 for the bias); the prior adds diag(α_d, ε). Returns the
+    MAP rows (D, H + 1) and the Cholesky factors of the covariances (D, H + 1, H + 1)."""
+    g = torch.Generator().manual_seed(seed)
+    d = model.n_features
+    last = model.decoder.net[-2]
+    trunk = model.decoder.net[:-2]
+    with torch.no_grad():
+        mu, logvar = model.encode(v)
+        prec = torch.zeros(d, last.in_features + 1, last.in_features + 1, dtype=torch.float64)
+        for _ in range(LAPLACE_Z_DRAWS):
+            z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=g)
+            h = trunk(z).double()
+            ht = torch.cat([h, torch.ones(len(h), 1, dtype=torch.float64)], 1)
+            inv_var = torch.exp(-model.decode(z)[1]).double()                    # (n, D)
+            prec += torch.einsum("n,nd,ni,nj->dij", w.double(), inv_var, ht, ht) / LAPLACE_Z_DRAWS
+        diag = torch.cat([alpha_out.double(), torch.full((d, 1), 1e-6, dtype=torch.float64)], 1)
+        prec += torch.diag_embed(diag)
+        cov = torch.linalg.inv(prec)
+        cov = 0.5 * (cov + cov.transpose(1, 2))
+        chol = torch.linalg.cholesky(cov)
+        rows = torch.cat([last.weight[:d].double(), last.bias[:d, None].double()], 1)
+    return rows, chol
+
+
+def set_output_rows(model: VAE, rows: torch.Tensor) -> None:
+    """Put rows [W | b] (D, H + 1) into the decoder mean's output layer."""
+    d = model.n_features
+    last = model.decoder.net[-2]
+    with torch.no_grad():
+        last.weight[:d] = rows[:, :-1].to(last.weight.dtype)
+        last.bias[:d] = rows[:, -1].to(last.bias.dtype)
+
+
+# -- the run -------------------------------------------------------------------------------------
+class CGRun(GenerativeRun):
+    """One ``cvflow cg`` directory (see the module docstring).
+
+    Parameters
+    ----------
+    cfg : Config
+        With a ``cg`` section.
+    out_dir : Path
+    from_run : Path, optional
+        A finished cvflow run: its frames and weights train the model (forward KL).
+        Without it the model learns from the energy alone (reverse KL).
+    """
+
+    command = "cvflow cg"
+
+    def __init__(self, cfg: Config, out_dir: Path, from_run: Path | None = None, progress=None):
+        platform = cfg.cg.platform if cfg.cg is not None else "Reference"
+        super().__init__(cfg, out_dir, from_run, progress, "cg", 40_000, platform)
+        self.cgc = cfg.cg
+        self.mode = "data" if from_run is not None else "energy"
+
+    def run(self) -> dict:
+        if self.mode == "data":
+            self._stage("data", self._data)
+        self._stage("train", self._train)
+        if self.mode == "data":
+            self._stage("posterior", self._posterior)
+        self._stage("sample", self._sample)
+        info = self._stage("analysis", self._analyse)
+        from .cg_report import write_cg_report
+        return self._with_report(info, write_cg_report)
+
+    # -- data ----------------------------------------------------------------------------------
+    def _data(self) -> dict:
+        parts, weights, sources = [], [], []
+        for stage, x, w in self._run_frames(self.from_run, self.cgc.frames):
+            if self.cgc.frame_weights == "uniform":
+                w = np.ones(len(w))
+            parts.append(x)
+            weights.append(w / w.sum() * len(w))
+            sources.append(f"{self.from_run.name}/{stage}")
+        x, w = np.concatenate(parts), np.concatenate(weights)
+        n_all = len(x)
+        n = self.cgc.n_frames
+        if n is not None:
+            if n > n_all:
+                raise ConfigError(f"cg.n_frames: {n} frames asked for; {self.from_run} has {n_all}")
+            pick = np.linspace(0, n_all - 1, n).round().astype(int)
+            x, w = x[pick], w[pick]
+        if w.sum() <= 0:
+            raise ConfigError(f"cg.n_frames: the {len(w)} frames picked from {self.from_run} all have weight 0")
+        w = w / w.sum() * len(w)
+        art.write_npz(self.out / "data.npz", positions=x, weights=w)
+        from .dataset import effective_sample_size
+        ess = effective_sample_size(w / w.sum())
+        log.info(f"cg data: {len(x)} of {n_all} frames from {'; '.join(sources)} (ESS {ess:.0f})")
+        return {"frames": int(len(x)), "frames_available": int(n_all), "ess": float(ess), "sources": sources}
+
+    # -- the model ---------------------------------------------------------------------------------
+    def space(self) -> CGSpace:
+        if self.mode == "data":
+            d = np.load(self.out / "data.npz")
+            return CGSpace.fit(d["positions"], d["weights"], self.bundle.is_toy)
+        if not self.bundle.is_toy:
+            return InternalSpace(self.zmatrix, self.bundle.positions, self.constraints())
+        return CGSpace.fit(None, None, True)
+
+    def build_model(self, space: CGSpace) -> VAE:
+        torch.manual_seed(derive_seed(self.seed, 0))
+        c = self.cgc
+        return VAE(space.dim, list(c.hidden), c.latent, c.activation, "identity").double()
+
+    # -- training ------------------------------------------------------------------------------------
+    def _train(self) -> dict:
+        space = self.space()
+        model = self.build_model(space)
+        opt = torch.optim.Adam(model.parameters(), lr=self.cgc.learning_rate)
+        state = {"step": 0, "history": [], "levels": [], "beta": self.cgc.tempering.beta_start, "alpha": None,
+                 "level_step": 0}
+        ckpt_path = self.out / "checkpoint.pt"
+        if ckpt_path.exists():
+            ckpt = torch.load(ckpt_path, weights_only=False)
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            state = ckpt["state"]
+            self.bridge.evaluations, self.bridge.nonfinite = ckpt["evaluations"], ckpt["nonfinite"]
+            log.info(f"cg: resuming training at step {state['step']}")
+        t0 = time.perf_counter()
+        if self.mode == "data":
+            self._train_data(model, opt, space, state)
+        else:
+            self._train_energy(model, opt, space, state)
+        wall = time.perf_counter() - t0
+        with art.atomic_path(self.out / "cg.pt") as tmp:
+            torch.save({"model": model.state_dict(), "space": space.params(), "alpha": state["alpha"],
+                        "cg": dump_config(self.cfg)["cg"], "mode": self.mode}, tmp)
+        cols = ["step", "loss", "kl_weight" if self.mode == "data" else "beta_fraction"]
+        art.write_csv(self.out / "training.csv", cols, np.array(state["history"], float).reshape(-1, 3),
+                      comments=["loss: minus the weighted ELBO per frame (data; nats) or the reverse-KL objective "
+                                "E[log q(x,z) - log r(z|x) + beta_s U] (energy; nats)"])
+        info = {"mode": self.mode, "steps": int(state["step"]), "wall_s": wall,
+                "energy_evaluations": int(self.bridge.evaluations), "nonfinite_energies": int(self.bridge.nonfinite)}
+        if self.mode == "energy":
+            info["level_states"] = state.get("level_states", [])
+            art.write_csv(self.out / "tempering.csv",
+                          ["level", "step", "beta_fraction", "elbo", "log_z", "cubo", "kl_estimate"],
+                          np.array(state["levels"], float).reshape(-1, 7),
+                          comments=["at beta_s = beta_fraction * beta, after the level's steps: elbo <= log Z_beta_s "
+                                    "<= cubo (nats, of the configurations in nm); kl_estimate: the KL of the step to "
+                                    "the next level"])
+            info["levels"] = len(state["levels"])
+        return info
+
+    def _checkpoint(self, model, opt, state):
+        with art.atomic_path(self.out / "checkpoint.pt") as tmp:
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state,
+                        "evaluations": self.bridge.evaluations, "nonfinite": self.bridge.nonfinite}, tmp)
+
+    def _after_step(self, model, opt, state, total: int, report, text: str):
+        """Checkpoint, SIGTERM and progress after each optimiser step."""
+        step = state["step"]
+        if step % self.cgc.checkpoint_every == 0:
+            self._checkpoint(model, opt, state)
+        if stop_requested():
+            self._checkpoint(model, opt, state)
+            raise StopRequested(f"cg training: stopped at step {step}; checkpoint written to "
+                                f"{self.out / 'checkpoint.pt'}")
+        if report is not None:
+            report(min(step, total), total, text)
+
+    def _fail(self, model, opt, state, what: str):
+        self._checkpoint(model, opt, state)
+        raise TrainingError(f"cg training: {what} at step {state['step']}; the last good state is in "
+                            f"{self.out / 'checkpoint.pt'}")
+
+    def learning_rate(self, step: int) -> float:
+        """--from: constant through the KL warm-up, then (``lr_schedule: cosine``) a cosine
+        to 0 at the last step, so that the final decoder is not one noisy step's."""
+        c = self.cgc
+        if c.lr_schedule == "constant" or step < c.kl_warmup:
+            return c.learning_rate
+        return 0.5 * c.learning_rate * (1 + math.cos(math.pi * (step - c.kl_warmup) / max(1, c.steps - c.kl_warmup)))
+
+    def _train_data(self, model: VAE, opt, space: CGSpace, state: dict) -> None:
+        c = self.cgc
+        d = np.load(self.out / "data.npz")
+        v = torch.as_tensor(space.to_v(d["positions"]))
+        w = torch.as_tensor(d["weights"], dtype=torch.float64)
+        n = kish_ess(w)  # the prior's weight against the data: uneven weights are worth fewer frames
+        weights = decoder_weights(model)
+        alpha = state["alpha"] or [torch.full_like(p, 1e-2) for p in weights]
+        report = self.progress.steps("cg training (ELBO)") if self.progress else None
+        while state["step"] < c.steps:
+            step = state["step"]
+            torch.manual_seed(derive_seed(self.seed, 1, step))
+            kl_w = 1.0 if c.kl_warmup == 0 else min(1.0, (step + 1) / c.kl_warmup)
+            for group in opt.param_groups:
+                group["lr"] = self.learning_rate(step)
+            idx = torch.multinomial(w, min(c.batch_size, max(len(w), 1) * 4), replacement=True)
+            nll = model.neg_elbo(v[idx], kl_w).mean()
+            prior = sum(0.5 * (a * p ** 2).sum() for a, p in zip(alpha, weights)) / n if c.ard else 0.0
+            loss = nll + prior
+            if not torch.isfinite(loss):
+                self._fail(model, opt, state, "the loss is not finite")
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
+            opt.step()
+            state["step"] = step + 1
+            if c.ard and state["step"] % c.ard_every == 0:
+                alpha = ard_update(weights)
+            state["alpha"] = [a.clone() for a in alpha]
+            state["history"].append((step, float(nll.detach()), kl_w))
+            self._after_step(model, opt, state, c.steps, report, f"-ELBO {float(nll.detach()):.3f}")
+
+    def _objective(self, model: VAE, space: CGSpace, n: int, beta: float):
+        """Per sample of q(x, z): L = log q(v, z) − log|dx/dv| − log r(z|v) + β_s U(x)/kT, the
+        same with the energy regularised (for the gradient), the reduced energies, and the
+        samples (z, v)."""
+        z, v, log_q = model.sample_joint(n)
+        x, log_det = space.forward(v)
+        u = energy(x, self.bridge) / self.kT
+        base = log_q - log_det - model.log_r(z, v)
+        # the cut applies to the tempered energy β_s U/kT: at small β_s nothing is cut
+        reg = regularised(beta * u, beta * self._u_ref + self.cgc.energy_cut)
+        return base + reg, base + beta * u, u, z, v
+
+    def _loss(self, model: VAE, space: CGSpace, beta: float) -> torch.Tensor:
+        """The reverse-KL loss of one step (see ``cg.entropy``)."""
+        c = self.cgc
+        obj, _, u, z, v = self._objective(model, space, c.batch_size, beta)
+        if c.entropy == "encoder_bound":
+            return obj.mean()
+        reg = regularised(beta * u, beta * self._u_ref + c.energy_cut)
+        if c.entropy == "quadrature":
+            # the exact log q(x) over a 1-D latent (the reverse KL itself); the encoder, which
+            # the entropy then does not need, fits q(z|x) on the model's samples
+            log_qx = model.log_marginal_quadrature(v) - space.forward(v)[1]
+            return (log_qx + reg).mean() - model.log_r(z.detach(), v.detach()).mean()
+        # importance_weighted: the entropy's bound with iw_samples draws of r besides the
+        # generating z (VAE.log_marginal_upper): an upper bound for any encoder, so the
+        # decoder minimises it with the encoder held fixed, and the encoder fits the
+        # decoder's inverse on z drawn from N(0, encoder_prior_scale² I) (wider than the
+        # prior: a rare mode's latents are seen as often as the rest; this tightens the
+        # bound there, where a bound fitted to q alone stays loose and starves the mode)
+        log_qx = model.log_marginal_upper(z, v, c.iw_samples) - space.forward(v)[1]
+        with torch.no_grad():
+            z_wide = c.encoder_prior_scale * torch.randn_like(z)
+            xm, xlv = model.decode(z_wide)
+            v_wide = xm + torch.exp(0.5 * xlv) * torch.randn_like(xm)
+        return (log_qx + reg).mean(), -model.log_r(z_wide, v_wide).mean()
+
+    def _train_energy(self, model: VAE, opt, space: CGSpace, state: dict) -> None:
+        t = self.cgc.tempering
+        with torch.no_grad():
+            self._u_ref = float(self.bridge(self.bundle.positions[None])[0][0]) / self.kT
+        report = self.progress.steps("cg training (reverse KL)") if self.progress else None
+        while True:
+            beta = state["beta"]
+            at_target = beta >= 1.0
+            n_steps = t.final_steps if at_target else t.steps_per_level
+            while state["level_step"] < n_steps:
+                step = state["step"]
+                torch.manual_seed(derive_seed(self.seed, 1, step))
+                lr = self.cgc.learning_rate
+                if at_target and self.cgc.lr_schedule == "cosine":  # the final steps: a cosine to 0
+                    lr *= 0.5 * (1 + math.cos(math.pi * state["level_step"] / max(1, n_steps)))
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                loss = self._loss(model, space, beta)
+                enc_loss = None
+                if isinstance(loss, tuple):  # (the decoder's loss, the encoder's)
+                    loss, enc_loss = loss
+                if not torch.isfinite(loss):
+                    self._fail(model, opt, state, f"the reverse-KL objective is not finite (beta_s = {beta:.3g} beta)")
+                opt.zero_grad()
+                if enc_loss is None:
+                    loss.backward()
+                else:
+                    loss.backward(inputs=list(model.decoder.parameters()))
+                    enc_loss.backward(inputs=list(model.encoder.parameters()) + list(model.encoder_logvar.parameters()))
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
+                opt.step()
+                state["step"] = step + 1
+                state["level_step"] += 1
+                state["history"].append((step, float(loss.detach()), beta))
+                self._after_step(model, opt, state, state["step"] + n_steps - state["level_step"], report,
+                                 f"level {len(state['levels'])} beta_s {beta:.3g} beta, objective {float(loss):.3f}")
+            # the level's bounds and the next inverse temperature
+            torch.manual_seed(derive_seed(self.seed, 2, len(state["levels"])))
+            with torch.no_grad():
+                _, plain, u, _, _ = self._objective(model, space, t.estimate_samples, beta)
+            plain, u = plain.numpy(), u.numpy()
+            ok = np.isfinite(plain)
+            elbo = float(-plain[ok].mean()) if ok.any() else -math.inf
+            lw = np.where(ok, -plain, -np.inf)
+            log_z = float(_logmeanexp(lw))
+            cubo = float(0.5 * _logmeanexp(2 * lw))
+            new = 1.0 if at_target else next_beta(beta, u, t.kl_threshold)
+            kl_step = tilt_kl(u, new - beta)
+            state["levels"].append((len(state["levels"]), state["step"], beta, elbo, log_z, cubo, kl_step))
+            pops = self._populations(space, model)
+            state.setdefault("level_states", []).append(pops)
+            log.debug(f"cg level {len(state['levels'])}: beta_s {beta:.3g} beta, ELBO {elbo:.3f} <= log Z "
+                      f"{log_z:.3f} <= CUBO {cubo:.3f}; next {new:.3g} (KL {kl_step:.3f})"
+                      + "".join(f"; P({k}) {v:.4f}" for k, v in pops.items()))
+            if at_target:
+                break
+            if len(state["levels"]) >= t.max_levels:
+                raise TrainingError(f"cg tempering: beta_s reached only {beta:.3g} beta after {t.max_levels} levels "
+                                    f"(cg.tempering.max_levels); raise kl_threshold or max_levels")
+            state["beta"], state["level_step"] = new, 0
+            self._checkpoint(model, opt, state)
+
+    def _populations(self, space: CGSpace, model: VAE, n: int = 2000) -> dict[str, float]:
+        """The states' populations in n of the model's samples (the tempering log)."""
+        if not (self.cgc.states if self.bundle.is_toy else self.cfg.states):
+            return {}
+        with torch.no_grad():
+            _, v, _ = model.sample_joint(n)
+        member = self.membership(space.to_x(v.numpy()), self.cgc.states)
+        return {k: float(m.mean()) for k, m in member.items()}
+
+    def load_model(self) -> tuple[VAE, CGSpace, dict]:
+        saved = torch.load(self.out / "cg.pt", weights_only=False)
+        space = CGSpace.from_params(saved["space"], self.zmatrix)
+        model = self.build_model(space)
+        model.load_state_dict(saved["model"])
+        return model.eval(), space, saved
+
+    # -- the Laplace posterior (data) ----------------------------------------------------------------
+    def _posterior(self) -> dict:
+        model, space, saved = self.load_model()
+        d = np.load(self.out / "data.npz")
+        v = torch.as_tensor(space.to_v(d["positions"]))
+        w = torch.as_tensor(d["weights"], dtype=torch.float64)
+        w = w / w.sum() * kish_ess(w)  # the likelihood of ESS frames, not of len(w)
+        alpha_out = (saved["alpha"][-1][: model.n_features] if self.cgc.ard and saved["alpha"] is not None
+                     else torch.full((model.n_features, model.decoder.net[-2].in_features), 1e-2))
+        rows, chol = laplace_output_layer(model, v, w, alpha_out.double(), derive_seed(self.seed, 3))
+        art.write_npz(self.out / "posterior.npz", rows=rows.numpy(), chol=chol.numpy())
+        sd = torch.sqrt(torch.diagonal(chol @ chol.transpose(1, 2), dim1=1, dim2=2))
+        pruned = [float((a > 1e4).float().mean()) for a in saved["alpha"]] if saved["alpha"] else []
+        return {"parameters": int(rows.numel()), "mean_posterior_sd": float(sd.mean()),
+                "ard_pruned_fraction": pruned}
+
+    # -- samples -------------------------------------------------------------------------------------
+    def _sample(self) -> dict:
+        model, space, _ = self.load_model()
+        c = self.cgc
+        draws = c.posterior_draws if self.mode == "data" else 1
+        per = int(math.ceil(c.samples / draws))
+        g = torch.Generator().manual_seed(derive_seed(self.seed, 4))
+        if self.mode == "data":
+            p = np.load(self.out / "posterior.npz")
+            rows, chol = torch.as_tensor(p["rows"]), torch.as_tensor(p["chol"])
+        xs, draw_of, zs = [], [], []
+        with torch.no_grad():
+            for s in range(draws):
+                if self.mode == "data":
+                    eps = torch.randn(rows.shape, generator=g, dtype=torch.float64)
+                    set_output_rows(model, rows + (chol @ eps[..., None])[..., 0])
+                z = torch.randn(per, model.latent, generator=g, dtype=torch.float64)
+                xm, xlv = model.decode(z)
+                vs = xm + torch.exp(0.5 * xlv) * torch.randn(xm.shape, generator=g, dtype=torch.float64)
+                xs.append(space.to_x(vs.numpy()))
+                zs.append(z.numpy())
+                draw_of.append(np.full(per, s))
+        x = np.concatenate(xs)
+        f = self.write_samples(x)
+        art.write_npz(self.out / "samples_latent.npz", z=np.concatenate(zs), draw=np.concatenate(draw_of))
+        return {"samples": int(len(x)), "draws": draws, "files": [f, "samples_latent.npz"]}
+
+    # -- analysis ------------------------------------------------------------------------------------
+    def _analyse(self) -> dict:
+        x = self.samples()
+        draw = np.load(self.out / "samples_latent.npz")["draw"]
+        info = {"mode": self.mode, "samples": int(len(x)), "kT_kj_per_mol": self.kT,
+                "intervals": "95% credible intervals over the decoder's posterior draws" if self.mode == "data"
+                else "95% intervals of the Monte Carlo error (bootstrap over 20 blocks of samples)"}
+        obs = self.observables(x)
+        info["observables"] = {k: interval(v, draw, self.mode) for k, v in obs.items()}
+        member = self.membership(x, self.cgc.states)
+        if member:
+            info["states"] = {k: interval(m.astype(float), draw, self.mode) for k, m in member.items()}
+        if self.bundle.is_toy:
+            info["exact"] = self._toy_exact(x, member)
+        else:
+            info["phi_psi"] = self._phi_psi_check(x)
+        art.write_json(self.out / "cg.json", info)
+        return info
+
+    def observables(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-sample observables: x and y of a toy; a molecule's radius of gyration (nm,
+        all atoms, unweighted, as MDTraj's ``compute_rg``)."""
+        if self.bundle.is_toy:
+            return {"x": x[:, 0], "y": x[:, 1], "x_squared": x[:, 0] ** 2}
+        c = x - x.mean(1, keepdims=True)
+        return {"rg_nm": np.sqrt((c ** 2).sum(-1).mean(-1))}
+
+    def _toy_exact(self, x: np.ndarray, member) -> dict:
+        """Quadrature of exp(−U/kT) on a grid around the samples: log Z, the exact mean and
+        standard deviation of x and y, the states' probabilities, the x-marginal, and the
+        KL(q ‖ p) of the model (log q by importance sampling with the encoder)."""
+        lo = np.minimum(x.min(0), -3.0) - 1.0
+        hi = np.maximum(x.max(0), 3.0) + 1.0
+        n = 400
+        gx, gy = np.linspace(lo[0], hi[0], n), np.linspace(lo[1], hi[1], n)
+        X, Y = np.meshgrid(gx, gy, indexing="ij")
+        pts = np.column_stack([X.ravel(), Y.ravel()])
+        u = self.bridge(pts)[0] / self.kT
+        cell = (gx[1] - gx[0]) * (gy[1] - gy[0])
+        m = np.nanmin(u)
+        p = np.exp(-(u - m))
+        log_z = float(np.log(p.sum() * cell) - m)
+        p = p / p.sum()
+        exact = {"log_z": log_z, "grid": [lo.tolist(), hi.tolist(), n]}
+        for k, c in (("x", pts[:, 0]), ("y", pts[:, 1])):
+            mean = float((p * c).sum())
+            exact[f"{k}_mean"], exact[f"{k}_std"] = mean, float(np.sqrt((p * (c - mean) ** 2).sum()))
+        if member:
+            exact["states"] = {k: float(p[self.membership(pts, {k: self.cgc.states[k]})[k]].sum())
+                               for k in member}
+        # the x-marginal: exact against the samples' histogram (and its JS divergence)
+        edges = np.linspace(lo[0], hi[0], 121)
+        px = np.histogram(pts[:, 0], bins=edges, weights=p)[0]
+        qx = np.histogram(x[:, 0], bins=edges)[0].astype(float)
+        qx /= qx.sum()
+        exact["x_marginal"] = {"edges": edges.tolist(), "exact": px.tolist(), "model": qx.tolist(),
+                               "js_nats": js_divergence(px, qx)}
+        model, space, _ = self.load_model()
+        torch.manual_seed(derive_seed(self.seed, 5))
+        sub = x[: min(len(x), 4000)]
+        with torch.no_grad():
+            log_q = model.log_marginal(torch.as_tensor(space.to_v(sub)), k=256).numpy() - space.log_det
+        log_p = -self.bridge(sub)[0] / self.kT - log_z
+        exact["kl_q_to_p_nats"] = float(np.mean(log_q - log_p))
+        return exact
+
+    def _phi_psi_check(self, x: np.ndarray) -> dict | None:
+        """The generated (φ, ψ) histogram against the training frames' reweighted one
+        (Jensen–Shannon divergence in nats, 36 × 36 bins), when the molecule has φ and ψ."""
+        import mdtraj as md
+        top = self.bundle.mdtraj_topology()
+        try:
+            gen = phi_psi(md.Trajectory(x.astype(np.float32), top))
+        except ValueError:
+            return None
+        out = {"bins": 36, "generated": phi_psi_histogram(*gen).tolist()}
+        if self.mode == "data":
+            d = np.load(self.out / "data.npz")
+            ref = phi_psi(md.Trajectory(d["positions"].astype(np.float32), top))
+            h = phi_psi_histogram(*ref, weights=d["weights"])
+            out["frames"] = h.tolist()
+            out["js_to_frames_nats"] = js_divergence(h.ravel(), np.asarray(out["generated"]).ravel())
+        return out
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def kish_ess(w) -> float:
+    """Kish's effective sample size (Σw)² / Σw² of frame weights: what a weighted data set
+    is worth in the Bayesian treatment (the ARD prior's scale, the Laplace precision)."""
+    w = torch.as_tensor(w, dtype=torch.float64)
+    return float(w.sum() ** 2 / (w ** 2).sum())
+
+
+def _logmeanexp(a: np.ndarray) -> float:
+    a = np.asarray(a, float)
+    m = np.max(a)
+    return float(m + np.log(np.mean(np.exp(a - m)))) if np.isfinite(m) else -math.inf
+
+
+def tilt_kl(u: np.ndarray, d_beta: float) -> float:
+    """KL(q ‖ q̃) between samples' distribution q and q̃ ∝ q·e^{−Δβ U}: Δβ⟨U⟩ + log⟨e^{−Δβ U}⟩
+    (≥ 0; reduced energies u = U/kT of q's samples, those not finite left out)."""
+    u = np.asarray(u, float)
+    u = u[np.isfinite(u)]
+    if len(u) == 0 or d_beta <= 0:
+        return 0.0
+    return float(d_beta * u.mean() + _logmeanexp(-d_beta * u))
+
+
+def next_beta(beta: float, u: np.ndarray, threshold: float) -> float:
+    """The largest β' in (β, 1] (fractions of β) with tilt_kl(u, β' − β) ≤ threshold, by
+    bisection on log(β' − β) (the KL grows with the step)."""
+    if tilt_kl(u, 1.0 - beta) <= threshold:
+        return 1.0
+    lo, hi = math.log(max(beta * 1e-6, 1e-300)), math.log(1.0 - beta)
+    if tilt_kl(u, math.exp(lo)) > threshold:
+        return beta + math.exp(lo)
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if tilt_kl(u, math.exp(mid)) <= threshold:
+            lo = mid
+        else:
+            hi = mid
+    return min(1.0, beta + math.exp(lo))
+
+
+def interval(values: np.ndarray, draw: np.ndarray, mode: str) -> dict:
+    """The mean of ``values`` over the samples, with a 95 % interval: over the posterior
+    draws (``data``: each draw's mean), or over a bootstrap of 20 blocks (``energy``)."""
+    values = np.asarray(values, float)
+    mean = float(values.mean())
+    if mode == "data":
+        per = np.array([values[draw == s].mean() for s in np.unique(draw)])
+    else:
+        blocks = np.array_split(values, 20)
+        rng = np.random.default_rng(0)
+        bm = np.array([b.mean() for b in blocks])
+        per = np.array([bm[rng.integers(len(bm), size=len(bm))].mean() for _ in range(500)])
+    lo, hi = np.percentile(per, [2.5, 97.5])
+    return {"mean": mean, "low": float(lo), "high": float(hi), "sd": float(per.std())}
+
+
+def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen–Shannon divergence (nats) between two histograms (normalised here)."""
+    p = np.asarray(p, float).ravel()
+    q = np.asarray(q, float).ravel()
+    p, q = p / p.sum(), q / q.sum()
+    m = 0.5 * (p + q)
+
+    def kl(a, b):
+        nz = a > 0
+        return float((a[nz] * np.log(a[nz] / b[nz])).sum())
+    return 0.5 * kl(p, m) + 0.5 * kl(q, m)
+
+
+def phi_psi(traj) -> tuple[np.ndarray, np.ndarray]:
+    """φ and ψ (degrees) of the first residue that has both (alanine dipeptide's ALA)."""
+    import mdtraj as md
+    phi = md.compute_phi(traj)[1]
+    psi = md.compute_psi(traj)[1]
+    if phi.shape[1] == 0 or psi.shape[1] == 0:
+        raise ValueError("no phi/psi")
+    return np.degrees(phi[:, 0]), np.degrees(psi[:, -1] if psi.shape[1] == 1 else psi[:, 0])
+
+
+def phi_psi_histogram(phi, psi, weights=None, bins: int = 36) -> np.ndarray:
+    edges = np.linspace(-180, 180, bins + 1)
+    h = np.histogram2d(phi, psi, bins=[edges, edges], weights=weights)[0]
+    return h / h.sum()
+
+
+def prepare_cg_dir(cfg: Config, out: Path, resume: bool) -> None:
+    """Refuse a directory with results without ``--resume`` and a changed cg section with it."""
+    prepare_output_dir(cfg, out, resume, "cg")
+
+
+def format_cg(info: dict) -> list[str]:
+    """Lines for the terminal."""
+    lines = [f"{info['samples']:,} generated configurations ({info['mode']}); {info['intervals']}"]
+    for k, v in info.get("observables", {}).items():
+        lines.append(f"{k}: {v['mean']:.4g} [{v['low']:.4g}, {v['high']:.4g}]")
+    for k, v in (info.get("states") or {}).items():
+        lines.append(f"P({k}): {v['mean']:.4g} [{v['low']:.4g}, {v['high']:.4g}]")
+    ex = info.get("exact")
+    if ex:
+        lines.append(f"exact (quadrature): x mean {ex['x_mean']:.4g}, std {ex['x_std']:.4g}; "
+                     f"KL(q||p) {ex['kl_q_to_p_nats']:.4f} nats")
+    pp = info.get("phi_psi")
+    if pp and "js_to_frames_nats" in pp:
+        lines.append(f"(phi, psi) JS divergence to the frames: {pp['js_to_frames_nats']:.4f} nats")
+    return lines
