@@ -223,7 +223,7 @@ def laplace_output_layer(model: VAE, v: torch.Tensor, w: torch.Tensor, alpha_out
         prec = torch.zeros(d, last.in_features + 1, last.in_features + 1, dtype=torch.float64)
         for _ in range(LAPLACE_Z_DRAWS):
             z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=g)
-            h = trunk(z).double()
+            h = trunk(model.decoder_input(z)).double()
             ht = torch.cat([h, torch.ones(len(h), 1, dtype=torch.float64)], 1)
             inv_var = torch.exp(-model.decode(z)[1]).double()                    # (n, D)
             prec += torch.einsum("n,nd,ni,nj->dij", w.double(), inv_var, ht, ht) / LAPLACE_Z_DRAWS
@@ -316,7 +316,9 @@ class CGRun(GenerativeRun):
     def build_model(self, space: CGSpace) -> VAE:
         torch.manual_seed(derive_seed(self.seed, 0))
         c = self.cgc
-        return VAE(space.dim, list(c.hidden), c.latent, c.activation, "identity").double()
+        # the decoder gain (see VAE) serves the reverse KL, whose mode boundaries must sharpen
+        return VAE(space.dim, list(c.hidden), c.latent, c.activation, "identity",
+                   decoder_gain=self.mode == "energy").double()
 
     # -- training ------------------------------------------------------------------------------------
     def _train(self) -> dict:
@@ -485,7 +487,7 @@ class CGRun(GenerativeRun):
                 if enc_loss is None:
                     loss.backward()
                 else:
-                    loss.backward(inputs=list(model.decoder.parameters()))
+                    loss.backward(inputs=model.decoder_parameters())
                     enc_loss.backward(inputs=list(model.encoder.parameters()) + list(model.encoder_logvar.parameters()))
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
                 opt.step()
@@ -493,7 +495,7 @@ class CGRun(GenerativeRun):
                 state["level_step"] += 1
                 state["history"].append((step, float(loss.detach()), beta))
                 self._after_step(model, opt, state, state["step"] + n_steps - state["level_step"], report,
-                                 f"level {len(state['levels'])} beta_s {beta:.3g} beta, objective {float(loss):.3f}")
+                                 f"level {len(state['levels'])} beta_s {beta:.3g} beta, objective {float(loss.detach()):.3f}")
             # the level's bounds and the next inverse temperature
             torch.manual_seed(derive_seed(self.seed, 2, len(state["levels"])))
             with torch.no_grad():
@@ -630,8 +632,10 @@ class CGRun(GenerativeRun):
             exact["states"] = {k: float(p[self.membership(pts, {k: self.cgc.states[k]})[k]].sum())
                                for k in member}
         # the x-marginal: exact against the samples' histogram (and its JS divergence)
-        edges = np.linspace(lo[0], hi[0], 121)
-        px = np.histogram(pts[:, 0], bins=edges, weights=p)[0]
+        # bins of 4 grid columns each, edges between grid points (no aliasing of the grid)
+        dx = gx[1] - gx[0]
+        edges = gx[0] - dx / 2 + 4 * dx * np.arange(n // 4 + 1)
+        px = p.reshape(n, n).sum(1).reshape(n // 4, 4).sum(1)
         qx = np.histogram(x[:, 0], bins=edges)[0].astype(float)
         qx /= qx.sum()
         exact["x_marginal"] = {"edges": edges.tolist(), "exact": px.tolist(), "model": qx.tolist(),

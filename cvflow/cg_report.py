@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .report import _plt, save_figure
+from .report import _plt, ramachandran_panel, save_figure
 
 AXIS_POINTS = 9  # decoded structures per latent axis, z from −2.5 to 2.5
 
@@ -156,16 +156,9 @@ def _ramachandran(info: dict, path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
     kT = info["kT_kj_per_mol"]
     for ax, (name, h) in zip(axes[0], panels):
-        with np.errstate(divide="ignore"):
-            f = -kT * np.log(h)
-        f -= f[np.isfinite(f)].min()
-        im = ax.imshow(np.where(np.isfinite(f), f, np.nan).T, origin="lower", extent=(-180, 180, -180, 180),
-                       cmap="viridis", vmax=30)
-        fig.colorbar(im, ax=ax, label="free energy (kJ/mol)")
-        ax.set_xlabel("φ (degrees)")
-        ax.set_ylabel("ψ (degrees)")
-        ax.set_title(name + (f"\nJS to the frames {pp['js_to_frames_nats']:.3f} nats"
-                             if name == "generated" and "js_to_frames_nats" in pp else ""))
+        ramachandran_panel(fig, ax, h, kT, name + (f"\nJS to the frames {pp['js_to_frames_nats']:.3f} nats"
+                                                   if name == "generated" and "js_to_frames_nats" in pp else ""),
+                           vmax=30)
     return save_figure(fig, path)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import normalised_weights
-from .report import _plt, save_figure
+from .report import _plt, ramachandran_panel, save_figure
 
 
 def write_generate_report(run) -> list[Path]:
@@ -114,13 +114,5 @@ def _ramachandran(run, w: np.ndarray, path: Path) -> Path | None:
     for ax, weights, title in ((axes[0], None, "generator samples (unweighted)"),
                                (axes[1], w, "reweighted samples")):
         h, _, _ = np.histogram2d(phi, psi, [edges, edges], weights=weights)
-        with np.errstate(divide="ignore"):
-            f = -run.kT * np.log(h / h.sum())
-        f -= f[np.isfinite(f)].min()
-        im = ax.imshow(np.where(np.isfinite(f), f, np.nan).T, origin="lower", extent=(-180, 180, -180, 180),
-                       cmap="viridis", vmax=40)
-        fig.colorbar(im, ax=ax, label="free energy (kJ/mol)")
-        ax.set_xlabel("φ (degrees)")
-        ax.set_ylabel("ψ (degrees)")
-        ax.set_title(title)
+        ramachandran_panel(fig, ax, h, run.kT, title)
     return save_figure(fig, path)

@@ -144,6 +144,19 @@ def _plt():
     return plt
 
 
+def ramachandran_panel(fig, ax, hist: np.ndarray, kT: float, title: str, vmax: float = 40.0) -> None:
+    """Draw −kT ln(hist) (a (φ, ψ) histogram over [−180, 180]², rows φ) on ``ax``, from 0."""
+    with np.errstate(divide="ignore"):
+        f = -kT * np.log(hist / hist.sum())
+    f -= f[np.isfinite(f)].min()
+    im = ax.imshow(np.where(np.isfinite(f), f, np.nan).T, origin="lower", extent=(-180, 180, -180, 180),
+                   cmap="viridis", vmax=vmax)
+    fig.colorbar(im, ax=ax, label="free energy (kJ/mol)")
+    ax.set_xlabel("φ (degrees)")
+    ax.set_ylabel("ψ (degrees)")
+    ax.set_title(title)
+
+
 def save_figure(fig, path: Path) -> Path:
     """Lay out, write (110 dpi) and close ``fig``; returns ``path``."""
     fig.tight_layout()

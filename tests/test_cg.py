@@ -86,7 +86,7 @@ def test_laplace_posterior_narrows_as_one_over_root_n():
 
 def test_reverse_kl_toy_writes_outputs_with_ordered_bounds(tmp_path):
     """``cvflow cg --no-data`` on a toy: the tempering reaches β, every level's ELBO ≤ log Z
-    estimate ≤ CUBO, the final bounds are near the exact log Z (quadrature), the samples,
+    estimate ≤ CUBO, the final bounds bracket the exact log Z (quadrature), the samples,
     states and exact checks are in cg.json, and the report has its plots. A second run
     into the same directory is refused without --resume."""
     out = tmp_path / "dw"
@@ -100,7 +100,9 @@ def test_reverse_kl_toy_writes_outputs_with_ordered_bounds(tmp_path):
     assert np.all(lv[:, 3] <= lv[:, 4] + 1e-9) and np.all(lv[:, 4] <= lv[:, 5] + 1e-9)
     exact = info["exact"]
     assert abs(exact["log_z"] - 12.065) < 0.01            # the quadrature itself
-    assert lv[-1, 3] <= exact["log_z"] + 0.05 and lv[-1, 3] > exact["log_z"] - 1.0
+    # the last level's bounds bracket the exact log Z (Monte Carlo error 0.05 on 500 samples);
+    # after this short training (60 steps at β) the ELBO is within 2 nats of it
+    assert exact["log_z"] - 2.0 < lv[-1, 3] <= exact["log_z"] + 0.05 <= lv[-1, 5] + 0.1
     assert np.load(out / "samples.npy").shape == (4000, 2)
     assert set(info["states"]) == {"left", "right"} and exact["kl_q_to_p_nats"] > -0.05
     for name in ("training.png", "latent.png", "latent_axes.png", "marginal_x.png", "tempering.png"):
@@ -115,7 +117,8 @@ def test_interrupted_reverse_kl_resumes_exactly(tmp_path, monkeypatch):
     import cvflow.cg as cg_mod
     from cvflow.config import load_config
     from cvflow.stop import StopRequested
-    cfg = load_config(toy_config(tmp_path, samples=300))
+    cfg = load_config(toy_config(tmp_path, samples=300, tempering={"beta_start": 0.05, "steps_per_level": 15,
+                                                                   "final_steps": 20, "estimate_samples": 200}))
     straight = tmp_path / "straight"
     prepare_cg_dir(cfg, straight, False)
     CGRun(cfg, straight).run()
@@ -213,6 +216,7 @@ def test_reverse_kl_on_a_molecule_runs_end_to_end(tmp_path):
     finish, the samples are a DCD with the topology, and the states and Rg are in cg.json."""
     ala = yaml.safe_load((ROOT / "configs" / "cg-ala2.yaml").read_text())
     ala["system"]["pdb"] = str(ROOT / "systems" / "alanine-dipeptide" / "ala2.pdb")
+    ala["bias"]["cv"] = str(ROOT / "systems" / "alanine-dipeptide" / "phipsi.pt")
     ala["cg"] = {"latent": 2, "hidden": [16], "batch_size": 32, "samples": 200, "iw_samples": 4,
                  "tempering": {"beta_start": 0.3, "steps_per_level": 5, "final_steps": 5, "estimate_samples": 100,
                                "kl_threshold": 5.0}}

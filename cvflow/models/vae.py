@@ -57,13 +57,18 @@ class VAE(CVModel):
     """
 
     def __init__(self, n_features: int, hidden: list[int], latent: int, activation: str = "tanh",
-                 bottleneck_activation: str = "identity", kl_weight: float = 1.0, kl_warmup: int = 0):
+                 bottleneck_activation: str = "identity", kl_weight: float = 1.0, kl_warmup: int = 0,
+                 decoder_gain: bool = False):
         super().__init__()
         self.n_features = int(n_features)
         self.latent = int(latent)
         self.encoder = encoder_mlp(n_features, hidden, latent, activation, bottleneck_activation)
         self.encoder_logvar = MLP([n_features, *hidden, latent], [activation] * len(hidden) + ["identity"])
         self.decoder = MLP([latent, *reversed(hidden), 2 * n_features], [activation] * len(hidden) + ["identity"])
+        # a learned log-gain on z before the decoder (cvflow cg): Adam moves a weight by about
+        # the learning rate per step, so a sharp step in μ(z) (the boundary between two modes)
+        # takes thousands of steps to grow; a gain grows it multiplicatively
+        self.decoder_log_gain = nn.Parameter(torch.zeros(latent)) if decoder_gain else None
         self.kl_weight = float(kl_weight)
         self.annealing_epochs = int(kl_warmup)
         self._kl_now = self.kl_weight if kl_warmup == 0 else 0.0
@@ -81,8 +86,16 @@ class VAE(CVModel):
 
     def decode(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """(mean, log-variance) of q_θ(x | z)."""
-        out = self.decoder(z)
+        out = self.decoder(self.decoder_input(z))
         return out[..., : self.n_features], out[..., self.n_features:].clamp(LOGVAR_MIN, LOGVAR_MAX)
+
+    def decoder_input(self, z: Tensor) -> Tensor:
+        """What the decoder network reads: z, times the learned gain where there is one."""
+        return z if self.decoder_log_gain is None else z * torch.exp(self.decoder_log_gain)
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        """The generative side's parameters (θ): the decoder network and its gain."""
+        return list(self.decoder.parameters()) + ([] if self.decoder_log_gain is None else [self.decoder_log_gain])
 
     def forward(self, x: Tensor) -> Tensor:
         """The reconstruction μ_θ(μ_φ(x))."""
