@@ -125,6 +125,36 @@ def reference(cfg_path: Path, ns: float, work: Path) -> dict:
             "md_ns_per_start": ns, "phi_psi_histogram": (h / h.sum()).tolist()}
 
 
+def plot_rg_against_n(rows: list[dict], ref: dict, path: Path) -> None:
+    """Each run's predicted Rg with its 95 % credible interval against N, and the reference."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ns = sorted({r["n"] for r in rows})
+    seeds = sorted({r["seed"] for r in rows})
+    for k, seed in enumerate(seeds):
+        rs = sorted((r for r in rows if r["seed"] == seed), key=lambda r: r["n"])
+        n = np.array([r["n"] for r in rs]) * (1 + 0.06 * (k - (len(seeds) - 1) / 2))
+        m = np.array([r["rg_mean"] for r in rs])
+        err = np.array([[r["rg_mean"] - r["rg_low"] for r in rs], [r["rg_high"] - r["rg_mean"] for r in rs]])
+        ax.errorbar(n, m, yerr=err, fmt="o", ms=4, capsize=3, label=f"training seed {seed}")
+    ax.axhspan(ref["rg_nm"] - 2 * ref["rg_error_nm"], ref["rg_nm"] + 2 * ref["rg_error_nm"], color="0.8",
+               label="reference (plain MD + metadynamics populations, ±2σ)")
+    ax.axhline(ref["rg_nm"], color="k", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xticks(ns)
+    ax.set_xticklabels([str(n) for n in ns])
+    ax.set_xlabel("training frames N")
+    ax.set_ylabel("Rg (nm), mean and 95% credible interval")
+    ax.set_title("alanine dipeptide: the VAE's predicted radius of gyration", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "cg-ala2.yaml"))
@@ -134,6 +164,7 @@ def main() -> int:
     ap.add_argument("--ref-ns", type=float, default=5.0)
     ap.add_argument("--work", default=None, help="where the cg directories go (default: RUN/cg-sweep)")
     ap.add_argument("--json", default=str(ROOT / "docs" / "measurements" / "cg-ala2-cpu-vm.json"))
+    ap.add_argument("--plot", default=str(ROOT / "docs" / "img" / "cg-ala2-rg-vs-n.png"))
     args = ap.parse_args()
     run = Path(args.run)
     if not (run / "summary.json").exists():
@@ -182,6 +213,7 @@ def main() -> int:
                          for n in args.n},
                "run": str(run), "config": str(args.config)}
     Path(args.json).write_text(json.dumps(summary, indent=1))
+    plot_rg_against_n(rows, ref, Path(args.plot))
     for n, v in summary["per_n"].items():
         print(f"N={n}: reference inside the 95% interval in {v['holds_reference']} of {v['of']}; median width "
               f"{v['median_width_nm']:.5f} nm; JS {v['js_to_reference_nats']}")

