@@ -252,3 +252,22 @@ def _boltzmann_r2(cv_fn, axis: int, beta=BETA_ES) -> float:
     a, b = cv_fn(p), p[:, axis]
     da, db = a - w @ a, b - w @ b
     return float((w @ (da * db)) ** 2 / ((w @ da**2) * (w @ db**2)))
+
+
+def interrupted_and_resumed(monkeypatch, module, run_cls, prepare, cfg, out, stop_at: int) -> None:
+    """Run ``run_cls(cfg, out)`` with a stop request at the ``stop_at``-th check of
+    ``module.stop_requested`` (it must raise StopRequested naming that step), then resume
+    it to the end: what an interrupted job and its ``--resume`` do."""
+    from cvflow.stop import StopRequested
+    prepare(cfg, out, False)
+    calls = {"n": 0}
+
+    def stop_after_some():
+        calls["n"] += 1
+        return calls["n"] == stop_at
+    monkeypatch.setattr(module, "stop_requested", stop_after_some)
+    with pytest.raises(StopRequested, match=f"step {stop_at}"):
+        run_cls(cfg, out).run()
+    monkeypatch.setattr(module, "stop_requested", lambda: False)
+    prepare(cfg, out, True)
+    run_cls(cfg, out).run()

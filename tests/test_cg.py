@@ -116,25 +116,14 @@ def test_interrupted_reverse_kl_resumes_exactly(tmp_path, monkeypatch):
     bit for bit the samples of an uninterrupted run."""
     import cvflow.cg as cg_mod
     from cvflow.config import load_config
-    from cvflow.stop import StopRequested
+    from conftest import interrupted_and_resumed
     cfg = load_config(toy_config(tmp_path, samples=300, tempering={"beta_start": 0.05, "steps_per_level": 15,
                                                                    "final_steps": 20, "estimate_samples": 200}))
     straight = tmp_path / "straight"
     prepare_cg_dir(cfg, straight, False)
     CGRun(cfg, straight).run()
     cut = tmp_path / "cut"
-    prepare_cg_dir(cfg, cut, False)
-    calls = {"n": 0}
-
-    def stop_after_some():
-        calls["n"] += 1
-        return calls["n"] == 23
-    monkeypatch.setattr(cg_mod, "stop_requested", stop_after_some)
-    with pytest.raises(StopRequested, match="step 23"):
-        CGRun(cfg, cut).run()
-    monkeypatch.setattr(cg_mod, "stop_requested", lambda: False)
-    prepare_cg_dir(cfg, cut, True)
-    CGRun(cfg, cut).run()
+    interrupted_and_resumed(monkeypatch, cg_mod, CGRun, prepare_cg_dir, cfg, cut, 23)
     assert np.array_equal(np.load(cut / "samples.npy"), np.load(straight / "samples.npy"))
 
 

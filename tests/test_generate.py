@@ -166,25 +166,13 @@ def test_interrupted_training_resumes_exactly(tmp_path, monkeypatch):
     the log-weights of an uninterrupted run."""
     import cvflow.generate as gen_mod
     from cvflow.config import load_config
-    from cvflow.stop import StopRequested
+    from conftest import interrupted_and_resumed
     cfg = load_config(toy_config(tmp_path, samples=500))
     straight = tmp_path / "straight"
     prepare_generate_dir(cfg, straight, False)
     GenerateRun(cfg, straight).run()
-
     cut = tmp_path / "cut"
-    prepare_generate_dir(cfg, cut, False)
-    calls = {"n": 0}
-
-    def stop_after_some():
-        calls["n"] += 1
-        return calls["n"] == 13
-    monkeypatch.setattr(gen_mod, "stop_requested", stop_after_some)
-    with pytest.raises(StopRequested, match="step 13"):
-        GenerateRun(cfg, cut).run()
-    monkeypatch.setattr(gen_mod, "stop_requested", lambda: False)
-    prepare_generate_dir(cfg, cut, True)
-    GenerateRun(cfg, cut).run()
+    interrupted_and_resumed(monkeypatch, gen_mod, GenerateRun, prepare_generate_dir, cfg, cut, 13)
     assert np.array_equal(np.load(straight / "log_weights.npy"), np.load(cut / "log_weights.npy"))
 
 
