@@ -544,7 +544,15 @@ class CGRun(GenerativeRun):
         d = np.load(self.out / "data.npz")
         v = torch.as_tensor(space.to_v(d["positions"]))
         w = torch.as_tensor(d["weights"], dtype=torch.float64)
-        w = w / w.sum() * kish_ess(w)  # the likelihood of ESS frames, not of len(w)
+        # the likelihood of the frames the data are worth: the Kish ESS of the weights and,
+        # with cg.correlated_frames, divided by the statistical inefficiency of the frames'
+        # latent series (consecutive MD frames are correlated)
+        g = 1.0
+        if self.cgc.correlated_frames:
+            with torch.no_grad():
+                g = statistical_inefficiency(model.encoder(v).numpy())
+        n_eff = kish_ess(w) / g
+        w = w / w.sum() * n_eff
         alpha_out = (saved["alpha"][-1][: model.n_features] if self.cgc.ard and saved["alpha"] is not None
                      else torch.full((model.n_features, model.decoder.net[-2].in_features), 1e-2))
         rows, chol = laplace_output_layer(model, v, w, alpha_out.double(), derive_seed(self.seed, 3))
@@ -552,7 +560,7 @@ class CGRun(GenerativeRun):
         sd = torch.sqrt(torch.diagonal(chol @ chol.transpose(1, 2), dim1=1, dim2=2))
         pruned = [float((a > 1e4).float().mean()) for a in saved["alpha"]] if saved["alpha"] else []
         return {"parameters": int(rows.numel()), "mean_posterior_sd": float(sd.mean()),
-                "ard_pruned_fraction": pruned}
+                "ard_pruned_fraction": pruned, "statistical_inefficiency": g, "independent_frames": n_eff}
 
     # -- samples -------------------------------------------------------------------------------------
     def _sample(self) -> dict:
@@ -669,6 +677,30 @@ class CGRun(GenerativeRun):
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+def statistical_inefficiency(series: np.ndarray) -> float:
+    """g = 1 + 2 Σ_k ρ_k of a time series (n,) or (n, d) (the largest over its columns), with
+    Sokal's window (stop at the first k ≥ 5 τ(k)); n/g is the number of independent samples."""
+    x = np.asarray(series, float).reshape(len(series), -1)
+    n = len(x)
+    if n < 4:
+        return 1.0
+    best = 1.0
+    for col in x.T:
+        c = col - col.mean()
+        var = (c ** 2).mean()
+        if var <= 0:
+            continue
+        f = np.fft.rfft(c, 2 * n)
+        acf = np.fft.irfft(f * np.conj(f))[:n] / (var * np.arange(n, 0, -1))
+        tau = 1.0
+        for k in range(1, n):
+            tau += 2 * acf[k]
+            if k >= 5 * tau:
+                break
+        best = max(best, min(tau, n / 2))
+    return float(best)
+
+
 def kish_ess(w) -> float:
     """Kish's effective sample size (Σw)² / Σw² of frame weights: what a weighted data set
     is worth in the Bayesian treatment (the ARD prior's scale, the Laplace precision)."""

@@ -597,6 +597,10 @@ class CGConfig(Strict):
     frames: Literal["production", "all", "initial"] = "production"
     frame_weights: Literal["reweighted", "uniform"] = "reweighted"
     n_frames: Optional[PositiveInt] = None
+    # the Laplace posterior counts the frames as their Kish ESS, independent (the papers'
+    # treatment); with correlated_frames, divided by the statistical inefficiency of their
+    # latent series: MD frames close in time are worth less (measured: the README)
+    correlated_frames: bool = False
     ard: bool = True                       # an ARD (sparsity) prior on the decoder's weights
     ard_every: PositiveInt = 250           # steps between updates of its precisions
     posterior_draws: Annotated[int, Field(ge=2)] = 50   # decoder draws from the Laplace posterior
