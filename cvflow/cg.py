@@ -42,6 +42,7 @@ from .energy import energy, regularised
 from .generative import GenerativeRun, prepare_output_dir
 from .models.vae import VAE
 from .progress import log
+from .report import phi_psi_degrees
 from .sampler import derive_seed
 from .stop import StopRequested, stop_requested
 from .train import TrainingError
@@ -79,21 +80,14 @@ class CGSpace:
         if toy:
             if x is None:
                 return cls(np.zeros(2), np.ones(2))
-            w = np.ones(len(x)) if w is None else w / w.sum()
-            w = w / w.sum()
-            m = (w[:, None] * x).sum(0)
-            s = np.sqrt((w[:, None] * (x - m) ** 2).sum(0))
+            m, s = _weighted_moments(x, w)
             return cls(m, np.maximum(s, 1e-3))
         ref = (x[0] if x is not None else structure).astype(np.float64)
         ref = ref - ref.mean(0)
-        space = cls(ref.reshape(-1), 1.0, ref)
         if x is None:
             return cls(ref.reshape(-1), 0.05, ref)
-        v = space.align(x).reshape(len(x), -1)
-        w = np.ones(len(x)) if w is None else w
-        w = w / w.sum()
-        m = (w[:, None] * v).sum(0)
-        s = np.sqrt((w[:, None] * (v - m) ** 2).sum(0))
+        v = cls(ref.reshape(-1), 1.0, ref).align(x).reshape(len(x), -1)
+        m, s = _weighted_moments(v, w)
         return cls(m, float(np.sqrt(np.mean(s ** 2))), ref)
 
     def align(self, x: np.ndarray) -> np.ndarray:
@@ -192,6 +186,14 @@ class InternalSpace:
     def from_params(cls, p: dict, zmatrix) -> "InternalSpace":
         cons = {(int(i), int(j)): float(d) for i, j, d in p["constraints"]}
         return cls(zmatrix, np.array(p["structure"]), cons, p["bond_scale"], p["angle_scale"])
+
+
+def _weighted_moments(x: np.ndarray, w: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted mean and standard deviation of the rows of x (uniform weights if None)."""
+    w = np.ones(len(x)) if w is None else np.asarray(w, float)
+    w = w / w.sum()
+    m = (w[:, None] * x).sum(0)
+    return m, np.sqrt((w[:, None] * (x - m) ** 2).sum(0))
 
 
 # -- the ARD prior and the Laplace posterior of the decoder ----------------------------------
@@ -423,42 +425,41 @@ class CGRun(GenerativeRun):
             state["history"].append((step, float(nll.detach()), kl_w))
             self._after_step(model, opt, state, c.steps, report, f"-ELBO {float(nll.detach()):.3f}")
 
-    def _objective(self, model: VAE, space: CGSpace, n: int, beta: float):
-        """Per sample of q(x, z): L = log q(v, z) − log|dx/dv| − log r(z|v) + β_s U(x)/kT, the
-        same with the energy regularised (for the gradient), the reduced energies, and the
-        samples (z, v)."""
+    def _draw(self, model: VAE, space: CGSpace, n: int, beta: float) -> dict:
+        """n samples of q(x, z) and what every objective needs of them, computed once: z, v,
+        log q(v, z), log|dx/dv|, the reduced energies u = U/kT and the tempered energy β_s u
+        regularised (the cut applies to β_s u: at small β_s nothing is cut)."""
         z, v, log_q = model.sample_joint(n)
         x, log_det = space.forward(v)
         u = energy(x, self.bridge) / self.kT
-        base = log_q - log_det - model.log_r(z, v)
-        # the cut applies to the tempered energy β_s U/kT: at small β_s nothing is cut
         reg = regularised(beta * u, beta * self._u_ref + self.cgc.energy_cut)
-        return base + reg, base + beta * u, u, z, v
+        return {"z": z, "v": v, "log_q": log_q, "log_det": log_det, "u": u, "reg": reg}
 
-    def _loss(self, model: VAE, space: CGSpace, beta: float) -> torch.Tensor:
-        """The reverse-KL loss of one step (see ``cg.entropy``)."""
+    def _loss(self, model: VAE, space: CGSpace, beta: float):
+        """The reverse-KL loss of one step (see ``cg.entropy``): a tensor, or (the decoder's
+        loss, the encoder's) where the two are trained on different objectives."""
         c = self.cgc
-        obj, _, u, z, v = self._objective(model, space, c.batch_size, beta)
-        if c.entropy == "encoder_bound":
-            return obj.mean()
-        reg = regularised(beta * u, beta * self._u_ref + c.energy_cut)
+        d = self._draw(model, space, c.batch_size, beta)
+        z, v = d["z"], d["v"]
+        if c.entropy == "encoder_bound":  # the paper's L = log q(v, z) − log|dx/dv| − log r(z|v) + β_s U
+            return (d["log_q"] - d["log_det"] - model.log_r(z, v) + d["reg"]).mean()
         if c.entropy == "quadrature":
             # the exact log q(x) over a 1-D latent (the reverse KL itself); the encoder, which
             # the entropy then does not need, fits q(z|x) on the model's samples
-            log_qx = model.log_marginal_quadrature(v) - space.forward(v)[1]
-            return (log_qx + reg).mean() - model.log_r(z.detach(), v.detach()).mean()
+            log_qx = model.log_marginal_quadrature(v) - d["log_det"]
+            return (log_qx + d["reg"]).mean() - model.log_r(z.detach(), v.detach()).mean()
         # importance_weighted: the entropy's bound with iw_samples draws of r besides the
         # generating z (VAE.log_marginal_upper): an upper bound for any encoder, so the
         # decoder minimises it with the encoder held fixed, and the encoder fits the
         # decoder's inverse on z drawn from N(0, encoder_prior_scale² I) (wider than the
         # prior: a rare mode's latents are seen as often as the rest; this tightens the
         # bound there, where a bound fitted to q alone stays loose and starves the mode)
-        log_qx = model.log_marginal_upper(z, v, c.iw_samples) - space.forward(v)[1]
+        log_qx = model.log_marginal_upper(z, v, c.iw_samples) - d["log_det"]
         with torch.no_grad():
             z_wide = c.encoder_prior_scale * torch.randn_like(z)
             xm, xlv = model.decode(z_wide)
             v_wide = xm + torch.exp(0.5 * xlv) * torch.randn_like(xm)
-        return (log_qx + reg).mean(), -model.log_r(z_wide, v_wide).mean()
+        return (log_qx + d["reg"]).mean(), -model.log_r(z_wide, v_wide).mean()
 
     def _train_energy(self, model: VAE, opt, space: CGSpace, state: dict) -> None:
         t = self.cgc.tempering
@@ -499,8 +500,9 @@ class CGRun(GenerativeRun):
             # the level's bounds and the next inverse temperature
             torch.manual_seed(derive_seed(self.seed, 2, len(state["levels"])))
             with torch.no_grad():
-                _, plain, u, _, _ = self._objective(model, space, t.estimate_samples, beta)
-            plain, u = plain.numpy(), u.numpy()
+                d = self._draw(model, space, t.estimate_samples, beta)
+                plain = d["log_q"] - d["log_det"] - model.log_r(d["z"], d["v"]) + beta * d["u"]
+            plain, u = plain.numpy(), d["u"].numpy()
             ok = np.isfinite(plain)
             elbo = float(-plain[ok].mean()) if ok.any() else -math.inf
             lw = np.where(ok, -plain, -np.inf)
@@ -662,14 +664,13 @@ class CGRun(GenerativeRun):
         (Jensen–Shannon divergence in nats, 36 × 36 bins), when the molecule has φ and ψ."""
         import mdtraj as md
         top = self.bundle.mdtraj_topology()
-        try:
-            gen = phi_psi(md.Trajectory(x.astype(np.float32), top))
-        except ValueError:
+        gen = phi_psi_degrees(md.Trajectory(x.astype(np.float32), top))
+        if gen is None:
             return None
         out = {"bins": 36, "generated": phi_psi_histogram(*gen).tolist()}
         if self.mode == "data":
             d = np.load(self.out / "data.npz")
-            ref = phi_psi(md.Trajectory(d["positions"].astype(np.float32), top))
+            ref = phi_psi_degrees(md.Trajectory(d["positions"].astype(np.float32), top))
             h = phi_psi_histogram(*ref, weights=d["weights"])
             out["frames"] = h.tolist()
             out["js_to_frames_nats"] = js_divergence(h.ravel(), np.asarray(out["generated"]).ravel())
@@ -768,16 +769,6 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
         nz = a > 0
         return float((a[nz] * np.log(a[nz] / b[nz])).sum())
     return 0.5 * kl(p, m) + 0.5 * kl(q, m)
-
-
-def phi_psi(traj) -> tuple[np.ndarray, np.ndarray]:
-    """φ and ψ (degrees) of the first residue that has both (alanine dipeptide's ALA)."""
-    import mdtraj as md
-    phi = md.compute_phi(traj)[1]
-    psi = md.compute_psi(traj)[1]
-    if phi.shape[1] == 0 or psi.shape[1] == 0:
-        raise ValueError("no phi/psi")
-    return np.degrees(phi[:, 0]), np.degrees(psi[:, -1] if psi.shape[1] == 1 else psi[:, 0])
 
 
 def phi_psi_histogram(phi, psi, weights=None, bins: int = 36) -> np.ndarray:

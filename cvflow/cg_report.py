@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .report import _plt, ramachandran_panel, save_figure
+from .report import _plt, phi_psi_degrees, ramachandran_panel, save_figure
 
 AXIS_POINTS = 9  # decoded structures per latent axis, z from −2.5 to 2.5
 
@@ -69,12 +69,9 @@ def _latent_map(run, model, space, path: Path) -> Path | None:
         colours = [("x (nm)", x[:, 0]), ("y (nm)", x[:, 1])]
     else:
         import mdtraj as md
-        from .cg import phi_psi
-        try:
-            phi, psi = phi_psi(md.Trajectory(x.astype(np.float32), run.bundle.mdtraj_topology()))
-            colours = [("φ (degrees)", phi), ("ψ (degrees)", psi)]
-        except ValueError:
-            colours = [("Rg (nm)", run.observables(x)["rg_nm"])]
+        angles = phi_psi_degrees(md.Trajectory(x.astype(np.float32), run.bundle.mdtraj_topology()))
+        colours = ([("φ (degrees)", angles[0]), ("ψ (degrees)", angles[1])] if angles is not None
+                   else [("Rg (nm)", run.observables(x)["rg_nm"])])
     fig, axes = plt.subplots(1, len(colours), figsize=(5 * len(colours), 4.2), squeeze=False)
     for ax, (name, c) in zip(axes[0], colours):
         cmap = "twilight" if "degrees" in name else "viridis"
@@ -103,11 +100,10 @@ def _latent_axes(run, model, space, out: Path) -> Path | None:
             from .sampler import write_trajectory
             write_trajectory(out, run.bundle, xm, name=f"latent_axis_{k + 1}.dcd")
             import mdtraj as md
-            from .cg import phi_psi
-            try:
-                phi, psi = phi_psi(md.Trajectory(xm.astype(np.float32), run.bundle.mdtraj_topology()))
-            except ValueError:
+            angles = phi_psi_degrees(md.Trajectory(xm.astype(np.float32), run.bundle.mdtraj_topology()))
+            if angles is None:
                 continue
+            phi, psi = angles
             ax.plot(phi, psi, "o-", ms=3, label=f"z{k + 1} from −2.5 to 2.5")
             ax.annotate("start", (phi[0], psi[0]), fontsize=7)
     if run.bundle.is_toy:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import normalised_weights
-from .report import _plt, ramachandran_panel, save_figure
+from .report import _plt, phi_psi_degrees, ramachandran_panel, save_figure
 
 
 def write_generate_report(run) -> list[Path]:
@@ -103,11 +103,10 @@ def _toy_samples(run, w: np.ndarray, path: Path) -> Path:
 
 def _ramachandran(run, w: np.ndarray, path: Path) -> Path | None:
     import mdtraj as md
-    t = md.Trajectory(run.samples().astype(np.float32), run.bundle.mdtraj_topology())
-    phi, psi = md.compute_phi(t)[1], md.compute_psi(t)[1]
-    if phi.shape[1] == 0 or psi.shape[1] == 0:
+    angles = phi_psi_degrees(md.Trajectory(run.samples().astype(np.float32), run.bundle.mdtraj_topology()))
+    if angles is None:
         return None
-    phi, psi = np.degrees(phi[:, 0]), np.degrees(psi[:, 0])
+    phi, psi = angles
     edges = np.linspace(-180, 180, 61)
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))

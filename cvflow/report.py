@@ -144,13 +144,24 @@ def _plt():
     return plt
 
 
+def phi_psi_degrees(traj) -> tuple[np.ndarray, np.ndarray] | None:
+    """φ and ψ (degrees) of the first residue that has both, per frame; None if none has."""
+    import mdtraj as md
+    phi, psi = md.compute_phi(traj)[1], md.compute_psi(traj)[1]
+    if phi.shape[1] == 0 or psi.shape[1] == 0:
+        return None
+    return np.degrees(phi[:, 0]), np.degrees(psi[:, 0])
+
+
 def ramachandran_panel(fig, ax, hist: np.ndarray, kT: float, title: str, vmax: float = 40.0) -> None:
-    """Draw −kT ln(hist) (a (φ, ψ) histogram over [−180, 180]², rows φ) on ``ax``, from 0."""
+    """Draw −kT ln(hist) (a (φ, ψ) histogram over [−180, 180]², rows φ) on ``ax``, from 0,
+    the colour scale up to ``vmax`` kJ/mol (or the largest value, if lower)."""
     with np.errstate(divide="ignore"):
         f = -kT * np.log(hist / hist.sum())
     f -= f[np.isfinite(f)].min()
-    im = ax.imshow(np.where(np.isfinite(f), f, np.nan).T, origin="lower", extent=(-180, 180, -180, 180),
-                   cmap="viridis", vmax=vmax)
+    f = np.where(np.isfinite(f), f, np.nan)
+    im = ax.imshow(f.T, origin="lower", extent=(-180, 180, -180, 180), cmap="viridis",
+                   vmax=min(vmax, float(np.nanmax(f))))
     fig.colorbar(im, ax=ax, label="free energy (kJ/mol)")
     ax.set_xlabel("φ (degrees)")
     ax.set_ylabel("ψ (degrees)")
@@ -311,30 +322,16 @@ def _plot_ramachandran(run: RunRecord, out: Path) -> Path | None:
     prod, md_dir = run.dir / "production", production_md_dir(run.dir)
     if not ((prod / "weights.npy").exists() and (md_dir / "traj.dcd").exists()):
         return None
-    import mdtraj as md
     from .sampler import read_dcd
-    t = read_dcd(md_dir / "traj.dcd", md_dir / "topology.pdb")
-    phi, psi = md.compute_phi(t)[1], md.compute_psi(t)[1]
-    if phi.shape[1] == 0 or psi.shape[1] == 0:
+    angles = phi_psi_degrees(read_dcd(md_dir / "traj.dcd", md_dir / "topology.pdb"))
+    if angles is None:
         return None
-    w = np.load(prod / "weights.npy")
     edges = np.linspace(-180, 180, 61)
-    h, _, _ = np.histogram2d(np.degrees(phi[:, 0]), np.degrees(psi[:, 0]), [edges, edges], weights=w)
-    with np.errstate(divide="ignore"):
-        f = -run.kT * np.log(h / h.sum())
-    f -= f[np.isfinite(f)].min()
+    h, _, _ = np.histogram2d(*angles, [edges, edges], weights=np.load(prod / "weights.npy"))
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.2, 4.4))
-    im = ax.imshow(np.where(np.isfinite(f), f, np.nan).T, origin="lower", extent=(-180, 180, -180, 180),
-                   cmap="viridis", vmax=min(40.0, float(np.nanmax(np.where(np.isfinite(f), f, np.nan)))))
-    fig.colorbar(im, ax=ax, label="free energy (kJ/mol)")
-    ax.set_xlabel("φ (degrees)")
-    ax.set_ylabel("ψ (degrees)")
-    ax.set_title("production, reweighted")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    ramachandran_panel(fig, ax, h, run.kT, "production, reweighted")
+    return save_figure(fig, out)
 
 
 def _plot_cv_map(run: RunRecord, out: Path) -> Path | None:

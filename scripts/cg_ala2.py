@@ -221,4 +221,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except subprocess.CalledProcessError as e:  # cvflow printed its one-line error above
+        print(f"{Path(__file__).name}: stopped: {' '.join(map(str, e.cmd[2:5]))} ... exited with status "
+              f"{e.returncode}", file=sys.stderr)
+        sys.exit(1)

@@ -30,6 +30,11 @@ def gaussian_log_prob(x: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
     return -0.5 * (LOG_2PI + logvar + (x - mean) ** 2 * torch.exp(-logvar)).sum(-1)
 
 
+def log_prior(z: Tensor) -> Tensor:
+    """log N(z; 0, I), summed over the last axis."""
+    return -0.5 * (LOG_2PI + z ** 2).sum(-1)
+
+
 class _Head(nn.Module):
     """The first ``n`` outputs of a network (the decoder's mean, for the loop's decoder file)."""
 
@@ -126,8 +131,7 @@ class VAE(CVModel):
         z = torch.randn(n, self.latent, dtype=self.decoder.net[0].weight.dtype)
         xm, xlv = self.decode(z)
         x = xm + torch.exp(0.5 * xlv) * torch.randn_like(xm)
-        log_pz = -0.5 * (LOG_2PI + z ** 2).sum(-1)
-        return z, x, log_pz + gaussian_log_prob(x, xm, xlv)
+        return z, x, log_prior(z) + gaussian_log_prob(x, xm, xlv)
 
     def log_r(self, z: Tensor, x: Tensor) -> Tensor:
         """log r_φ(z | x)."""
@@ -143,10 +147,13 @@ class VAE(CVModel):
         minimising it cannot exploit a poor encoder."""
         mu, logvar = self.encode(x)
         z = torch.cat([z0[None], mu + torch.exp(0.5 * logvar) * torch.randn(k, *mu.shape, dtype=mu.dtype)])
+        return torch.logsumexp(self._log_weights(z, x, mu, logvar), 0) - math.log(k + 1)
+
+    def _log_weights(self, z: Tensor, x: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+        """log p(z) + log q_θ(x|z) − log r(z|x) for draws z (k, n, latent) of each x (n, d),
+        with r's (mu, logvar) given: the importance weights of q(x) under r."""
         xm, xlv = self.decode(z)
-        log_pz = -0.5 * (LOG_2PI + z ** 2).sum(-1)
-        log_w = log_pz + gaussian_log_prob(x.expand_as(xm), xm, xlv) - gaussian_log_prob(z, mu, logvar)
-        return torch.logsumexp(log_w, 0) - math.log(k + 1)
+        return log_prior(z) + gaussian_log_prob(x.expand_as(xm), xm, xlv) - gaussian_log_prob(z, mu, logvar)
 
     def log_marginal_quadrature(self, x: Tensor, points: int = 1024, half_width: float = 7.0) -> Tensor:
         """log q(x) = log ∫ p(z) q_θ(x|z) dz by the trapezoidal rule on ``points`` values of
@@ -155,8 +162,7 @@ class VAE(CVModel):
             raise ValueError("quadrature over z needs a 1-D latent")
         z = torch.linspace(-half_width, half_width, points, dtype=x.dtype)[:, None, None]
         xm, xlv = self.decode(z)                                             # (points, 1, d)
-        log_pz = -0.5 * (LOG_2PI + z[:, 0, 0] ** 2)
-        lp = log_pz[:, None] + gaussian_log_prob(x[None], xm, xlv)          # (points, n)
+        lp = log_prior(z) + gaussian_log_prob(x[None], xm, xlv)            # (points, n)
         w = torch.full((points,), math.log(2 * half_width / (points - 1)), dtype=x.dtype)
         w[0] = w[-1] = w[0] - math.log(2)
         return torch.logsumexp(lp + w[:, None], 0)
@@ -165,12 +171,8 @@ class VAE(CVModel):
         """log q(x) = log ∫ p(z) q_θ(x|z) dz by importance sampling with r_φ(z|x), k draws
         (unbiased for q(x); a lower bound on log q(x) that tightens as k grows)."""
         mu, logvar = self.encode(x)
-        eps = torch.randn(k, *mu.shape, dtype=mu.dtype)
-        z = mu + torch.exp(0.5 * logvar) * eps
-        xm, xlv = self.decode(z)
-        log_pz = -0.5 * (LOG_2PI + z ** 2).sum(-1)
-        log_w = log_pz + gaussian_log_prob(x.expand_as(xm), xm, xlv) - gaussian_log_prob(z, mu, logvar)
-        return torch.logsumexp(log_w, 0) - math.log(k)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(k, *mu.shape, dtype=mu.dtype)
+        return torch.logsumexp(self._log_weights(z, x, mu, logvar), 0) - math.log(k)
 
     # -- the loop's contract ---------------------------------------------------------------------
     @property
