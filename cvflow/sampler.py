@@ -31,7 +31,6 @@ from openmm import unit as u
 from . import artifacts as art
 from .bias.native import BlowUpError, NativeEABF
 from .config import Config, one_line
-from .fastcv import load_cv
 from .fes import Grid, write_fes
 from .progress import log
 from .stop import StopRequested, install_signal_handlers, stop_requested  # noqa: F401 (re-exported)

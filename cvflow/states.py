@@ -27,7 +27,7 @@ def torsion_values(traj, name: str, residue: int | None) -> np.ndarray:
     """The torsion ``name`` (phi, psi, ...) of residue ``residue`` (default: the first residue
     that has it), in degrees, one per frame."""
     import mdtraj as md
-    from .config import ConfigError, one_line
+    from .config import ConfigError
     idx, ang = getattr(md, TORSION_FUNCS[name])(traj)
     if idx.shape[0] == 0:
         raise ConfigError(f"states: the system has no {name} torsion")

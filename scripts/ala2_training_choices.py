@@ -44,7 +44,7 @@ def main() -> int:
     import mdtraj as md
     import torch
     torch.set_num_threads(1)
-    from cvflow.convergence import bootstrap_threshold, regscore, regscores
+    from cvflow.convergence import bootstrap_threshold, regscore
     from cvflow.cvs import ramachandran_features
     from cvflow.dataset import make_features
     from cvflow.features import featurize

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import openmm as mm
 
-from ..fes import CZARStats, Grid, integrate_1d
+from ..fes import CZARStats, Grid
 
 INSTALL_HINT = ("build a kernel with 'scripts/install-plumed.sh' (about 20 minutes on 2 cores) and "
                 "export PLUMED_KERNEL as it prints")
@@ -474,7 +474,6 @@ def plumed_spec(cfg, bundle, cv_path, grid: Grid, model_dir) -> PlumedInputSpec:
     import math
     import torch
     from ..cvcheck import checked_cv
-    from ..units import kT as _kT
     ev = checked_cv(cv_path, bundle)
     module = torch.jit.load(str(cv_path), map_location="cpu")
     fmt = str(module.cvflow_format) if hasattr(module, "cvflow_format") else ""
