@@ -221,9 +221,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except subprocess.CalledProcessError as e:  # cvflow printed its one-line error above
-        print(f"{Path(__file__).name}: stopped: {' '.join(map(str, e.cmd[2:5]))} ... exited with status "
-              f"{e.returncode}", file=sys.stderr)
-        sys.exit(1)
+    from script_exit import run_main
+    run_main(main, __file__)

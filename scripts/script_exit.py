@@ -1,0 +1,16 @@
+"""How the measurement scripts end: main's status, or one line when a `cvflow` subprocess
+they started refused (cvflow has already printed its own one-line error)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run_main(main, script: str) -> None:
+    try:
+        sys.exit(main())
+    except subprocess.CalledProcessError as e:
+        print(f"{Path(script).name}: stopped: {' '.join(map(str, e.cmd[2:5]))} ... exited with status "
+              f"{e.returncode}", file=sys.stderr)
+        sys.exit(1)
