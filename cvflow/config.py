@@ -228,6 +228,10 @@ class BiasConfig(Strict):
     bins: PositiveInt = 60
     fullsamples: PositiveInt = 200
     wall_kappa: Optional[ForceConstant] = None
+    # native engine, 2-D grids: every this many steps the ABF force on λ becomes the
+    # gradient of the Poisson-integrated running estimate (projected ABF: no curl, so λ is
+    # not driven around the states' boundary); null: each bin's own running mean
+    projection_interval: Optional[PositiveInt] = 2000
     # with kappa auto, keep ω Δt of the coupling at or below this at the steepest gradient of
     # the learned CV on its training frames (cvflow.cvstats); null: no bound
     max_omega_dt: Optional[Annotated[float, Field(gt=0, le=2)]] = 1.0

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.sparse.linalg import lsqr
 
 from .artifacts import read_csv, write_csv
 
@@ -262,48 +261,94 @@ def integrate_1d(grad: np.ndarray, width: float, mask: np.ndarray, periodic: boo
     return f
 
 
-def integrate_2d(grad: np.ndarray, widths: np.ndarray, mask: np.ndarray, periodic=(False, False)) -> np.ndarray:
-    """Least-squares (Poisson) integration of a 2-D gradient field on the usable bins.
-
-    Each pair of neighbouring usable bins gives one equation F_q − F_p = h ḡ; on a
-    periodic axis the last and first bins are neighbours too.
-    """
+def _pairs_2d(mask: np.ndarray, periodic) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Neighbouring usable bins along each axis: (axis, flat index p, flat index q = p + 1)."""
     nx, ny = mask.shape
-    index = -np.ones(mask.shape, dtype=np.int64)
-    index[mask] = np.arange(mask.sum())
-    rows, cols, vals, rhs = [], [], [], []
-    r = 0
+    ii, jj = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
+    out = []
     for axis in range(2):
-        n_axis = mask.shape[axis]
-        ii, jj = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
-        ii, jj = ii.ravel(), jj.ravel()
         i2, j2 = (ii + 1, jj) if axis == 0 else (ii, jj + 1)
-        nxt = i2 if axis == 0 else j2
-        keep = nxt < n_axis
+        keep = (i2 < nx) & (j2 < ny)
         if periodic[axis]:
             keep = np.ones_like(keep)
             i2, j2 = i2 % nx, j2 % ny
-        ii, jj, i2, j2 = ii[keep], jj[keep], i2[keep], j2[keep]
-        ok = mask[ii, jj] & mask[i2, j2]
-        for i, j, k, m in zip(ii[ok], jj[ok], i2[ok], j2[ok]):
-            rows += [r, r]
-            cols += [index[k, m], index[i, j]]
-            vals += [1.0 / widths[axis], -1.0 / widths[axis]]
-            rhs.append(0.5 * (grad[i, j, axis] + grad[k, m, axis]))
-            r += 1
-    f = np.full(mask.shape, np.nan)
-    if r == 0:
+        a, b, c, d = ii[keep], jj[keep], i2[keep], j2[keep]
+        ok = mask[a, b] & mask[c, d]
+        out.append((axis, a[ok] * ny + b[ok], c[ok] * ny + d[ok]))
+    return out
+
+
+class Poisson2D:
+    """Least-squares (Poisson) integration of 2-D gradient fields on a fixed grid shape.
+
+    Each pair of neighbouring usable bins gives one equation F_q − F_p = h ḡ (ḡ the mean of
+    the two bins' gradients along that axis; on a periodic axis the last and first bins are
+    neighbours). The normal equations, with one bin pinned, are factorised once per mask
+    and reused: the native engine's projected ABF integrates the same grid every few
+    thousand steps.
+    """
+
+    def __init__(self, widths, periodic=(False, False)):
+        self.widths = np.asarray(widths, float)
+        self.periodic = tuple(bool(p) for p in np.asarray(periodic, bool).reshape(2))
+        self._key = None
+
+    def _factorise(self, mask: np.ndarray):
+        from scipy.sparse.linalg import splu
+        key = (mask.shape, mask.tobytes())
+        if key == self._key:
+            return
+        idx = -np.ones(mask.size, np.int64)
+        idx[mask.ravel()] = np.arange(int(mask.sum()))
+        pairs = _pairs_2d(mask, self.periodic)
+        rows, cols, vals, r = [], [], [], 0
+        for axis, p, q in pairs:
+            m = len(p)
+            rr = np.arange(r, r + m)
+            rows += [rr, rr]
+            cols += [idx[q], idx[p]]
+            vals += [np.full(m, 1.0 / self.widths[axis]), np.full(m, -1.0 / self.widths[axis])]
+            r += m
+        n = int(mask.sum())
+        a = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(r, n))
+        ata = (a.T @ a).tocsc()[1:, 1:]  # F of the first usable bin pinned to 0
+        self._a, self._pairs, self._n = a, pairs, n
+        self._lu = splu(ata) if n > 1 else None
+        self._key = key
+
+    def integrate(self, grad: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """F on ``mask`` (NaN elsewhere), mean zero over the mask; ``mask`` must be connected
+        (one region, e.g. :func:`main_region`)."""
+        mask = np.asarray(mask, bool)
+        f = np.full(mask.shape, np.nan)
+        if mask.sum() == 0:
+            return f
+        self._factorise(mask)
+        flat = grad.reshape(-1, 2)
+        rhs = np.concatenate([0.5 * (flat[p, axis] + flat[q, axis]) for axis, p, q in self._pairs])
+        if self._n == 1 or len(rhs) == 0:
+            f[mask] = 0.0
+            return f
+        b = (self._a.T @ rhs)[1:]
+        sol = np.concatenate([[0.0], self._lu.solve(b)])
+        f[mask] = sol - sol.mean()
         return f
-    n = int(mask.sum())
-    # gauge: the mean of F is zero
-    rows += [r] * n
-    cols += list(range(n))
-    vals += [1.0 / n] * n
-    rhs.append(0.0)
-    a = sp.csr_matrix((vals, (rows, cols)), shape=(r + 1, n))
-    sol = lsqr(a, np.asarray(rhs), atol=1e-12, btol=1e-12, iter_lim=20000)[0]
-    f[mask] = sol
-    return f
+
+    def project(self, grad: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The curl-free part of ``grad`` on ``mask``: the gradient of :meth:`integrate`
+        (central differences, one-sided at the mask's edge), ``grad`` itself elsewhere."""
+        f = self.integrate(grad, mask)
+        out = np.array(grad, float, copy=True)
+        for axis in range(2):
+            g = _finite_gradient(f, self.widths[axis], axis=axis, periodic=self.periodic[axis])
+            out[..., axis] = np.where(mask & np.isfinite(g), g, out[..., axis])
+        return out
+
+
+def integrate_2d(grad: np.ndarray, widths: np.ndarray, mask: np.ndarray, periodic=(False, False)) -> np.ndarray:
+    """Least-squares (Poisson) integration of a 2-D gradient field on the usable bins
+    (:class:`Poisson2D`), mean zero; ``mask`` is one connected region."""
+    return Poisson2D(widths, periodic).integrate(np.asarray(grad, float), np.asarray(mask, bool))
 
 
 def write_fes(path, stats: CZARStats, engine: str = "native") -> dict:

@@ -102,7 +102,7 @@ def make_bias(cfg: Config, bundle: SystemBundle, cv_path, grid: Grid, seed: int)
     return NativeEABF(cv, grid, kappa=kappa, mass=b.ext_mass(kappa), friction=b.friction,
                       temperature=cfg.md.temperature, timestep=cfg.md.timestep,
                       fullsamples=b.fullsamples, seed=seed, report_interval=cfg.md.report_interval,
-                      wall_kappa=b.wall_kappa)
+                      wall_kappa=b.wall_kappa, projection_interval=b.projection_interval)
 
 
 def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, seed: int,

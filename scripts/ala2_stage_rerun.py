@@ -3,7 +3,8 @@
 another seed, κ or timestep, and compare its ΔF(C7ax − C7eq) with the truth on its frames.
 
     python scripts/ala2_stage_rerun.py RUN_DIR ITER OUT [--kappa auto|250] [--timestep-fs 2]
-        [--ns 10] [--seed 99] [--json docs/measurements/ala2-stage-reruns-cpu-vm.json]
+        [--ns 10] [--seed 99] [--projection-interval N]
+        [--json docs/measurements/ala2-stage-reruns-cpu-vm.json]
 
 The CV is RUN_DIR/iter_ITER/cv.pt (the production CV when ITER is the last iteration), on the
 loop's own grid rule, started from the last frame of that iteration, for ``--ns`` ns with
@@ -36,6 +37,8 @@ def main() -> int:
     ap.add_argument("--timestep-fs", type=float, default=2.0)
     ap.add_argument("--ns", type=float, default=10.0)
     ap.add_argument("--seed", type=int, default=99)
+    ap.add_argument("--projection-interval", type=int, default=None,
+                    help="bias.projection_interval (0: bin-wise ABF); default: the run's config value")
     ap.add_argument("--json", default=str(ROOT / "docs" / "measurements" / "ala2-stage-reruns-cpu-vm.json"))
     args = ap.parse_args()
     import mdtraj as md
@@ -52,6 +55,8 @@ def main() -> int:
     raw = yaml.safe_load((run / "config.resolved.yaml").read_text())["config"]
     if not Path(raw["system"]["pdb"]).exists():
         raw["system"]["pdb"] = str(ROOT / "systems" / "alanine-dipeptide" / "ala2.pdb")
+    if args.projection_interval is not None:
+        raw["bias"]["projection_interval"] = args.projection_interval or None
     if args.kappa != "auto":
         raw["bias"]["kappa"] = f"{float(args.kappa)} kJ/mol/cv^2"
     steps = int(round(args.ns * 1e6 / args.timestep_fs))
@@ -73,6 +78,7 @@ def main() -> int:
     logw, _ = stage_log_weights(out / "md", 1.0 / kT, cfg.bias.reweighting, cv_values(cv, frames))
     kappa = float((out / "md" / "fes.csv").read_text().split("kappa = ")[1].split()[0])
     row = {"run": str(run), "cv": str(cv), "seed": args.seed, "kappa": kappa, "timestep_fs": args.timestep_fs,
+           "projection_interval": cfg.bias.projection_interval,
            "ns": args.ns, "md_seconds": time.time() - t0, "crossings": crossings(phi),
            "phi_positive": float(ax.mean()),
            "delta_f_estimate": delta_f(normalised_weights(logw), ax, ~ax, kT),

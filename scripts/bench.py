@@ -69,7 +69,7 @@ def main(argv=None):
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import openmm as mm
     import torch
-    from cvflow.config import GridDim, SystemConfig
+    from cvflow.config import BiasConfig, GridDim, SystemConfig
     from cvflow.export import export_cv
     from cvflow.features import AlignedFeatures
     from cvflow.fes import Grid
@@ -125,7 +125,8 @@ def main(argv=None):
         for variant, path, g, fast in variants:
             cv = load_cv(path, bundle.n_atoms, fast=fast)
             bias = NativeEABF(cv, g, kappa=1000.0, mass=10.0, friction=1.0, temperature=300.0,
-                              timestep=0.002, fullsamples=100, seed=1, report_interval=500)
+                              timestep=0.002, fullsamples=100, seed=1, report_interval=500,
+                              projection_interval=BiasConfig().projection_interval)  # the default's cost
             system = mm.XmlSerializer.deserialize(mm.XmlSerializer.serialize(bundle.system))
             system.addForce(bias.make_force())
             add({"engine": "native", "variant": variant}, system, best_plat,
