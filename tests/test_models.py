@@ -35,8 +35,7 @@ def test_every_kind_keeps_the_contract(kind):
 
 @pytest.mark.parametrize("kind,activation,cv_layer", [("autoencoder", a, c) for a in ("tanh", "softplus", "relu", "elu")
                                                       for c in ("tanh", "identity")]
-                         + [("multidecoder", "tanh", "tanh"), ("multidecoder", "elu", "identity"),
-                            ("vae", "tanh", "identity")])
+                         + [("multidecoder", "tanh", "tanh"), ("vae", "tanh", "identity")])
 def test_backward_is_the_gradient_of_the_loss(kind, activation, cv_layer):
     """``backward`` (hand-written for the autoencoder) against autograd on ``loss``, on
     uneven weights: same loss, gradients to float32 rounding."""
@@ -44,7 +43,6 @@ def test_backward_is_the_gradient_of_the_loss(kind, activation, cv_layer):
     cfg = ModelConfig(kind=kind, hidden=[9, 7], bottleneck=2, activation=activation, bottleneck_activation=cv_layer)
     torch.manual_seed(3)
     m = build_model(cfg, 12)
-    m.start_epoch(3, 10)  # the multi-decoder's soft-min at τ < 1
     ref = copy.deepcopy(m)
     x, w = torch.randn(64, 12), torch.rand(64) * 2
     torch.manual_seed(4)  # the VAE draws in its loss
@@ -59,15 +57,6 @@ def test_backward_is_the_gradient_of_the_loss(kind, activation, cv_layer):
     torch.manual_seed(4)
     m.backward(x, w)  # a second call overwrites the gradients, it does not add to them
     assert all(torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-7) for p, q in zip(m.parameters(), ref.parameters()))
-    if kind == "multidecoder":  # the hard minimum (eval mode) as well
-        m.eval(), ref.eval()
-        loss = m.backward(x, w)
-        for q in ref.parameters():
-            q.grad = None
-        loss_ref = ref.loss(x, w)
-        loss_ref.backward()
-        assert float(loss) == pytest.approx(float(loss_ref), rel=1e-6)
-        assert all(torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-7) for p, q in zip(m.parameters(), ref.parameters()))
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 1e-3])

@@ -122,33 +122,11 @@ class MLPBank(nn.Module):
             self.biases.append(nn.Parameter(torch.empty(k, 1, n_out).uniform_(-bound, bound)))
         self.acts = nn.ModuleList([ACTIVATIONS[a]() for a in activations])
 
-        self.activations = list(activations)
-
     def forward(self, z: Tensor) -> Tensor:
         h = z.unsqueeze(0).expand(self.k, z.shape[0], z.shape[1])
         for w, b, act in zip(self.weights, self.biases, self.acts):
             h = act(torch.baddbmm(b, h, w))
         return h.transpose(0, 1)
-
-    def forward_keep(self, z: Tensor) -> list[Tensor]:
-        """The input (expanded to (K, n, b)) and every layer's output, (K, n, ·), for
-        :meth:`backward_from` (no graph is recorded)."""
-        outs = [z.unsqueeze(0).expand(self.k, z.shape[0], z.shape[1])]
-        for w, b, act in zip(self.weights, self.biases, self.activations):
-            outs.append(_ACT_FORWARD[act](torch.baddbmm(b, outs[-1], w)))
-        return outs
-
-    def backward_from(self, outs: list[Tensor], g: Tensor) -> Tensor:
-        """As :meth:`MLP.backward_from`, with ``g`` of shape (K, n, n_out); returns ∂L/∂z,
-        (n, b), summed over the K members."""
-        for k in range(len(self.weights) - 1, -1, -1):
-            act = self.activations[k]
-            if act != "identity":
-                g = g.mul_(_ACT_DERIV[act](outs[k + 1]))
-            _set_grad(self.weights[k], torch.bmm, outs[k].transpose(1, 2), g)
-            _set_grad(self.biases[k], torch.sum, g, 1, True)
-            g = torch.bmm(g, self.weights[k].transpose(1, 2))
-        return g.sum(0)
 
 
 class Unsqueeze1(nn.Module):

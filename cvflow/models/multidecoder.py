@@ -66,29 +66,6 @@ class MultiDecoderAutoencoder(CVModel):
             return (w * lse).sum() * (-self.tau / n) + self.tau * math.log(self.k) * (w.sum() / n)
         return (w * e.min(dim=1).values).sum() / n
 
-    def backward(self, x: Tensor, w: Tensor) -> Tensor:
-        """:meth:`loss` and its gradient by a hand-written backward pass, like the plain
-        autoencoder's: ∂L/∂e_jk is w_j/n times frame j's responsibility of decoder k (the
-        soft-min's softmax(−e_j/τ) in training, the best decoder's indicator otherwise)."""
-        with torch.no_grad():
-            enc = self.encoder.forward_keep(x)
-            dec = self.decoders.forward_keep(enc[-1])
-            r = dec[-1] - x.unsqueeze(0)                       # (K, n, m)
-            e = (r * r).sum(-1)                                # (K, n)
-            n = w.shape[0]
-            if self.training and self.k > 1:
-                lse = torch.logsumexp(e * (-1.0 / self.tau), dim=0)
-                loss = (w * lse).sum() * (-self.tau / n) + self.tau * math.log(self.k) * (w.sum() / n)
-                resp = torch.exp(e.mul_(-1.0 / self.tau).sub_(lse))
-            else:
-                best = e.argmin(dim=0)
-                loss = (w * e.gather(0, best.unsqueeze(0)).squeeze(0)).sum() / n
-                resp = torch.zeros_like(e).scatter_(0, best.unsqueeze(0), 1.0)
-            g = r.mul_((resp * (w * (2.0 / n))).unsqueeze(-1))
-            g = self.decoders.backward_from(dec, g)
-            self.encoder.backward_from(enc, g, input_grad=False)
-        return loss
-
     @property
     def n_decoders(self) -> int:
         return self.k
