@@ -59,55 +59,13 @@ def weighted_stats(x: np.ndarray, w: np.ndarray, scaling: str = "feature"):
     return mean, np.where(std > 1e-8, std, 1.0)
 
 
-class FlatAdam:
-    """Adam (torch's: L2 ``weight_decay`` added to the gradient, bias-corrected moments) on
-    one flat buffer that all of a model's parameters and gradients are views of. A step is
-    then six vector operations in all, where ``torch.optim.Adam`` (even ``fused=True``)
-    spends about 0.3 ms of Python and per-tensor work per step on CPU: 28% of the paper-size
-    training's step. ``tests/test_models.py`` checks it against ``torch.optim.Adam``."""
-
-    def __init__(self, params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.params = [p for p in params if p.requires_grad]
-        self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
-        p0 = self.params[0]
-        n = sum(p.numel() for p in self.params)
-        self.flat = torch.empty(n, dtype=p0.dtype, device=p0.device)
-        self.grad = torch.zeros_like(self.flat)
-        o = 0
-        with torch.no_grad():
-            for p in self.params:
-                k = p.numel()
-                self.flat[o:o + k].copy_(p.reshape(-1))
-                p.data = self.flat[o:o + k].view_as(p)
-                p.grad = self.grad[o:o + k].view_as(p)
-                o += k
-        self.m = torch.zeros_like(self.flat)
-        self.v = torch.zeros_like(self.flat)
-        self.t = 0
-
-    @torch.no_grad()
-    def release(self) -> None:
-        """Give every parameter its own storage again and drop the gradients."""
-        for p in self.params:
-            p.data = p.data.clone()
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        o = 0
-        for p in self.params:  # a kind that replaced a .grad instead of filling it
-            k = p.numel()
-            if p.grad is None or p.grad.data_ptr() != self.grad[o:o + k].data_ptr():
-                self.grad[o:o + k].copy_(p.grad.reshape(-1) if p.grad is not None else 0.0)
-                p.grad = self.grad[o:o + k].view_as(p)
-            o += k
-        self.t += 1
-        b1, b2 = self.betas
-        g = self.grad if self.weight_decay == 0 else self.grad.add(self.flat, alpha=self.weight_decay)
-        self.m.lerp_(g, 1 - b1)
-        self.v.mul_(b2).addcmul_(g, g, value=1 - b2)
-        denom = self.v.sqrt().div_(math.sqrt(1 - b2 ** self.t)).add_(self.eps)
-        self.flat.addcdiv_(self.m, denom, value=-self.lr / (1 - b1 ** self.t))
+def _adam(model, cfg) -> torch.optim.Adam:
+    """Adam, fused into one kernel per step where this torch build has it (CPU since 2.4)."""
+    kw = dict(lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    try:
+        return torch.optim.Adam(model.parameters(), fused=True, **kw)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(model.parameters(), **kw)
 
 
 def training_device(setting: str = "auto") -> torch.device:
@@ -160,7 +118,7 @@ def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progr
         ones_e = torch.ones(len(xe), device=dev)
         n_e = min(len(xe), max(1, model_cfg.batch_size // 4))
     model = build_model(model_cfg, x.shape[1]).to(dev)
-    opt = FlatAdam(model.parameters(), lr=model_cfg.learning_rate, weight_decay=model_cfg.weight_decay)
+    opt = _adam(model, model_cfg)
     best_state, best_val, bad = None, math.inf, 0
     history = []
     bs = model_cfg.batch_size
@@ -185,9 +143,11 @@ def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progr
                 xb = torch.cat([xb, xe[pick]])
                 wb = torch.cat([wb * (n_all / (n_all - n_e)),
                                 torch.full((n_e,), extra_weight * n_all / n_e, device=dev)])
-            loss = model.backward(xb, wb)
+            loss = model.loss(xb, wb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
             opt.step()
-            tot += loss * (len(wb) - (n_e if has_extra else 0))
+            tot += loss.detach() * (len(wb) - (n_e if has_extra else 0))
         train_loss = float(tot) / len(xt)
         model.eval()
         with torch.no_grad():
@@ -208,7 +168,6 @@ def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progr
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
-    opt.release()
     model = model.cpu().eval()
     return TrainResult(model, mean, std, history, best_val, epoch)
 

@@ -243,42 +243,7 @@ def bench_training(n_frames: int) -> dict:
     wall = time.perf_counter() - t0
     return {"system": f"training {n_frames}x30", "engine": "train", "steps_per_s": None, "ratio": None,
             "epochs": res.epochs_run, "seconds": wall, "seconds_per_epoch": wall / res.epochs_run,
-            "best_val_loss": res.best_val, "step_ms": training_step_ms(x.astype(np.float32))}
-
-
-def training_step_ms(x: np.ndarray, steps: int = 400) -> dict:
-    """One training step (loss, gradient, Adam), ms, at batch 256 and 512: the trainer's
-    (hand-written backward, one-buffer Adam) against autograd with ``torch.optim.Adam``
-    (``fused=True``), interleaved in one run so that the ratio does not see the machine's
-    load change."""
-    import torch
-    from cvflow.config import ModelConfig
-    from cvflow.models import CVModel, build_model
-    from cvflow.train import FlatAdam
-    xt = torch.from_numpy(x)
-    out = {}
-    for bs in (256, 512):
-        torch.manual_seed(0)
-        fast, ref = (build_model(ModelConfig(hidden=[40], bottleneck=2), x.shape[1]) for _ in range(2))
-        opt, opt_ref = FlatAdam(fast.parameters(), lr=3e-3), torch.optim.Adam(ref.parameters(), lr=3e-3, fused=True)
-        wb = torch.ones(bs)
-        t_fast = t_ref = 0.0
-        for rep in range(4):
-            for which in ("fast", "ref"):
-                t0 = time.perf_counter()
-                for i in range(steps):
-                    xb = xt[(i * bs) % (len(xt) - bs):][:bs]
-                    if which == "fast":
-                        fast.backward(xb, wb)
-                        opt.step()
-                    else:
-                        CVModel.backward(ref, xb, wb)  # the base class's autograd path
-                        opt_ref.step()
-                dt = (time.perf_counter() - t0) / steps * 1e3
-                if rep:  # the first round warms up
-                    t_fast, t_ref = (t_fast + dt, t_ref) if which == "fast" else (t_fast, t_ref + dt)
-        out[f"batch_{bs}"] = {"trainer": t_fast / 3, "autograd_torch_adam": t_ref / 3, "speedup": t_ref / t_fast}
-    return out
+            "best_val_loss": res.best_val}
 
 
 def print_table(rows):
@@ -287,9 +252,6 @@ def print_table(rows):
         if r["engine"] == "train":
             print(f"{r['system']:<16}{'train':<8}{'':<28}{'':<11}"
                   f"{r['seconds_per_epoch']:>9.3f}s/epoch, {r['epochs']} epochs, {r['seconds']:.1f} s")
-            for bs, v in r.get("step_ms", {}).items():
-                print(f"{'':<16}{'step':<8}{bs:<28}{'':<11}{v['trainer']:>7.3f} ms against "
-                      f"{v['autograd_torch_adam']:.3f} ms (autograd, torch Adam): {v['speedup']:.2f}x")
             continue
         sps = "-" if r["steps_per_s"] is None else f"{r['steps_per_s']:,.0f}"
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"

@@ -33,55 +33,6 @@ def test_every_kind_keeps_the_contract(kind):
     assert MODELS[kind].cv_range_for(ModelConfig(kind=kind, bottleneck_activation="tanh")) == (-1.0, 1.0)
 
 
-@pytest.mark.parametrize("kind,activation,cv_layer", [("autoencoder", a, c) for a in ("tanh", "softplus", "relu", "elu")
-                                                      for c in ("tanh", "identity")]
-                         + [("multidecoder", "tanh", "tanh"), ("vae", "tanh", "identity")])
-def test_backward_is_the_gradient_of_the_loss(kind, activation, cv_layer):
-    """``backward`` (hand-written for the autoencoder) against autograd on ``loss``, on
-    uneven weights: same loss, gradients to float32 rounding."""
-    import copy
-    cfg = ModelConfig(kind=kind, hidden=[9, 7], bottleneck=2, activation=activation, bottleneck_activation=cv_layer)
-    torch.manual_seed(3)
-    m = build_model(cfg, 12)
-    ref = copy.deepcopy(m)
-    x, w = torch.randn(64, 12), torch.rand(64) * 2
-    torch.manual_seed(4)  # the VAE draws in its loss
-    loss = m.backward(x, w)
-    torch.manual_seed(4)
-    loss_ref = ref.loss(x, w)
-    loss_ref.backward()
-    assert float(loss) == pytest.approx(float(loss_ref), rel=1e-6)
-    for (name, p), q in zip(m.named_parameters(), ref.parameters()):
-        scale = float(q.grad.abs().max()) + 1e-12
-        assert float((p.grad - q.grad).abs().max()) / scale < 1e-5, name
-    torch.manual_seed(4)
-    m.backward(x, w)  # a second call overwrites the gradients, it does not add to them
-    assert all(torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-7) for p, q in zip(m.parameters(), ref.parameters()))
-
-
-@pytest.mark.parametrize("weight_decay", [0.0, 1e-3])
-def test_flat_adam_is_torch_adam(weight_decay):
-    """The trainer's one-buffer Adam against ``torch.optim.Adam`` over 50 steps."""
-    import copy
-    from cvflow.train import FlatAdam
-    torch.manual_seed(0)
-    m = build_model(ModelConfig(hidden=[9], bottleneck=2), 12)
-    ref = copy.deepcopy(m)
-    opt = FlatAdam(m.parameters(), lr=1e-2, weight_decay=weight_decay)
-    opt_ref = torch.optim.Adam(ref.parameters(), lr=1e-2, weight_decay=weight_decay)
-    for _ in range(50):
-        x, w = torch.randn(32, 12), torch.rand(32)
-        m.backward(x, w)
-        opt.step()
-        opt_ref.zero_grad()
-        ref.loss(x, w).backward()
-        opt_ref.step()
-    assert max(float((p - q).abs().max()) for p, q in zip(m.parameters(), ref.parameters())) < 1e-5
-    opt.release()
-    assert all(p.grad is None for p in m.parameters())
-    assert len({p.data_ptr() for p in m.parameters()}) == len(list(m.parameters()))
-
-
 def test_decoder_bank_is_k_independent_networks():
     """Each member of an MLPBank equals an ordinary MLP with its weights."""
     bank = MLPBank([2, 6, 3], ["tanh", "identity"], 3)

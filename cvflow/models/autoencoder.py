@@ -1,7 +1,6 @@
 """The autoencoder of Belkacemi et al. (2022): features → bottleneck (the CV) → features."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from .base import MLP, CVModel, Unsqueeze1, encoder_mlp, weighted_mse
@@ -26,21 +25,6 @@ class Autoencoder(CVModel):
 
     def loss(self, x: Tensor, w: Tensor) -> Tensor:
         return weighted_mse(x, self(x), w)
-
-    def backward(self, x: Tensor, w: Tensor) -> Tensor:
-        """:func:`weighted_mse` and its gradient by a hand-written backward pass through
-        the two MLPs: about twice as fast as autograd at the paper's size (100k × 30
-        features, hidden [40], batch 256), where the step is dominated by per-operation
-        overhead, not arithmetic. ``tests/test_models.py`` checks it against autograd."""
-        with torch.no_grad():
-            enc = self.encoder.forward_keep(x)
-            dec = self.decoder.forward_keep(enc[-1])
-            r = dec[-1] - x
-            loss = (w * (r * r).sum(-1)).sum() / w.shape[0]
-            g = r.mul_((w * (2.0 / w.shape[0])).unsqueeze(1))
-            g = self.decoder.backward_from(dec, g)
-            self.encoder.backward_from(enc, g, input_grad=False)
-        return loss
 
     @property
     def n_decoders(self) -> int:

@@ -10,9 +10,6 @@ The loop knows models only through :class:`CVModel`:
   mean one over the data set (:func:`weighted_mse`); a frame's ℓ is whatever the kind
   minimises (reconstruction error, minus an ELBO, ...). In ``eval()`` mode it is the
   objective that validation and early stopping use;
-- ``backward(x, w)`` is one training step's loss with the parameters' ``.grad`` set to its
-  gradient. The default is autograd on ``loss``; a kind may hand-write it (the plain
-  autoencoder does, for speed), and a test checks it against autograd;
 - ``start_epoch(epoch, epochs)`` is called before each epoch, for schedules (a soft-min
   temperature, a KL warm-up); ``annealing_epochs`` is how many epochs such a schedule
   runs: early stopping waits for them;
@@ -53,50 +50,6 @@ class MLP(nn.Module):
     def linear_sequential(self) -> nn.Sequential:
         """The layers as one Sequential (Linear, activation, Linear, ...)."""
         return self.net
-
-    def forward_keep(self, x: Tensor) -> list[Tensor]:
-        """The input and every layer's output after its activation, for :meth:`backward_from`
-        (no graph is recorded)."""
-        outs = [x]
-        for lin, act in zip(self.net[0::2], self.activations):
-            h = torch.addmm(lin.bias, outs[-1], lin.weight.t())
-            outs.append(_ACT_FORWARD[act](h))
-        return outs
-
-    def backward_from(self, outs: list[Tensor], g: Tensor, input_grad: bool = True) -> Tensor | None:
-        """Back-propagate ``g`` = ∂L/∂(output) through the layers whose outputs are ``outs``
-        (from :meth:`forward_keep`); set each Linear's ``.grad`` and return ∂L/∂(input).
-        ``g`` is overwritten."""
-        layers = list(zip(self.net[0::2], self.activations))
-        for k in range(len(layers) - 1, -1, -1):
-            lin, act = layers[k]
-            if act != "identity":
-                g = g.mul_(_ACT_DERIV[act](outs[k + 1]))
-            _set_grad(lin.weight, torch.mm, g.t(), outs[k])
-            _set_grad(lin.bias, torch.sum, g, 0)
-            if k > 0 or input_grad:
-                g = g @ lin.weight
-        return g if input_grad else None
-
-
-def _set_grad(p: Tensor, op, *args) -> None:
-    """``p.grad = op(*args)``, written into the existing ``.grad`` (an optimizer's flat
-    buffer may own it) where there is one."""
-    if p.grad is None:
-        p.grad = op(*args)
-    else:
-        op(*args, out=p.grad)
-
-
-# each activation, and its derivative written in terms of its output a
-_ACT_FORWARD = {"tanh": torch.tanh, "softplus": torch.nn.functional.softplus, "relu": torch.relu,
-                "elu": torch.nn.functional.elu, "identity": lambda h: h}
-_ACT_DERIV = {
-    "tanh": lambda a: 1.0 - a * a,
-    "softplus": lambda a: -torch.expm1(-a),          # σ(h) = 1 − e^{−softplus(h)}
-    "relu": lambda a: (a > 0).to(a.dtype),
-    "elu": lambda a: torch.where(a > 0, torch.ones_like(a), a + 1.0),
-}
 
 
 def encoder_mlp(n_features: int, hidden: list[int], bottleneck: int, activation: str,
@@ -170,15 +123,6 @@ class CVModel(nn.Module):
 
     def loss(self, x: Tensor, w: Tensor) -> Tensor:
         raise NotImplementedError
-
-    def backward(self, x: Tensor, w: Tensor) -> Tensor:
-        """The batch loss (detached), with every parameter's ``.grad`` set to its gradient."""
-        for p in self.parameters():
-            if p.grad is not None:
-                p.grad.zero_()
-        loss = self.loss(x, w)
-        loss.backward()
-        return loss.detach()
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
         """Called before each epoch (1-based); schedules override it."""
