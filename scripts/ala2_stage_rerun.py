@@ -28,6 +28,29 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from ala2_error_decomposition import crossings, delta_f, reference_log_weights  # noqa: E402
 
 
+def stage_setup(run: Path, iteration: int, edit=None):
+    """A finished run's config (``edit``: a function that changes the raw config first), its
+    system, iteration ``iteration``'s frames, CV file and the loop's grid for that CV."""
+    import yaml
+    from cvflow.config import Config
+    from cvflow.fes import Grid
+    from cvflow.sampler import load_frames
+    from cvflow.system import build_system
+    from cvflow.workflow import Workflow, cv_values
+    raw = yaml.safe_load((run / "config.resolved.yaml").read_text())["config"]
+    if not Path(raw["system"]["pdb"]).exists():
+        raw["system"]["pdb"] = str(ROOT / "systems" / "alanine-dipeptide" / "ala2.pdb")
+    if edit is not None:
+        edit(raw)
+    cfg = Config.model_validate(raw)
+    bundle = build_system(cfg.system, cfg.features.atoms)
+    src = run / f"iter_{iteration:03d}"
+    start = load_frames(src / "md", bundle)
+    cv = src / "cv.pt"
+    grid = Grid.from_list(Workflow._grid_from_values(SimpleNamespace(cfg=cfg), cv_values(cv, start)))
+    return cfg, bundle, start, cv, grid
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run")
@@ -42,32 +65,22 @@ def main() -> int:
     ap.add_argument("--json", default=str(ROOT / "docs" / "measurements" / "ala2-stage-reruns-cpu-vm.json"))
     args = ap.parse_args()
     import mdtraj as md
-    import yaml
-    from cvflow.config import Config
     from cvflow.dataset import normalised_weights, stage_log_weights
-    from cvflow.fes import Grid
     from cvflow.report import phi_psi_degrees
     from cvflow.sampler import derive_seed, load_frames, run_segment
-    from cvflow.system import build_system
     from cvflow.units import kT as kT_of
-    from cvflow.workflow import Workflow, cv_values
+    from cvflow.workflow import cv_values
     run, out = Path(args.run), Path(args.out)
-    raw = yaml.safe_load((run / "config.resolved.yaml").read_text())["config"]
-    if not Path(raw["system"]["pdb"]).exists():
-        raw["system"]["pdb"] = str(ROOT / "systems" / "alanine-dipeptide" / "ala2.pdb")
-    if args.projection_interval is not None:
-        raw["bias"]["projection_interval"] = args.projection_interval or None
-    if args.kappa != "auto":
-        raw["bias"]["kappa"] = f"{float(args.kappa)} kJ/mol/cv^2"
     steps = int(round(args.ns * 1e6 / args.timestep_fs))
-    raw["md"].update(timestep=f"{args.timestep_fs} fs", report_interval=int(round(500 / args.timestep_fs)),
-                     checkpoint_interval=steps)
-    cfg = Config.model_validate(raw)
-    bundle = build_system(cfg.system, cfg.features.atoms)
-    src = run / f"iter_{args.iteration:03d}"
-    start = load_frames(src / "md", bundle)
-    cv = src / "cv.pt"
-    grid = Grid.from_list(Workflow._grid_from_values(SimpleNamespace(cfg=cfg), cv_values(cv, start)))
+
+    def edit(raw):
+        if args.projection_interval is not None:
+            raw["bias"]["projection_interval"] = args.projection_interval or None
+        if args.kappa != "auto":
+            raw["bias"]["kappa"] = f"{float(args.kappa)} kJ/mol/cv^2"
+        raw["md"].update(timestep=f"{args.timestep_fs} fs", report_interval=int(round(500 / args.timestep_fs)),
+                         checkpoint_interval=steps)
+    cfg, bundle, start, cv, grid = stage_setup(run, args.iteration, edit)
     t0 = time.time()
     run_segment(cfg, bundle, out / "md", steps, derive_seed(cfg.seed, args.seed, 0), cv_path=cv, grid=grid,
                 engine="native", start_positions=start[-1])

@@ -66,7 +66,8 @@ def test_the_estimator_chain_recovers_the_reference_on_phi_psi(tmp_path):
     CZAR exp(−βF)/ρ̃) and states: ΔF(C7ax − C7eq) within 2 kJ/mol of the metadynamics
     reference, both ways. Over seeds 1–3 it gave
     9.09, 7.62, 8.60 (SD 0.74; docs/measurements/ala2-phipsi-reweighting.json), so 2 kJ/mol
-    is about 2.7 SD; seed 1 on the Reference platform is deterministic. About 90 s."""
+    is about 2.7 SD; seed 1 on the Reference platform is deterministic. With projected ABF
+    (the default since) seed 1 gives 9.62 (CZAR) and 9.48 (extended). About 90 s."""
     from cvflow.dataset import log_weights_from_fes, normalised_weights, stage_log_weights
     from cvflow.states import state_free_energies
     from cvflow.units import kT as kT_of
@@ -90,7 +91,9 @@ def test_the_estimator_chain_recovers_the_reference_on_phi_psi(tmp_path):
     ref = REFERENCE["delta_f_C7ax_minus_C7eq"]
     czar, info = log_weights_from_fes(cv_values(cv, t.xyz.astype(np.float64)), out / "fes.csv", 1.0 / kT,
                                       divide_by_histogram=True)
-    assert info["frames_without_free_energy"] == 0
+    # CZAR's F(ξ) leaves out a sampled bin without a usable neighbour (no gradient there, by
+    # fes.py's rule); with projected ABF one of the 20,000 frames lies in such an edge bin
+    assert info["frames_without_free_energy"] <= 0.001 * len(phi)
     extended, info = stage_log_weights(out, 1.0 / kT)  # the default: by λ, on periodic λ here
     assert info["frames_without_free_energy"] == 0
     for name, logw in (("czar", czar), ("extended", extended)):
