@@ -283,9 +283,10 @@ class Poisson2D:
 
     Each pair of neighbouring usable bins gives one equation F_q − F_p = h ḡ (ḡ the mean of
     the two bins' gradients along that axis; on a periodic axis the last and first bins are
-    neighbours). The normal equations, with one bin pinned, are factorised once per mask
-    and reused: the native engine's projected ABF integrates the same grid every few
-    thousand steps.
+    neighbours). The normal equations, with one bin of each connected region pinned, are
+    factorised once per mask and reused: the native engine's projected ABF integrates the
+    same grid every few thousand steps. F has mean zero over each region (nothing in the
+    gradient relates separate regions).
     """
 
     def __init__(self, widths, periodic=(False, False)):
@@ -311,14 +312,17 @@ class Poisson2D:
             r += m
         n = int(mask.sum())
         a = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(r, n))
-        ata = (a.T @ a).tocsc()[1:, 1:]  # F of the first usable bin pinned to 0
+        # regions numbered 0..k−1 in the order of idx; F = 0 at each region's first bin
+        _, pinned, self._region = np.unique(connected_regions(mask, self.periodic)[mask], return_index=True,
+                                            return_inverse=True)
+        self._free = np.setdiff1d(np.arange(n), pinned)
+        ata = (a.T @ a).tocsc()[self._free][:, self._free]
         self._a, self._pairs, self._n = a, pairs, n
-        self._lu = splu(ata) if n > 1 else None
+        self._lu = splu(ata.tocsc()) if len(self._free) else None
         self._key = key
 
     def integrate(self, grad: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """F on ``mask`` (NaN elsewhere), mean zero over the mask; ``mask`` must be connected
-        (one region, e.g. :func:`main_region`)."""
+        """F on ``mask`` (NaN elsewhere), mean zero over each connected region of it."""
         mask = np.asarray(mask, bool)
         f = np.full(mask.shape, np.nan)
         if mask.sum() == 0:
@@ -326,12 +330,11 @@ class Poisson2D:
         self._factorise(mask)
         flat = grad.reshape(-1, 2)
         rhs = np.concatenate([0.5 * (flat[p, axis] + flat[q, axis]) for axis, p, q in self._pairs])
-        if self._n == 1 or len(rhs) == 0:
-            f[mask] = 0.0
-            return f
-        b = (self._a.T @ rhs)[1:]
-        sol = np.concatenate([[0.0], self._lu.solve(b)])
-        f[mask] = sol - sol.mean()
+        sol = np.zeros(self._n)
+        if self._lu is not None and len(rhs):
+            sol[self._free] = self._lu.solve((self._a.T @ rhs)[self._free])
+        means = np.bincount(self._region, sol) / np.bincount(self._region)
+        f[mask] = sol - means[self._region]
         return f
 
     def project(self, grad: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -347,7 +350,7 @@ class Poisson2D:
 
 def integrate_2d(grad: np.ndarray, widths: np.ndarray, mask: np.ndarray, periodic=(False, False)) -> np.ndarray:
     """Least-squares (Poisson) integration of a 2-D gradient field on the usable bins
-    (:class:`Poisson2D`), mean zero; ``mask`` is one connected region."""
+    (:class:`Poisson2D`), mean zero over each connected region of ``mask``."""
     return Poisson2D(widths, periodic).integrate(np.asarray(grad, float), np.asarray(mask, bool))
 
 

@@ -434,15 +434,15 @@ class NativeEABF:
     def load_state_arrays(self, d) -> None:
         for key in ("lam", "vlam", "abf_count", "abf_sum", "czar_count", "czar_sum"):
             getattr(self, key)[...] = d[key]
-        if "applied" in d.files:
-            self.applied[...] = d["applied"]
-        elif self.projection_interval:
-            self.project()
         if "prm" in d.files:  # κ, λ's mass and noise may have been softened after a blow-up
             self.prm[:len(d["prm"])] = d["prm"]
             self.kappa = float(self.prm[0])
         self.error = None
         self._loop[...] = loop_sums(self.abf_count, self.abf_sum, self.grid.bins, self._periods, self.prm[5])
+        if "applied" in d.files:
+            self.applied[...] = d["applied"]
+        elif self.projection_interval:  # a checkpoint from before projected ABF: project now,
+            self.project()               # from the loaded statistics and loop sums
         self.noise_counter = int(d["noise_counter"])
         self._noise_end = 0
         self.initialised = bool(d["initialised"])
