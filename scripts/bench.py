@@ -11,7 +11,19 @@ fastest platform that runs the unbiased system, measured in the same process.
 
 Cases are timed in interleaved rounds and the best round of each is kept.
 
+Each timing lasts about ``--min-seconds`` (its step count is set from a short probe), so
+that fast GPU cases are not timed over a few milliseconds and slow CPU cases do not take
+minutes.
+
+``--chignolin-loop STEPS`` adds the cost of the loop on chignolin: a short ``cvflow run`` of
+configs/chignolin.yaml (STEPS per iteration, 1,000 frames each, 2 iterations and a
+production of STEPS, on the platform and training device the config picks), with the MD,
+training and bootstrap seconds of each iteration, the MD steps/s inside the loop, the
+MD time that a 10-ns iteration (5,000,000 steps) takes at that speed, and the folded and
+unfolded populations of the production with their ΔF.
+
 Usage: python scripts/bench.py [--steps N] [--rounds R] [--json FILE] [--threads 1]
+                               [--solvents vacuum,implicit,explicit,chignolin] [--chignolin-loop STEPS]
 """
 from __future__ import annotations
 
@@ -55,12 +67,29 @@ def time_cases(cases, rounds):
     return best
 
 
+def probe(cases) -> list[float]:
+    """Steps/s of each case from one short timing (a twentieth of its steps, at least 20)."""
+    return time_cases([{**c, "steps": max(20, c["steps"] // 20)} for c in cases], 1)
+
+
+def calibrate(cases, min_seconds: float) -> None:
+    """Set each case's steps per timing so that one timing lasts about ``min_seconds``
+    (from a short probe of every case): fast GPU cases are not timed over a few
+    milliseconds, and slow CPU cases do not take minutes."""
+    for rate, c in zip(probe(cases), cases):
+        c["steps"] = max(20, int(np.ceil(rate * min_seconds)))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=5000, help="steps per timing of the fast cases")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds; the best is kept")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--min-seconds", type=float, default=1.0, help="length of one timing of one case, s")
+    ap.add_argument("--chignolin-loop", type=int, default=0, metavar="STEPS",
+                    help="also run a short chignolin loop with STEPS per iteration (0: no)")
+    ap.add_argument("--loop-out", type=Path, default=None, help="run directory of that loop (default: a temporary one)")
     ap.add_argument("--train-frames", type=int, default=100_000)
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--solvents", default="vacuum,implicit",
@@ -87,7 +116,7 @@ def main(argv=None):
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"cvflow-bench-{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=True)
     plats = [mm.Platform.getPlatform(i).getName() for i in range(mm.Platform.getNumPlatforms())]
-    for solvent in args.solvents.split(","):
+    for solvent in filter(None, args.solvents.split(",")):
         chignolin = solvent == "chignolin"
         if chignolin:
             from cvflow.config import load_config
@@ -113,8 +142,7 @@ def main(argv=None):
             if p in plats and not (p == "Reference" and bundle.box is not None):  # far slower with PME
                 add({"engine": "none"}, bundle.system, p, steps)
         # the reference is the fastest platform for the unbiased system: a short probe picks it
-        probe = time_cases(cases, 1)
-        best_plat = cases[int(np.argmax(probe))]["row"]["platform"]
+        best_plat = cases[int(np.argmax(probe(cases)))]["row"]["platform"]
         grid = Grid.from_dims([GridDim(min=-1, max=1, bins=50)] * 2)
         variants = [("neural CV", cv_path, grid, True), ("neural CV, autograd", cv_path, grid, False)]
         if not chignolin:
@@ -136,6 +164,7 @@ def main(argv=None):
             system = plumed_system(bundle, cv_path, grid, st.kernel, tmp / f"plumed-{solvent}")
             add({"engine": "plumed", "variant": "neural CV (PYTORCH_MODEL)"}, system, best_plat,
                 max(20, steps // 50))
+        calibrate(cases, args.min_seconds)
         rates = time_cases(cases, args.rounds)
         base = max(r for r, c in zip(rates, cases) if c["row"]["engine"] == "none")
         for r, c in zip(rates, cases):
@@ -144,6 +173,8 @@ def main(argv=None):
             rows.append({"system": system_name, "engine": "plumed", "platform": None, "steps_per_s": None,
                          "ratio": None, "note": st.reason})
         del cases
+    if args.chignolin_loop:
+        rows.extend(bench_chignolin_loop(args.chignolin_loop, args.loop_out or tmp / "chignolin-loop"))
     rows.append(bench_energy_bridge(pdb))
     rows.append(bench_generator_training(pdb))
     if not args.skip_training:
@@ -175,6 +206,55 @@ def plumed_system(bundle, cv_path, grid, kernel, out_dir):
     system = mm.XmlSerializer.deserialize(mm.XmlSerializer.serialize(bundle.system))
     system.addForce(bias.make_force())
     return system
+
+
+def bench_chignolin_loop(steps: int, out: Path) -> list[dict]:
+    """A short loop on configs/chignolin.yaml through ``cvflow run``: ``steps`` MD steps per
+    iteration (1,000 frames), 2 iterations, a production of ``steps``. Rows: per iteration
+    the seconds of MD, training and bootstrap and the MD steps/s; the MD hours of one
+    10-ns iteration at that speed; the production's folded/unfolded populations and ΔF."""
+    import subprocess
+    import yaml
+    data = yaml.safe_load((ROOT / "configs" / "chignolin.yaml").read_text())
+    data["system"]["pdb"] = str(ROOT / "systems" / "chignolin" / "chignolin.pdb")
+    data["md"].update(steps=steps, report_interval=max(1, steps // 1000), checkpoint_interval=steps)
+    data["convergence"].update(max_iterations=2, production_steps=steps)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cfg_path = out.parent / f"{out.name}.yaml"
+    cfg_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, "-m", "cvflow.cli", "run", str(cfg_path), "--out", str(out), "-q"],
+                         capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if res.returncode != 0:
+        return [{"system": "chignolin", "engine": "loop", "steps_per_s": None, "ratio": None,
+                 "note": f"cvflow run exited {res.returncode}: {(res.stderr or res.stdout).strip()[-300:]}"}]
+    summary = json.loads((out / "summary.json").read_text())
+    resolved = yaml.safe_load((out / "config.resolved.yaml").read_text())
+    plat = json.loads((out / "iter_000" / "md" / "segment.json").read_text())["platform"]
+    device = resolved["execution"]["training_device"]
+    rows = []
+    for it in summary["iterations"]:
+        sec = it["seconds"]  # the stage's seconds (MD with the context's set-up and the frames' writing)
+        rate = json.loads((out / f"iter_{it['index']:03d}" / "md" / "segment.json").read_text())["steps_per_second"]
+        rows.append({"system": "chignolin", "engine": "loop", "variant": f"iteration {it['index']}",
+                     "platform": plat, "steps_per_s": rate, "ratio": None, "seconds": sec,
+                     "frames": it["frames"], "md_hours_per_10ns": 5_000_000 / rate / 3600,
+                     "training_device": device,
+                     "note": "MD {md:.1f} s, training {tr:.1f} s, bootstrap {bs} s (on {dev}); 10 ns of MD: {h:.2f} h".format(
+                         dev=device,
+                         md=sec["md"], tr=sec["training"] or 0.0,
+                         bs="-" if sec["bootstrap"] is None else f"{sec['bootstrap']:.1f}",
+                         h=5_000_000 / rate / 3600)})
+    st = summary.get("states") or {}
+    pops = {k: v["value"] for k, v in st.get("populations", {}).items()}
+    dfs = {k: v["value"] for k, v in st.get("delta_f", {}).items()}
+    rows.append({"system": "chignolin", "engine": "loop", "variant": "production states", "platform": plat,
+                 "steps_per_s": None, "ratio": None, "populations": pops, "delta_f": dfs,
+                 "wall_seconds": wall, "converged": summary["converged"],
+                 "note": f"populations {pops}, ΔF {dfs} kJ/mol (reference {st.get('reference_state')}); "
+                         f"whole loop {wall:.0f} s"})
+    return rows
 
 
 def bench_energy_bridge(pdb, n: int = 4000) -> dict:
@@ -249,6 +329,9 @@ def bench_training(n_frames: int) -> dict:
 def print_table(rows):
     print(f"{'system':<16}{'engine':<8}{'variant':<28}{'platform':<11}{'steps/s':>10}{'ratio':>8}")
     for r in rows:
+        if r["engine"] == "loop" and r["steps_per_s"] is None and "populations" not in r:
+            print(f"{r['system']:<16}{'loop':<8}  {r['note']}")
+            continue
         if r["engine"] == "train":
             print(f"{r['system']:<16}{'train':<8}{'':<28}{'':<11}"
                   f"{r['seconds_per_epoch']:>9.3f}s/epoch, {r['epochs']} epochs, {r['seconds']:.1f} s")

@@ -66,6 +66,8 @@ def main() -> int:
             rows.append({**c["row"], "platform": args.platform, "steps_per_s": r, "ratio": r / rates[0],
                          "us_per_step": 1e6 / r})
         del cases
+        if args.json:  # after each size, so that a run stopped at its time limit keeps what it measured
+            Path(args.json).write_text(json.dumps(rows, indent=1))
     print(f"{'atoms':>8} {'CV atoms':>9} {'steps/s':>9} {'us/step':>8} {'ratio':>6}")
     for r in rows:
         print(f"{r['atoms']:>8} {r['cv_atoms'] or '-':>9} {r['steps_per_s']:>9,.0f} {r['us_per_step']:>8.1f} "
