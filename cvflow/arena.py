@@ -20,7 +20,7 @@ MAX_SLOTS = 48
 _ROW = 4
 # slots shared by every CV kernel and the eABF step
 POS, XI, JAC = 0, 1, 2
-CV_SLOTS = 21  # a CV's own arrays start here; slots 3 to 20 are the bias's
+CV_SLOTS = 22  # a CV's own arrays start here; slots 3 to 21 are the bias's
 
 
 class Arena:

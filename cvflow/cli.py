@@ -471,7 +471,9 @@ def _echo_states(run) -> None:
     from .states import format_states
     label, states = latest_states(run)
     if states:
-        click.echo(f"states ({label}, reweighted; kJ/mol, block-bootstrap errors):")
+        how = {"frozen": "exact weights of the frozen-bias stage", "unbiased": "unbiased"}.get(
+            states.get("weights"), "reweighted")
+        click.echo(f"states ({label}, {how}; kJ/mol, block-bootstrap errors):")
         for line in format_states(states):
             click.echo(line)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, PositiveInt,
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, NonNegativeInt, PositiveInt,
                       ValidationError, field_validator, model_validator)
 
 from .units import UnitError, parse_quantity
@@ -391,6 +391,11 @@ class ConvergenceConfig(Strict):
     threshold: Union[Literal["auto"], Annotated[float, Field(gt=0, le=1)]] = "auto"
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
     production_steps: PositiveInt = 200_000
+    # after the production's eABF, this many more steps with its bias frozen (a static
+    # B(λ)); the production's frames, weights and states then come from that stage, whose
+    # weights e^{β[B(λ) + W(λ)]} are exact whatever the CV resolves (native engine, one
+    # walker). 0: production is the eABF stage alone.
+    production_frozen_steps: NonNegativeInt = 0
     min_ess_fraction: float = Field(0.05, ge=0, le=1)
 
 
@@ -657,6 +662,13 @@ class Config(Strict):
         if self.execution.walkers > 1 and subset and not self.system.is_toy:
             raise ValueError("md.save_atoms: walkers start from saved frames spread over the CV, which need "
                              "every atom; with execution.walkers > 1 set md.save_atoms: all")
+        if self.convergence.production_frozen_steps:
+            if self.execution.walkers > 1:
+                raise ValueError("convergence.production_frozen_steps needs execution.walkers: 1 (the frozen "
+                                 "stage goes on from the production's own bias)")
+            if self.bias.engine == "plumed":
+                raise ValueError("convergence.production_frozen_steps needs bias.engine: native (DRR's bias "
+                                 "cannot be frozen from cvflow)")
         if self.states is not None and self.system.is_toy:
             raise ValueError("states are boxes in molecular observables (phi, psi, distance, rmsd); "
                              "a toy system has none (for cvflow generate, give generator.states in x and y)")

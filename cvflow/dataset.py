@@ -16,7 +16,11 @@ Two reweightings of an eABF stage's frames to the Boltzmann distribution:
   within 0.5 (README, "Alanine dipeptide at the paper's protocol").
 
 Both assume that the frames at each λ (or ξ) are in equilibrium among themselves, i.e. that
-the CV resolves the slow motions.
+the CV resolves the slow motions. A stage run under a *frozen* bias (a static B(λ); the
+production's ``convergence.production_frozen_steps``) does not need that: its stationary
+distribution is p_b(x, λ) ∝ e^{−β[U(x) + κ/2 |ξ(x) − λ|² + B(λ) + W(λ)]} exactly, so
+ŵ ∝ e^{β[B(λ) + W(λ)]} (:func:`log_weights_frozen`) are exact weights whatever the CV
+resolves; only the number of transitions sets their error.
 """
 from __future__ import annotations
 
@@ -196,6 +200,25 @@ def log_weights_extended(xi: np.ndarray, lam: np.ndarray, kappa, grid: Grid, bet
     return logw, info
 
 
+def log_weights_frozen(lam: np.ndarray, record, beta: float) -> tuple[np.ndarray, dict]:
+    """log ŵ_j = β [B(λ_j) + W(λ_j)], normalised: the exact weights of the frames of a stage
+    run under a frozen bias (see the module's docstring). ``record`` is the stage's
+    ``frozen_bias.npz`` (B per bin in kJ/mol, the grid, the walls' κ), ``lam`` the frames'
+    λ (colvar.csv), ``beta`` in mol/kJ. κ does not enter: a recovery from a blow-up that
+    softened it leaves the weights exact."""
+    from .bias.native import static_bias_energies
+    lam = np.ascontiguousarray(lam, np.float64).reshape(len(lam), -1)
+    e = static_bias_energies(lam, np.ascontiguousarray(record["potential"], np.float64).ravel(),
+                             np.asarray(record["mins"], np.float64), np.asarray(record["widths"], np.float64),
+                             np.asarray(record["bins"], np.int64), np.asarray(record["periods"], np.float64),
+                             float(record["wall_kappa"]))
+    logw = beta * e
+    if len(logw):
+        logw = logw - logsumexp(logw)
+    return logw, {"estimator": "frozen", "frames": int(len(lam)), "frames_without_free_energy": 0,
+                  "fraction_without_free_energy": 0.0}
+
+
 def frame_kappa(seg_dir, frame_steps: np.ndarray, kappa0: float) -> np.ndarray:
     """κ of each frame of a biased stage: ``kappa0`` (κ at the start), softened at each
     recovery from a blow-up (``segment.json``) from the step that it restarted from."""
@@ -211,7 +234,8 @@ def frame_kappa(seg_dir, frame_steps: np.ndarray, kappa0: float) -> np.ndarray:
 def stage_log_weights(seg_dir, beta: float, estimator: str = "extended", xi: np.ndarray | None = None,
                       divide_by_histogram: bool = True) -> tuple[np.ndarray, dict]:
     """Log-weights of a biased stage's frames (``seg_dir``: its md/ directory) by
-    ``estimator`` (``extended`` or ``czar``; see the module's docstring). ``xi`` (the biasing
+    ``estimator`` (``extended`` or ``czar``; see the module's docstring), or, for a stage
+    run under a frozen bias (``frozen_bias.npz``), by its exact weights. ``xi`` (the biasing
     CV on the frames) is needed by ``czar``; ``extended`` reads ξ and λ from colvar.csv and
     the per-step λ statistics from lambda.npz, which the native engine writes; a stage
     without them (PLUMED's) is reweighted by ``czar`` instead, and ``info`` says so.
@@ -219,6 +243,10 @@ def stage_log_weights(seg_dir, beta: float, estimator: str = "extended", xi: np.
     from . import artifacts as art
     from .fes import CZARStats
     seg_dir = Path(seg_dir)
+    if (seg_dir / "frozen_bias.npz").exists():  # a static bias: exact weights, whatever ``estimator``
+        header, rows = art.read_csv(seg_dir / "colvar.csv")
+        lam = rows[:, [i for i, h in enumerate(header) if h.startswith("lambda")]]
+        return log_weights_frozen(lam, np.load(seg_dir / "frozen_bias.npz"), beta)
     if estimator == "extended" and not (seg_dir / "lambda.npz").exists():
         # no per-step λ statistics (the PLUMED engine, or a stage written before them): the
         # frames alone are too few for A(λ) on a 2-D grid in short stages, so use CZAR's

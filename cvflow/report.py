@@ -120,6 +120,9 @@ def status_table(run: RunRecord):
     if run.summary and run.summary.get("production"):
         p = run.summary["production"]
         t.add_row("production", fmt(p.get("frames"), "d"), "-", "-", "-", "-", f"{p.get('wall_seconds', 0):.1f}")
+        if p.get("frozen"):
+            fz = p["frozen"]
+            t.add_row("frozen bias", fmt(fz.get("frames"), "d"), "-", "-", "-", "-", f"{fz.get('wall_seconds', 0):.1f}")
     return t
 
 

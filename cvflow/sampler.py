@@ -6,6 +6,9 @@ A segment writes into its own directory:
   ``md.report_interval``, ... (``frame_steps.npy``), in nm; the DCD header carries the times;
 - ``colvar.csv``: step, time (ps), ξ, λ, at the same steps as the frames (row i is frame i);
 - ``fes.csv`` and ``czar.npz``: the CZAR free energy and its additive statistics;
+- ``bias_state.npz`` (native engine): the bias at the end, from which a later segment on
+  the same CV can go on (:func:`run_segment`'s ``bias_start``); ``frozen_bias.npz`` when the
+  bias was frozen (the static B(λ) and walls that weight the frames exactly);
 - ``state.xml`` (portable) and ``checkpoint.chk`` (exact restart, platform-bound);
 - ``segment.json``: written last; its presence means the segment is finished.
 
@@ -107,7 +110,8 @@ def make_bias(cfg: Config, bundle: SystemBundle, cv_path, grid: Grid, seed: int)
 
 def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, seed: int,
                 cv_path: Path | None = None, grid: Grid | None = None, engine: str = "native",
-                start_positions: np.ndarray | None = None, progress=None, label: str = "md") -> SegmentResult:
+                start_positions: np.ndarray | None = None, progress=None, label: str = "md",
+                bias_start: Path | None = None, freeze: bool = False) -> SegmentResult:
     """Run (or resume) one segment of ``steps`` MD steps into ``out_dir``.
 
     Parameters
@@ -117,6 +121,12 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
     start_positions : (n_atoms, 3) array, nm, optional
         Defaults to the system's positions.
     progress : callable(step, total), optional
+    bias_start : path, optional
+        A segment's ``bias_state.npz`` (native engine, the same CV and grid): λ and the ABF
+        statistics go on from it.
+    freeze : bool
+        Freeze the bias at the start (:meth:`cvflow.bias.native.NativeEABF.freeze`): the
+        segment runs under a static bias, and its frames get exact weights.
     """
     out_dir = Path(out_dir)
     done_marker = out_dir / "segment.json"
@@ -159,6 +169,10 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
     if progress_file.exists():
         step = _restore_checkpoint(sim, bias, ckpt_dir, chunk_dir)
     else:
+        if bias_start is not None:
+            bias.continue_from(np.load(bias_start))
+        if freeze:
+            bias.freeze()
         start = bundle.positions if start_positions is None else start_positions
         sim.context.setPositions(start * u.nanometer)
         if bundle.box is not None:
@@ -356,6 +370,10 @@ def _finalize(cfg: Config, bundle: SystemBundle, sim, bias, out_dir: Path, chunk
         if hasattr(bias, "lambda_stats"):
             save_stats(out_dir / "lambda.npz", bias.lambda_stats())
         regions = write_fes(out_dir / "fes.csv", stats, engine=bias.name)
+        if isinstance(bias, NativeEABF):
+            art.write_npz(out_dir / "bias_state.npz", **bias.state_arrays())
+            if bias.is_frozen:
+                art.write_npz(out_dir / "frozen_bias.npz", **bias.frozen_record())
     state = sim.context.getState(getPositions=True, getVelocities=True)
     art.write_text(out_dir / "state.xml", mm.XmlSerializer.serialize(state))
     art.write_bytes(out_dir / "checkpoint.chk", sim.context.createCheckpoint())

@@ -32,7 +32,7 @@ from .units import kT
 
 #: config keys that may change on --resume (run length only)
 RUN_LENGTH_KEYS = {("md", "steps"), ("convergence", "production_steps"), ("convergence", "max_iterations"),
-                   ("output",)}
+                   ("convergence", "production_frozen_steps"), ("output",)}
 #: config keys that choose where and how fast it runs, not what it computes: they may change
 #: on --resume (a cluster job resumes on another node, with another GPU or none)
 EXECUTION_KEYS = {("md", "platform"), ("md", "threads"), ("model", "threads"), ("model", "device"),
@@ -299,6 +299,8 @@ class Workflow:
                 break
         final_cv = f"iter_{iterations[-1]['index']:03d}/cv.pt"
         prod = self._stage("production/md", lambda: self._production(prev))
+        if cfg.convergence.production_frozen_steps:
+            prod = {**prod, "frozen": self._stage("production/frozen", lambda: self._production_frozen(prev))}
         analysis = self._stage("production/analysis", lambda: self._analyse_production(prev))
         if analysis.get("states"):
             from .states import format_states
@@ -313,7 +315,8 @@ class Workflow:
                                    "threshold_floored": last["threshold_floored"],
                                    "iterations": len(iterations)},
                    "iterations": iterations, "final_cv": final_cv,
-                   "final_fes": prod.get("fes"), "production": prod, "production_analysis": analysis,
+                   "final_fes": prod["frozen"]["fes"] if "frozen" in prod else prod.get("fes"),
+                   "production": prod, "production_analysis": analysis,
                    "states": analysis.get("states"),
                    "engine": self.engine, "wall_seconds_this_session": time.perf_counter() - t_start}
         art.write_json(self.run_dir / "summary.json", summary)
@@ -326,9 +329,10 @@ class Workflow:
         return Grid.from_list(info["grid"])
 
     def _segment(self, out: Path, steps: int, seed: int, cv_path, grid, engine: str, prev_md: Path | None,
-                 label: str) -> dict:
+                 label: str, **bias_start) -> dict:
         """One MD stage: a single segment started from the last frame of ``prev_md``, or
-        ``execution.walkers`` walkers started from frames of ``prev_md`` spread over the CV."""
+        ``execution.walkers`` walkers started from frames of ``prev_md`` spread over the CV.
+        ``bias_start`` (one walker): :func:`run_segment`'s ``bias_start`` and ``freeze``."""
         cfg = self.cfg
         frames = load_frames(prev_md, self.bundle) if prev_md is not None else np.zeros((0, self.bundle.n_atoms, 3))
         if cfg.execution.walkers == 1:
@@ -337,7 +341,7 @@ class Workflow:
                 start = last_positions(prev_md, self.bundle)
             res = run_segment(cfg, self.bundle, out, steps, seed, cv_path=cv_path, grid=grid, engine=engine,
                               start_positions=start,
-                              progress=self.progress.md(label, cfg.md.timestep), label=label)
+                              progress=self.progress.md(label, cfg.md.timestep), label=label, **bias_start)
             return res.to_dict()
         from .walkers import Executor, run_walkers, spread_starts
         if self.executor is None:
@@ -584,9 +588,11 @@ class Workflow:
         if not self.cfg.states and weights_out is None:
             return None
         n = len(frames)
+        estimator = "unbiased"
         if xi is not None:
-            logw, _ = stage_log_weights(seg_dir, self.beta, self.cfg.bias.reweighting, xi)
+            logw, info = stage_log_weights(seg_dir, self.beta, self.cfg.bias.reweighting, xi)
             w = normalised_weights(logw) if np.isfinite(logw).any() else np.full(n, 1.0 / n)
+            estimator = info.get("estimator", self.cfg.bias.reweighting)
         else:
             w = np.full(n, 1.0 / n)
         if weights_out is not None:
@@ -599,6 +605,7 @@ class Workflow:
         res = state_free_energies(state_membership(traj, self.cfg.states), w, 1.0 / self.beta,
                                   seed=derive_seed(self.cfg.seed, 20_000))
         res["ess"] = effective_sample_size(w)
+        res["weights"] = estimator  # extended, czar, frozen (exact) or unbiased
         return res
 
     def _analyse_production(self, last_train) -> dict:
@@ -614,7 +621,7 @@ class Workflow:
 
     def _production(self, last_train) -> dict:
         cfg = self.cfg
-        out = production_md_dir(self.run_dir)
+        out = adaptive_production_dir(self.run_dir)
         prev_md = iteration_dir(self.run_dir, last_train_index(last_train)) / "md"
         info = self._segment(out, cfg.convergence.production_steps, derive_seed(cfg.seed, 10_000, 0),
                              self.run_dir / last_train["cv"], self._grid_for(last_train), self.engine, prev_md,
@@ -623,12 +630,34 @@ class Workflow:
         info["cv"] = last_train["cv"]
         return info
 
+    def _production_frozen(self, last_train) -> dict:
+        """``production_frozen_steps`` more steps from the end of the production's eABF,
+        with its bias frozen: the frames whose exact weights give the states' free energies."""
+        cfg = self.cfg
+        prev_md = adaptive_production_dir(self.run_dir)
+        out = self.run_dir / "production" / "frozen"
+        info = self._segment(out, cfg.convergence.production_frozen_steps, derive_seed(cfg.seed, 10_000, 1),
+                             self.run_dir / last_train["cv"], self._grid_for(last_train), self.engine, prev_md,
+                             "production MD, frozen bias", bias_start=prev_md / "bias_state.npz", freeze=True)
+        info["fes"] = str((out / "fes.csv").relative_to(self.run_dir))
+        info["cv"] = last_train["cv"]
+        return info
 
-def production_md_dir(run_dir: Path) -> Path:
-    """Production's MD stage: ``production/md/``, laid out as an iteration's ``md/``
+
+def adaptive_production_dir(run_dir: Path) -> Path:
+    """Production's eABF stage: ``production/md/``, laid out as an iteration's ``md/``
     (``production/`` itself in run directories that earlier versions wrote)."""
     legacy = Path(run_dir) / "production"
     return legacy if (legacy / "segment.json").exists() else legacy / "md"
+
+
+def production_md_dir(run_dir: Path) -> Path:
+    """The production MD whose frames ``production/weights.npy`` weighs and whose free
+    energy is the run's final one: ``production/frozen/`` when the run has a frozen stage
+    (``convergence.production_frozen_steps``), else the eABF stage
+    (:func:`adaptive_production_dir`)."""
+    frozen = Path(run_dir) / "production" / "frozen"
+    return frozen if (frozen / "segment.json").exists() else adaptive_production_dir(run_dir)
 
 
 def last_train_index(tr_info) -> int:

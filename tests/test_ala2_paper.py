@@ -2,7 +2,7 @@
 benchmark (scripts/ala2_paper.py) that fits in CI's time.
 
 configs/ala2-paper.yaml with 2-ns iterations (instead of 10), at most 3 of them, and a 2-ns
-production: about 4 minutes on one core. The full protocol over seeds is a benchmark, not
+production followed by 2 ns under its frozen bias: about 5 minutes on one core. The full protocol over seeds is a benchmark, not
 a test (docs/measurements/ala2-paper-cpu-vm.json)."""
 import json
 
@@ -23,7 +23,7 @@ def test_ala2_short_paper_protocol(tmp_path):
     cfg = yaml.safe_load((ROOT / "configs" / "ala2-paper.yaml").read_text())
     cfg["system"]["pdb"] = str(ROOT / "systems" / "alanine-dipeptide" / "ala2.pdb")
     cfg["md"].update(steps=1_000_000, checkpoint_interval=250_000)
-    cfg["convergence"].update(max_iterations=3, production_steps=1_000_000)
+    cfg["convergence"].update(max_iterations=3, production_steps=1_000_000, production_frozen_steps=1_000_000)
     cfg["model"]["threads"] = 1
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))  # the first state is the reference
@@ -49,9 +49,13 @@ def test_ala2_short_paper_protocol(tmp_path):
     assert st["reference_state"] == "C7eq" and set(st["populations"]) == {"C7eq", "C7ax"}
     total = st["populations"]["C7eq"]["value"] + st["populations"]["C7ax"]["value"]
     assert total == pytest.approx(1.0, abs=1e-9)  # the two boxes tile φ
-    t = md.load_dcd(str(out / "production" / "md" / "traj.dcd"), top=str(out / "production" / "md" / "topology.pdb"))
+    # production's frames are the frozen stage's, weighted exactly by its static bias
+    frozen = out / "production" / "frozen"
+    assert s["final_fes"] == "production/frozen/fes.csv" and st["weights"] == "frozen"
+    t = md.load_dcd(str(frozen / "traj.dcd"), top=str(frozen / "topology.pdb"))
     phi = np.degrees(md.compute_phi(t)[1][:, 0])
     w = np.load(out / "production" / "weights.npy")
+    assert len(w) == t.n_frames == 1_000_000 // cfg["md"]["report_interval"]
     assert st["populations"]["C7ax"]["value"] == pytest.approx(w[phi > 0].sum() / w.sum(), abs=1e-9)
     df = st["delta_f"]["C7ax"]
     print(f"short protocol: {len(s['iterations'])} iterations, converged={s['converged']}, "

@@ -118,10 +118,11 @@ def test_native_kernel_accumulates_lambda_minus_xi():
         nb = np.array([20], np.int64)
         widths = np.array([(period or 2.0) / 20])
         czar_count, czar_sum = np.zeros(20, np.int64), np.zeros((20, 1))
-        prm = np.array([100.0, 1.0, 0.002, 0.99, 0.1, 100.0, 100.0, 0.0])
+        prm = np.array([100.0, 1.0, 0.002, 0.99, 0.1, 100.0, 100.0, 0.0, 0.0])
         eabf_step(np.array([xi_v]), np.zeros((1, 1, 3)), np.zeros((1, 3)), np.array([lam_v]), np.zeros(1),
                   np.zeros(1), prm, np.array([lo]), widths, nb, np.array([period]), np.zeros(20, np.int64),
-                  np.zeros((20, 1)), czar_count, czar_sum, np.zeros((1, 20)), np.zeros(1), np.zeros((20, 1)))
+                  np.zeros((20, 1)), czar_count, czar_sum, np.zeros((1, 20)), np.zeros(1), np.zeros((20, 1)),
+                  np.zeros(20))
         b = int((xi_v - lo) // widths[0])
         assert czar_count[b] == 1 and czar_count.sum() == 1
         assert czar_sum[b, 0] == pytest.approx(prm[0] * expect, abs=1e-10)

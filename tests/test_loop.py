@@ -287,3 +287,63 @@ def test_thread_counts_do_not_change_the_numbers(tmp_path, es_run):
     assert rec["execution"]["torch_threads"] == 1 and rec["execution"]["env"]["OMP_NUM_THREADS"] == "1"
     for lib in ("numba", "scipy", "mdtraj", "openmm", "torch", "numpy"):
         assert rec["versions"][lib]
+
+
+def test_frozen_production_stage(tmp_path):
+    """convergence.production_frozen_steps: after the production's eABF, a stage under its
+    frozen bias; the run's production frames, weights and final free energy are that
+    stage's, and its weights are the exact e^{β[B(λ) + W(λ)]} of the frozen bias."""
+    from cvflow.dataset import normalised_weights
+    from cvflow.bias.native import static_bias_energies
+    from cvflow.workflow import production_md_dir
+    cfg = quick_es(tmp_path, tmp_path / "run", convergence={"max_iterations": 2, "production_frozen_steps": 10_000})
+    res = CliRunner().invoke(main, ["run", str(cfg), "-q"])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "run"
+    s = json.loads((run / "summary.json").read_text())
+    frozen = run / "production" / "frozen"
+    assert production_md_dir(run) == frozen and s["final_fes"] == "production/frozen/fes.csv"
+    assert s["production"]["frozen"]["steps"] == 10_000 and (run / "production" / "md" / "bias_state.npz").exists()
+    w = np.load(run / "production" / "weights.npy")
+    n = len(np.load(frozen / "traj.npy"))
+    assert len(w) == n == 10_000 // 50
+    rec = np.load(frozen / "frozen_bias.npz")
+    lam = np.loadtxt(frozen / "colvar.csv", delimiter=",", comments="#", skiprows=2)[:, 3:4]
+    from cvflow.units import kT
+    beta = 1.0 / kT(30.0694)  # the shipped config's temperature (β ≈ 4 mol/kJ)
+    expect = normalised_weights(beta * static_bias_energies(lam, rec["potential"], rec["mins"], rec["widths"],
+                                                            rec["bins"], rec["periods"], float(rec["wall_kappa"])))
+    assert np.allclose(w, expect, rtol=1e-10, atol=0)
+    # λ goes on from the eABF stage: the frozen stage starts where it ended
+    adaptive_end = np.load(run / "production" / "md" / "bias_state.npz")["lam"]
+    assert abs(lam[0, 0] - adaptive_end[0]) < 0.5
+
+
+def test_frozen_segment_resumes_bit_for_bit(tmp_path, es_config, x_cv, monkeypatch):
+    """A frozen segment stopped after its first checkpoint and resumed gives the frames and
+    λ of an uninterrupted one: the checkpoint keeps the frozen bias."""
+    import cvflow.sampler as sampler
+    from cvflow.config import GridDim
+    from cvflow.fes import Grid
+    from cvflow.stop import StopRequested
+    from cvflow.system import build_system
+    cfg = es_config.model_copy(deep=True)
+    cfg.md.checkpoint_interval = 2_000
+    bundle = build_system(cfg.system)
+    grid = Grid.from_dims([GridDim(min=-2.0, max=2.0, bins=50)])
+    sampler.run_segment(cfg, bundle, tmp_path / "a", 5_000, seed=3, cv_path=x_cv, grid=grid)
+    kw = dict(cv_path=x_cv, grid=grid, start_positions=sampler.last_positions(tmp_path / "a", bundle),
+              bias_start=tmp_path / "a" / "bias_state.npz", freeze=True)
+    sampler.run_segment(cfg, bundle, tmp_path / "ref", 6_000, seed=4, **kw)
+    calls = {"n": 0}
+
+    def stop_after_a_while():
+        calls["n"] += 1
+        return calls["n"] > 50  # past the first checkpoint (step 2,000; frames every 50 steps)
+    monkeypatch.setattr(sampler, "stop_requested", stop_after_a_while)
+    with pytest.raises(StopRequested):
+        sampler.run_segment(cfg, bundle, tmp_path / "b", 6_000, seed=4, **kw)
+    monkeypatch.setattr(sampler, "stop_requested", lambda: False)
+    sampler.run_segment(cfg, bundle, tmp_path / "b", 6_000, seed=4, **kw)
+    assert np.array_equal(np.load(tmp_path / "b" / "traj.npy"), np.load(tmp_path / "ref" / "traj.npy"))
+    assert (tmp_path / "b" / "colvar.csv").read_text() == (tmp_path / "ref" / "colvar.csv").read_text()

@@ -183,3 +183,79 @@ def test_trajectory_frames_and_colvar_rows_are_the_same_steps(es_run, ala2_run):
     steps = np.load(seg / "frame_steps.npy")
     assert (istart, nsavc, nstep) == (0, cfg.md.report_interval, steps[-1])
     assert delta * 0.04888821 == pytest.approx(cfg.md.timestep, rel=1e-6)
+
+
+def _frozen_stage(cfg, bundle, out, cv, grid, adaptive_steps, frozen_steps, seed):
+    """eABF for ``adaptive_steps``, then ``frozen_steps`` with that bias frozen (from the
+    adaptive segment's last state): the production's two stages."""
+    from cvflow.sampler import last_positions
+    run_segment(cfg, bundle, out / "adaptive", adaptive_steps, seed=seed, cv_path=cv, grid=grid)
+    return run_segment(cfg, bundle, out / "frozen", frozen_steps, seed=seed + 1, cv_path=cv, grid=grid,
+                       start_positions=last_positions(out / "adaptive", bundle),
+                       bias_start=out / "adaptive" / "bias_state.npz", freeze=True)
+
+
+def test_frozen_bias_weights_are_exact_even_on_a_cv_that_misses_the_slow_motion(tmp_path, es_config, x_cv, y_cv):
+    """Under a frozen (static) bias B(λ) the stationary distribution of (x, λ) is known, so
+    e^{β[B(λ) + W(λ)]} weigh the frames exactly whatever the CV resolves. On the entropic
+    switch, biased along x (the slow motion) and along y (which misses it: the wells at
+    x = ±1 are crossed only by diffusion in x), the frozen stage's frames reweighted that
+    way give the exact F(x), binned as the frames (0.3 kT RMS where F ≤ 5 kT, as for the
+    CZAR test). The extended weights of the y-biased adaptive stage, which assume that the
+    frames at each λ are in equilibrium, are printed beside them for comparison."""
+    from cvflow.dataset import stage_log_weights
+    from cvflow.sampler import load_frames
+    cfg = es_config.model_copy(deep=True)
+    cfg.md.report_interval = 10
+    bundle = build_system(cfg.system)
+    edges = np.linspace(-2.0, 2.0, 26)
+    exact = es_exact_along(lambda p: p[:, 0], edges)
+    for name, cv, grid in (("x", x_cv, Grid.from_dims([GridDim(min=-2.0, max=2.0, bins=50)])),
+                           ("y", y_cv, Grid.from_dims([GridDim(min=-1.5, max=2.5, bins=50)]))):
+        _frozen_stage(cfg, bundle, tmp_path / name, cv, grid, 50_000, 150_000, seed=21)
+        rms = {}
+        for part in ("adaptive", "frozen"):
+            logw, info = stage_log_weights(tmp_path / name / part, BETA_ES)
+            x = load_frames(tmp_path / name / part, bundle)[:, 0, 0]
+            p, _ = np.histogram(x, edges, weights=np.exp(logw))
+            with np.errstate(divide="ignore"):
+                f = -np.log(p) / BETA_ES
+            rms[part], nbins = rms_kT(f - np.nanmin(f[np.isfinite(f)]), exact, BETA_ES)
+            rms[part + " estimator"] = info["estimator"]
+        print(f"biased along {name}: F(x) RMS {rms}")
+        assert rms["frozen estimator"] == "frozen" and nbins >= 10
+        assert rms["frozen"] < 0.3
+
+
+def test_frozen_bias_is_a_potential_with_its_exact_gradient(tmp_path, es_config, x_cv):
+    """The frozen bias's force on λ is minus the gradient of the interpolated potential
+    that weighs the frames (central differences, 1-D and 2-D, periodic and not), and a
+    checkpoint of a frozen segment keeps it frozen."""
+    from cvflow.bias.native import frozen_bias, wall_energy
+    rng = np.random.default_rng(3)
+    for nb, periods in (((12,), (0.0,)), ((9, 7), (0.0, 0.0)), ((8, 10), (2 * np.pi, 0.0))):
+        nb = np.array(nb, np.int64)
+        mins = np.array([-np.pi if p else -1.0 for p in periods])
+        widths = np.array([(p or 2.0) / n for p, n in zip(periods, nb)])
+        pot = rng.normal(size=int(np.prod(nb)))
+        periods = np.array(periods)
+        for _ in range(50):
+            lam = mins + rng.uniform(-0.1, 1.1, size=len(nb)) * widths * nb
+            v, g0, g1 = frozen_bias(lam, pot, mins, widths, nb, periods)
+            h = 1e-6
+            for d, g in enumerate((g0, g1)[:len(nb)]):
+                e = np.zeros(len(nb))
+                e[d] = h
+                num = (frozen_bias(lam + e, pot, mins, widths, nb, periods)[0]
+                       - frozen_bias(lam - e, pot, mins, widths, nb, periods)[0]) / (2 * h)
+                assert abs(num - g) < 1e-5 * max(1.0, abs(g))
+        assert wall_energy(mins - 0.5, mins, widths, nb, periods, 10.0) >= 0.0
+    # a frozen segment checkpoints and resumes frozen
+    cfg = es_config.model_copy(deep=True)
+    bundle = build_system(cfg.system)
+    grid = Grid.from_dims([GridDim(min=-2.0, max=2.0, bins=50)])
+    _frozen_stage(cfg, bundle, tmp_path, x_cv, grid, 5_000, 2_000, seed=5)
+    state = np.load(tmp_path / "frozen" / "bias_state.npz")
+    rec = np.load(tmp_path / "frozen" / "frozen_bias.npz")
+    assert state["prm"][8] == 1.0 and np.array_equal(state["frozen"], rec["potential"])
+    assert rec["potential"].min() == 0.0 and np.isfinite(rec["potential"]).all()

@@ -7,6 +7,12 @@ to λ_{n+1} by the same kick–drift–thermostat–drift scheme. The ABF force 
 the running mean of κ(ξ − λ) in λ's bin, ramped in linearly over ``fullsamples``, with
 harmonic walls at the grid edges. CZAR statistics (count and Σ κ(λ − ξ) per bin of ξ, one
 term per sample) are taken at every step. The per-step work is one numba kernel.
+
+After :meth:`NativeEABF.freeze` the bias on λ is static: a potential B(λ), interpolated
+between the bin centres, whose force is its exact gradient. Under a static bias the
+stationary distribution of (x, λ) is known, e^{−β[U(x) + κ/2 |ξ(x) − λ|² + B(λ) + W(λ)]}
+(W: the walls), so e^{β[B(λ) + W(λ)]} are the exact weights of the frames
+(:func:`cvflow.dataset.log_weights_frozen`), whatever the CV resolves.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import openmm as mm
 
 from ..arena import JAC, POS, XI, Arena, f1, f2, f3, i1
 from ..cvs import torsions_packed
-from ..fes import CZARStats, Grid, Poisson2D, connected_regions, main_region
+from ..fes import CZARStats, Grid, Poisson2D, connected_regions, integrate_1d, main_region
 from ..fastcv import CVEvaluator, aligned_mlp_packed
 
 _NOISE_BLOCK = 8192
@@ -28,6 +34,7 @@ FORCES, LAM, VLAM, NOISE, PRM, MINS, WIDTHS, PERIODS, ABF_SUM, CZAR_SUM, LOOP, L
 NBINS, ABF_COUNT, CZAR_COUNT, ROW = range(15, 19)
 COEF = 19  # scratch: κ(ξ − λ) per dimension
 APPLIED = 20  # projected ABF: the force estimate applied per bin (nbins, dim)
+FROZEN = 21  # the static bias potential B per bin centre (nbins,), used when prm[8] > 0
 
 
 class BlowUpError(RuntimeError):
@@ -92,14 +99,77 @@ def loop_sums(abf_count, abf_sum, nb, periods, full):
 
 
 @numba.njit(cache=True)
+def _interp_axis(v, lo, w, n, period):
+    """Linear interpolation between bin centres along one axis: (k0, k1, t, inside) with
+    the value (1 − t)·f[k0] + t·f[k1]; ``inside`` 0 where v lies beyond the outermost
+    centres of a non-periodic axis (the value is held there, so its slope is 0)."""
+    u = (v - lo) / w - 0.5
+    if period > 0.0:
+        k = np.floor(u)
+        t = u - k
+        k0 = int(k) % n
+        return k0, (k0 + 1) % n, t, 1.0
+    if u <= 0.0:
+        return 0, 1, 0.0, 0.0
+    if u >= n - 1.0:
+        return n - 2, n - 1, 1.0, 0.0
+    k0 = min(int(np.floor(u)), n - 2)
+    return k0, k0 + 1, u - k0, 1.0
+
+
+@numba.njit(cache=True)
+def frozen_bias(lam, pot, mins, widths, nb, periods):
+    """The static bias B(λ) and its gradient (g0, g1): B bilinear (linear in 1-D) between
+    the centres of the bins, ``pot`` per bin (flat, row-major); 1 or 2 dimensions."""
+    a0, b0, t0, in0 = _interp_axis(lam[0], mins[0], widths[0], nb[0], periods[0])
+    if lam.shape[0] == 1:
+        f0, f1_ = pot[a0], pot[b0]
+        return (1.0 - t0) * f0 + t0 * f1_, in0 * (f1_ - f0) / widths[0], 0.0
+    a1, b1, t1, in1 = _interp_axis(lam[1], mins[1], widths[1], nb[1], periods[1])
+    n1 = nb[1]
+    f00, f01 = pot[a0 * n1 + a1], pot[a0 * n1 + b1]
+    f10, f11 = pot[b0 * n1 + a1], pot[b0 * n1 + b1]
+    v = (1.0 - t0) * ((1.0 - t1) * f00 + t1 * f01) + t0 * ((1.0 - t1) * f10 + t1 * f11)
+    g0 = in0 * ((1.0 - t1) * (f10 - f00) + t1 * (f11 - f01)) / widths[0]
+    g1 = in1 * ((1.0 - t0) * (f01 - f00) + t0 * (f11 - f10)) / widths[1]
+    return v, g0, g1
+
+
+@numba.njit(cache=True)
+def wall_energy(lam, mins, widths, nb, periods, wall):
+    """W(λ): the harmonic walls at the edges of the non-periodic dimensions."""
+    e = 0.0
+    for d in range(lam.shape[0]):
+        if periods[d] == 0.0:
+            lo, hi = mins[d], mins[d] + widths[d] * nb[d]
+            if lam[d] < lo:
+                e += 0.5 * wall * (lo - lam[d]) ** 2
+            elif lam[d] > hi:
+                e += 0.5 * wall * (lam[d] - hi) ** 2
+    return e
+
+
+@numba.njit(cache=True)
+def static_bias_energies(lams, pot, mins, widths, nb, periods, wall):
+    """B(λ) + W(λ) for each row of ``lams``: the exponent of a frozen stage's weights, /β."""
+    out = np.empty(lams.shape[0])
+    for i in range(lams.shape[0]):
+        out[i] = frozen_bias(lams[i], pot, mins, widths, nb, periods)[0] + wall_energy(
+            lams[i], mins, widths, nb, periods, wall)
+    return out
+
+
+@numba.njit(cache=True)
 def eabf_step(xi, jac, forces, lam, vlam, noise, prm, mins, widths, nb, periods,
-              abf_count, abf_sum, czar_count, czar_sum, loop, coef, applied):
+              abf_count, abf_sum, czar_count, czar_sum, loop, coef, applied, frozen):
     """One eABF step. Writes the atom forces, advances λ, returns the coupling energy.
 
     ``prm`` = [kappa, mass, dt, exp(-γ dt), sqrt((1-a²) kT/m), fullsamples, wall_kappa,
-    projected]. With ``projected`` > 0, ``applied[bin]`` is added to the bin's estimate: the
+    projected, static]. With ``projected`` > 0, ``applied[bin]`` is added to the bin's estimate: the
     correction that made the estimate curl-free at the last projection
-    (:meth:`NativeEABF.project`).
+    (:meth:`NativeEABF.project`). With ``static`` > 0 the bias force on λ is −∇B of the
+    frozen potential (:func:`frozen_bias` of ``frozen``) instead of the ABF estimate; the
+    statistics are still gathered.
     On periodic dimensions (``periods[d]`` > 0) ξ − λ is the nearest image, λ stays in
     [min, max), the walls are off, and the CZAR sums take λ − ξ as the nearest image.
 
@@ -142,10 +212,16 @@ def eabf_step(xi, jac, forces, lam, vlam, noise, prm, mins, widths, nb, periods,
             if periods[d] > 0.0:
                 loop[d, _loop_index(bl, d, nb)] += _applied_mean(n + 1, abf_sum[bl, d], full) - old
         abf_count[bl] = n + 1
-    # force on λ: coupling, ABF bias, walls
+    # force on λ: coupling, ABF bias (or the static bias), walls
+    static = prm[8] > 0.0
+    gb0, gb1 = 0.0, 0.0
+    if static:
+        _, gb0, gb1 = frozen_bias(lam, frozen, mins, widths, nb, periods)
     for d in range(dim):
         f = coef[d]
-        if bl >= 0 and abf_count[bl] > 0:
+        if static:
+            f -= gb0 if d == 0 else gb1
+        elif bl >= 0 and abf_count[bl] > 0:
             f -= _applied_mean(abf_count[bl], abf_sum[bl, d], full)
             if periods[d] > 0.0:
                 f += loop[d, _loop_index(bl, d, nb)] / nb[d]
@@ -177,7 +253,7 @@ def _eabf_packed(fb, ib):
     return eabf_step(f1(fb, ib, XI), f3(fb, ib, JAC), f2(fb, ib, FORCES), lam, f1(fb, ib, VLAM), noise,
                      f1(fb, ib, PRM), f1(fb, ib, MINS), f1(fb, ib, WIDTHS), i1(ib, NBINS), f1(fb, ib, PERIODS),
                      i1(ib, ABF_COUNT), f2(fb, ib, ABF_SUM), i1(ib, CZAR_COUNT), f2(fb, ib, CZAR_SUM),
-                     f2(fb, ib, LOOP), f1(fb, ib, COEF), f2(fb, ib, APPLIED))
+                     f2(fb, ib, LOOP), f1(fb, ib, COEF), f2(fb, ib, APPLIED), f1(fb, ib, FROZEN))
 
 
 @numba.njit(cache=True)
@@ -241,7 +317,7 @@ class NativeEABF:
         a = np.exp(-friction * timestep)
         prm = np.array([kappa, mass, timestep, a, np.sqrt((1 - a * a) * self.kT / mass),
                         float(fullsamples), float(wall_kappa if wall_kappa is not None else kappa),
-                        1.0 if projection_interval and grid.dim == 2 else 0.0])
+                        1.0 if projection_interval and grid.dim == 2 else 0.0, 0.0])
         self.seed = int(seed)
         self.report_interval = int(report_interval)
         nbins = int(np.prod(grid.bins))
@@ -256,7 +332,7 @@ class NativeEABF:
                         (LAM_PREV, np.zeros(self.dim)), (NBINS, np.asarray(grid.bins, np.int64)),
                         (ABF_COUNT, np.zeros(nbins, np.int64)), (CZAR_COUNT, np.zeros(nbins, np.int64)),
                         (ROW, np.zeros(1, np.int64)), (COEF, np.zeros(self.dim)),
-                        (APPLIED, np.zeros((nbins, self.dim)))):
+                        (APPLIED, np.zeros((nbins, self.dim))), (FROZEN, np.zeros(nbins))):
             arena.add(slot, a)
         cv_kernel = cv.pack(arena)
         arena.build()
@@ -273,9 +349,10 @@ class NativeEABF:
         self._step = self._kernel.compile(sig)
         self._cv_step = self._cv_kernel.compile(sig) if self._cv_kernel is not None else None
         (self._pos, self._xi, self._jac, self._forces, self.lam, self.vlam, self._noise, self.prm, self._lam_prev,
-         self.abf_count, self.abf_sum, self.czar_count, self.czar_sum, self._loop, self._row, self.applied) = (
+         self.abf_count, self.abf_sum, self.czar_count, self.czar_sum, self._loop, self._row, self.applied,
+         self.frozen) = (
             arena.view(s) for s in (POS, XI, JAC, FORCES, LAM, VLAM, NOISE, PRM, LAM_PREV, ABF_COUNT, ABF_SUM,
-                                     CZAR_COUNT, CZAR_SUM, LOOP, ROW, APPLIED))
+                                     CZAR_COUNT, CZAR_SUM, LOOP, ROW, APPLIED, FROZEN))
         # projected ABF (2-D grids): every ``projection_interval`` steps the applied force on
         # λ becomes the gradient of the Poisson-integrated running estimate
         self.projection_interval = int(projection_interval) if self.prm[7] > 0 else 0
@@ -322,7 +399,7 @@ class NativeEABF:
             self._initialise()
         if self.noise_counter >= self._noise_end:
             self._load_noise()
-        if self.projection_interval and step % self.projection_interval == 0:
+        if self.projection_interval and step % self.projection_interval == 0 and not self.is_frozen:
             self.project()
         if self._cv_step is not None:
             self._cv_step(self._fb, self._ib)
@@ -357,18 +434,69 @@ class NativeEABF:
         same). The difference between the two is stored and added to each bin's running
         estimate until the next projection, so that newly visited bins and the ramp-in
         respond at once, as in plain ABF; bins outside the region get no correction."""
-        nb = tuple(int(b) for b in self.grid.bins)
-        count = self.abf_count.reshape(nb)
-        est = self.abf_sum.reshape(nb + (self.dim,)) / np.maximum(count, self.prm[5])[..., None]
-        if self._periods[0] > 0:  # the kernel's loop terms: the estimate as applied
-            est[..., 0] -= self._loop[0, :nb[1]][None, :] / nb[0]
-        if self._periods[1] > 0:
-            est[..., 1] -= self._loop[1, :nb[0]][:, None] / nb[1]
-        main = main_region(connected_regions(count > 0, self.grid.periodic), count)
+        est, main = self._applied_estimate()
         corr = np.zeros_like(est)
         if main.sum() >= 2:
             corr = np.where(main[..., None], self._poisson.project(est, main) - est, 0.0)
         self.applied[...] = corr.reshape(self.applied.shape)
+
+    def _applied_estimate(self) -> tuple[np.ndarray, np.ndarray]:
+        """The running ABF estimate as the kernel applies it (the ramp over ``fullsamples``,
+        the periodic loop terms), shape (*bins, dim), and the main connected region of the
+        visited bins."""
+        nb = tuple(int(b) for b in self.grid.bins)
+        count = self.abf_count.reshape(nb)
+        est = self.abf_sum.reshape(nb + (self.dim,)) / np.maximum(count, self.prm[5])[..., None]
+        if self._periods[0] > 0:  # the kernel's loop terms: the estimate as applied
+            if self.dim == 1:
+                est[..., 0] -= self._loop[0, 0] / nb[0]
+            else:
+                est[..., 0] -= self._loop[0, :nb[1]][None, :] / nb[0]
+        if self.dim > 1 and self._periods[1] > 0:
+            est[..., 1] -= self._loop[1, :nb[0]][:, None] / nb[1]
+        return est, main_region(connected_regions(count > 0, self.grid.periodic), count)
+
+    @property
+    def is_frozen(self) -> bool:
+        return bool(self.prm[8] > 0)
+
+    def freeze(self) -> np.ndarray:
+        """Make the bias static from here on: B(λ), the least-squares integral of the
+        running estimate as applied (its curl-free part) on the main region of visited bins,
+        each other bin taking the value of the nearest bin of that region. B is applied
+        with its exact gradient (:func:`frozen_bias`), so the frames that follow have the
+        exact weights e^{β[B(λ) + W(λ)]}. Returns B on the grid (kJ/mol, minimum 0)."""
+        if self.dim > 2:
+            raise ValueError("a frozen bias needs a CV of 1 or 2 dimensions")
+        from scipy import ndimage
+        est, main = self._applied_estimate()
+        if main.sum() < 2:
+            raise ValueError("the bias cannot be frozen: fewer than two bins of the grid were visited")
+        if self.dim == 1:
+            pot = integrate_1d(est[:, 0], float(self.grid.widths[0]), main, periodic=bool(self._periods[0] > 0))
+        else:
+            pot = (self._poisson or Poisson2D(self.grid.widths, self.grid.periodic)).integrate(est, main)
+        # est is the mean of κ(ξ − λ), the negative gradient of λ's free energy: its integral
+        # is −A, the bias that flattens it
+        idx = ndimage.distance_transform_edt(~main, return_distances=False, return_indices=True)
+        pot = pot[tuple(idx)]
+        pot = pot - pot.min()
+        self.frozen[:] = pot.ravel()
+        self.prm[8] = 1.0
+        return pot
+
+    def frozen_record(self) -> dict:
+        """What weights a frozen stage's frames: B per bin, the grid and the walls' κ
+        (``frozen_bias.npz``; :func:`cvflow.dataset.log_weights_frozen`)."""
+        return {"potential": self.frozen, "mins": self.grid.mins, "widths": self.grid.widths,
+                "bins": np.asarray(self.grid.bins, np.int64), "periods": self._periods,
+                "wall_kappa": np.array(self.prm[6])}
+
+    def static_energies(self, lam: np.ndarray) -> np.ndarray:
+        """B(λ) + W(λ) of the frozen bias for each row of ``lam``, kJ/mol."""
+        return static_bias_energies(np.ascontiguousarray(lam, np.float64).reshape(-1, self.dim), self.frozen,
+                                    self.grid.mins, self.grid.widths, np.asarray(self.grid.bins, np.int64),
+                                    self._periods, float(self.prm[6]))
 
     def _initialise(self) -> None:
         """λ starts at ξ(x) of the first frame, its velocity from the Maxwell distribution."""
@@ -428,8 +556,15 @@ class NativeEABF:
                 "last_step": np.array(self._last_step), "pos": self._pos, "forces": self._forces,
                 "energy": np.array(self._energy),
                 "czar_count": self.czar_count, "czar_sum": self.czar_sum, "applied": self.applied,
+                "frozen": self.frozen,
                 "noise_counter": np.array(self.noise_counter), "initialised": np.array(self.initialised),
                 "vlam_rng": np.array(str(self._vlam_init_rng.bit_generator.state))}
+
+    def continue_from(self, d) -> None:
+        """Go on from another segment's final bias state (``bias_state.npz``): λ, its
+        velocity and the statistics carry over; the step count starts afresh."""
+        self.load_state_arrays(d)
+        self._last_step = -1
 
     def load_state_arrays(self, d) -> None:
         for key in ("lam", "vlam", "abf_count", "abf_sum", "czar_count", "czar_sum"):
@@ -439,6 +574,8 @@ class NativeEABF:
             self.kappa = float(self.prm[0])
         self.error = None
         self._loop[...] = loop_sums(self.abf_count, self.abf_sum, self.grid.bins, self._periods, self.prm[5])
+        if "frozen" in d.files:
+            self.frozen[...] = d["frozen"]
         if "applied" in d.files:
             self.applied[...] = d["applied"]
         elif self.projection_interval:  # a checkpoint from before projected ABF: project now,
