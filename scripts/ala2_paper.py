@@ -12,7 +12,10 @@ fraction of frames with φ > 0, recoveries from blow-ups, and the wall time of e
 then, for the production run, ΔF(C7ax − C7eq) with its block-bootstrap error against the
 reference of scripts/ala2_reference.py (docs/measurements/ala2-reference.json). For every
 biased stage it also gives ΔF on the same frames by both reweightings (``extended``, by λ,
-and ``czar``, by the CZAR F(ξ) over ρ̃(ξ)), whichever the run used.
+and ``czar``, by the CZAR F(ξ) over ρ̃(ξ)), whichever the run used. With
+``convergence.production_frozen_steps`` the run's ΔF comes from the stage under the
+frozen bias (exact weights); the table then also gives that stage's C7eq ↔ C7ax crossings
+and the ΔF of its four quarters, and the two estimators above on the eABF stage before it.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
 
 
 def run_one(config: str, out: Path, seed: int) -> float:
@@ -74,7 +78,9 @@ def analyse(config: str, out: Path) -> dict:
     from cvflow.cvs import ramachandran_features
     from cvflow.sampler import load_frames
     from cvflow.system import build_system
-    from cvflow.workflow import cv_values, production_md_dir
+    from cvflow.dataset import stage_log_weights
+    from cvflow.workflow import adaptive_production_dir, cv_values, production_md_dir
+    from ala2_error_decomposition import crossings
     if not (out / "summary.json").exists():
         log = out.parent / f"{out.name}.log"
         return {"run": str(out), "finished": False,
@@ -98,22 +104,37 @@ def analyse(config: str, out: Path) -> dict:
                      "r2_ramachandran": regscore(ramachandran_features(t), xi),
                      "phi_positive": float(np.mean(phi > 0)), "recoveries": len(it.get("recoveries") or []),
                      "seconds": it.get("seconds"), "states": it.get("states")})
-    frames = load_frames(production_md_dir(out), bundle)
-    t = md.Trajectory(frames, bundle.mdtraj_topology())
-    phi = np.degrees(md.compute_phi(t)[1][:, 0])
-    xi = cv_values(out / s["final_cv"], frames)
     kT = 0.00831446261815324 * cfg.md.temperature
-    both = delta_f_both(production_md_dir(out), out / s["final_cv"], frames, phi, kT)
+    # the production's eABF stage, by both estimators of a running bias
+    adaptive = adaptive_production_dir(out)
+    frames = load_frames(adaptive, bundle)
+    phi = np.degrees(md.compute_phi(md.Trajectory(frames, bundle.mdtraj_topology()))[1][:, 0])
+    both = delta_f_both(adaptive, out / s["final_cv"], frames, phi, kT)
+    prod_seconds = s["production"]["wall_seconds"]
+    frozen = None
+    if production_md_dir(out) != adaptive:  # the stage under the frozen bias: exact weights
+        frames = load_frames(production_md_dir(out), bundle)
+        phi = np.degrees(md.compute_phi(md.Trajectory(frames, bundle.mdtraj_topology()))[1][:, 0])
+        logw, _ = stage_log_weights(production_md_dir(out), 1.0 / kT)
+        w = np.exp(logw - logw.max())
+        quarters = [float(-kT * np.log(w[b][phi[b] > 0].sum() / w[b][phi[b] <= 0].sum()))
+                    for b in np.array_split(np.arange(len(w)), 4)]
+        frozen = {"delta_f": float(-kT * np.log(w[phi > 0].sum() / w[phi <= 0].sum())), "quarters": quarters,
+                  "crossings": crossings(phi), "phi_positive": float(np.mean(phi > 0)),
+                  "seconds": s["production"]["frozen"]["wall_seconds"]}
+        prod_seconds += frozen["seconds"]
+    t = md.Trajectory(frames, bundle.mdtraj_topology())  # the production frames the run weighs
+    xi = cv_values(out / s["final_cv"], frames)
     states = s.get("states") or {}
     df = (states.get("delta_f") or {}).get("C7ax", {})
     return {"run": str(out), "finished": True, "converged": s["converged"], "iterations": rows,
             "production": {"r2_ramachandran": regscore(ramachandran_features(t), xi),
-                           "phi_positive": float(np.mean(phi > 0)), "seconds": s["production"]["wall_seconds"],
+                           "phi_positive": float(np.mean(phi > 0)), "seconds": prod_seconds,
                            "recoveries": len(s["production"].get("recoveries") or []),
-                           "ess": states.get("ess"), "delta_f_by_estimator": both},
+                           "ess": states.get("ess"), "weights": states.get("weights"),
+                           "delta_f_by_estimator": both, "frozen": frozen},
             "delta_f": df.get("value"), "delta_f_error": df.get("error"),
-            "wall_seconds": sum((it.get("wall_seconds") or 0) for it in s["iterations"])
-            + s["production"]["wall_seconds"]}
+            "wall_seconds": sum((it.get("wall_seconds") or 0) for it in s["iterations"]) + prod_seconds}
 
 
 def main() -> int:
@@ -156,9 +177,13 @@ def main() -> int:
         dev = None if r["delta_f"] is None else r["delta_f"] - ref_df
         print(f"  production: R2 {p['r2_ramachandran']:.3f}, phi>0 {p['phi_positive']:.3f}, "
               f"ΔF(C7ax − C7eq) = {f(r['delta_f'], '.2f')} ± {f(r['delta_f_error'], '.2f')} kJ/mol "
-              f"(reference {ref_df:.2f}; difference {f(dev, '+.2f')}), {p['seconds']:.0f} s; "
-              f"on the same frames: extended {p['delta_f_by_estimator']['extended']:.2f}, "
+              f"(reference {ref_df:.2f}; difference {f(dev, '+.2f')}; weights {p['weights']}), "
+              f"{p['seconds']:.0f} s; the eABF stage: extended {p['delta_f_by_estimator']['extended']:.2f}, "
               f"czar {p['delta_f_by_estimator']['czar']:.2f} kJ/mol")
+        if p["frozen"]:
+            fz = p["frozen"]
+            print(f"  frozen stage: {fz['crossings']} crossings, phi>0 {fz['phi_positive']:.3f}, quarters "
+                  + ", ".join(f"{q:.2f}" for q in fz["quarters"]) + " kJ/mol")
     if args.json:
         Path(args.json).write_text(json.dumps({"config": args.config, "reference": ref_df,
                                                "reference_error": ref_err, "seeds": results}, indent=1))
