@@ -13,6 +13,13 @@ F(φ, ψ) = −(γ / (γ − 1)) V(φ, ψ), and it stops a seed at ``--ns`` or w
 ``--min-ns``). The reference value is the mean over seeds of their last estimates; its
 error bar is the larger of the seeds' standard error and the spread of each seed over its
 last window. The Ramachandran free energy (mean over seeds) goes to an ``.npz`` beside the JSON.
+
+With ``--static-ns N`` each seed then runs N ns more with the final metadynamics bias V
+frozen (``Simulation.step`` instead of ``Metadynamics.step``: no more hills), reading
+(φ, ψ) and V every ``--static-every`` steps from OpenMM's own bias force. Under a static
+bias the frames' exact weights are e^{βV}, so ΔF from them is a second estimate that does
+not go through the well-tempered F = −(γ/(γ − 1)) V smoothed by the hills' width
+(``delta_f_static`` in the JSON).
 """
 from __future__ import annotations
 
@@ -48,7 +55,8 @@ def delta_f(fes: np.ndarray, phi_grid: np.ndarray, kT: float) -> float:
 
 
 def run_seed(args) -> dict:
-    seed, cfg_path, ns, every, window, tol, min_ns, bias_factor, height, width_deg, pace, out_dir = args
+    (seed, cfg_path, ns, every, window, tol, min_ns, bias_factor, height, width_deg, pace, out_dir, static_ns,
+     static_every) = args
     import openmm as mm
     from openmm import app, unit as u
     import torch
@@ -95,9 +103,45 @@ def run_seed(args) -> dict:
         if done_ns >= min_ns and len(last) >= 2 and max(last) - min(last) <= 2 * tol:
             break
     last = [h[1] for h in history if h[0] > done_ns - window - 1e-9]
-    return {"seed": seed, "ns": done_ns, "wall_seconds": time.time() - t0,
-            "delta_f": history[-1][1], "window_spread": float(max(last) - min(last)),
-            "history": history, "fes": fes_u.tolist(), "phi": phi_u.tolist()}
+    out = {"seed": seed, "ns": done_ns, "wall_seconds": time.time() - t0,
+           "delta_f": history[-1][1], "window_spread": float(max(last) - min(last)),
+           "history": history, "fes": fes_u.tolist(), "phi": phi_u.tolist()}
+    if static_ns > 0:
+        out.update(static_stage(sim, meta, phi_idx, static_ns, static_every, steps_per_ns, kT))
+    return out
+
+
+def static_stage(sim, meta, phi_idx, static_ns: float, every: int, steps_per_ns: int, kT: float) -> dict:
+    """``static_ns`` of MD under the frozen metadynamics bias; ΔF from the frames' exact
+    weights e^{βV}, with the ΔF of each quarter."""
+    from openmm import unit as u
+    group = {meta._force.getForceGroup()}
+    n = int(round(static_ns * steps_per_ns / every))
+    phi, bias = np.empty(n), np.empty(n)
+    t0 = time.time()
+    for i in range(n):
+        sim.step(every)
+        st = sim.context.getState(getPositions=True, getEnergy=True, groups=group)
+        pos = st.getPositions(asNumpy=True).value_in_unit(u.nanometer)
+        phi[i] = _dihedral(pos[phi_idx])
+        bias[i] = st.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
+
+    def df(sel):
+        logw = bias[sel] / kT
+        w = np.exp(logw - logw.max())
+        return float(-kT * np.log(w[phi[sel] > 0].sum() / w[phi[sel] <= 0].sum()))
+    quarters = [df(b) for b in np.array_split(np.arange(n), 4)]
+    return {"static_ns": static_ns, "static_frames": n, "static_seconds": time.time() - t0,
+            "delta_f_static": df(np.arange(n)), "delta_f_static_quarters": quarters,
+            "static_phi_positive": float(np.mean(phi > 0))}
+
+
+def _dihedral(p: np.ndarray) -> float:
+    """The dihedral angle of four points, radians in (−π, π]."""
+    b0, b1, b2 = p[0] - p[1], p[2] - p[1], p[3] - p[2]
+    b1 = b1 / np.linalg.norm(b1)
+    v, w = b0 - np.dot(b0, b1) * b1, b2 - np.dot(b2, b1) * b1
+    return float(np.arctan2(np.dot(np.cross(b1, v), w), np.dot(v, w)))
 
 
 def main() -> int:
@@ -113,12 +157,15 @@ def main() -> int:
     ap.add_argument("--height", type=float, default=1.0, help="kJ/mol")
     ap.add_argument("--width", type=float, default=20.0, help="Gaussian width, degrees")
     ap.add_argument("--pace", type=int, default=500, help="steps between Gaussians")
+    ap.add_argument("--static-ns", type=float, default=0.0, help="then this long under the frozen bias, ns")
+    ap.add_argument("--static-every", type=int, default=250, help="steps between frames of that stage")
     ap.add_argument("--json", default=str(ROOT / "docs" / "measurements" / "ala2-reference.json"))
     args = ap.parse_args()
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     jobs = [(s, args.config, args.ns, args.every, args.window, args.tol, args.min_ns, args.bias_factor,
-             args.height, args.width, args.pace, str(out.parent / "tmp-ala2-reference")) for s in args.seeds]
+             args.height, args.width, args.pace, str(out.parent / "tmp-ala2-reference"), args.static_ns,
+             args.static_every) for s in args.seeds]
     with mp.get_context("spawn").Pool(len(jobs)) as pool:
         results = pool.map(run_seed, jobs)
     finals = np.array([r["delta_f"] for r in results])
@@ -134,6 +181,12 @@ def main() -> int:
                "delta_f_C7ax_minus_C7eq": float(finals.mean()),
                "error": float(max(sem if np.isfinite(sem) else 0.0, spread)),
                "seeds": [{k: v for k, v in r.items() if k not in ("fes", "phi")} for r in results]}
+    if args.static_ns > 0:
+        st = np.array([r["delta_f_static"] for r in results])
+        summary["delta_f_static"] = float(st.mean())
+        summary["delta_f_static_error"] = float(st.std(ddof=1) / np.sqrt(len(st))) if len(st) > 1 else float("nan")
+        print(f"under the frozen bias ({args.static_ns:g} ns, exact weights): ΔF = {st.mean():.2f} ± "
+              f"{summary['delta_f_static_error']:.2f} kJ/mol (seeds: " + ", ".join(f"{v:.2f}" for v in st) + ")")
     out.write_text(json.dumps(summary, indent=1))
     np.savez(out.with_suffix(".npz"), phi=np.array(results[0]["phi"]), psi=np.array(results[0]["phi"]),
              free_energy=fes - fes.min())

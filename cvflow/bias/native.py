@@ -492,12 +492,6 @@ class NativeEABF:
                 "bins": np.asarray(self.grid.bins, np.int64), "periods": self._periods,
                 "wall_kappa": np.array(self.prm[6])}
 
-    def static_energies(self, lam: np.ndarray) -> np.ndarray:
-        """B(λ) + W(λ) of the frozen bias for each row of ``lam``, kJ/mol."""
-        return static_bias_energies(np.ascontiguousarray(lam, np.float64).reshape(-1, self.dim), self.frozen,
-                                    self.grid.mins, self.grid.widths, np.asarray(self.grid.bins, np.int64),
-                                    self._periods, float(self.prm[6]))
-
     def _initialise(self) -> None:
         """λ starts at ξ(x) of the first frame, its velocity from the Maxwell distribution."""
         xi, _ = self.cv(self._pos)
