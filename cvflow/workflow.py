@@ -636,6 +636,10 @@ class Workflow:
         cfg = self.cfg
         prev_md = adaptive_production_dir(self.run_dir)
         out = self.run_dir / "production" / "frozen"
+        if not (prev_md / "bias_state.npz").exists():
+            raise ConfigError(f"convergence.production_frozen_steps: {prev_md} has no bias_state.npz: an older "
+                              "cvflow ran that production and kept no bias to freeze; set "
+                              "production_frozen_steps: 0 to resume this run, or run it into a new directory")
         info = self._segment(out, cfg.convergence.production_frozen_steps, derive_seed(cfg.seed, 10_000, 1),
                              self.run_dir / last_train["cv"], self._grid_for(last_train), self.engine, prev_md,
                              "production MD, frozen bias", bias_start=prev_md / "bias_state.npz", freeze=True)

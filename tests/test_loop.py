@@ -347,3 +347,19 @@ def test_frozen_segment_resumes_bit_for_bit(tmp_path, es_config, x_cv, monkeypat
     sampler.run_segment(cfg, bundle, tmp_path / "b", 6_000, seed=4, **kw)
     assert np.array_equal(np.load(tmp_path / "b" / "traj.npy"), np.load(tmp_path / "ref" / "traj.npy"))
     assert (tmp_path / "b" / "colvar.csv").read_text() == (tmp_path / "ref" / "colvar.csv").read_text()
+
+
+def test_frozen_stage_on_a_run_without_a_bias_state_is_one_line(tmp_path, es_run):
+    """Adding production_frozen_steps on --resume to a run whose production kept no
+    bias_state.npz (an older cvflow's) is refused in one line, exit 2, no traceback."""
+    import shutil
+    _, run = es_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "production" / "md" / "bias_state.npz").unlink()
+    cfg = quick_es(tmp_path, copy, convergence={"production_frozen_steps": 1000})
+    res = CliRunner().invoke(main, ["run", str(cfg), "--resume", "-q"])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    errors = [line for line in res.output.strip().splitlines() if "error" in line]
+    assert len(errors) == 1 and "bias_state.npz" in errors[0], res.output
