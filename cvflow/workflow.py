@@ -620,29 +620,28 @@ class Workflow:
         return {"weights": "production/weights.npy", "states": states}
 
     def _production(self, last_train) -> dict:
-        cfg = self.cfg
-        out = adaptive_production_dir(self.run_dir)
+        """The production's eABF on the final CV, from the last frame of its iteration."""
         prev_md = iteration_dir(self.run_dir, last_train_index(last_train)) / "md"
-        info = self._segment(out, cfg.convergence.production_steps, derive_seed(cfg.seed, 10_000, 0),
-                             self.run_dir / last_train["cv"], self._grid_for(last_train), self.engine, prev_md,
-                             "production MD")
-        info["fes"] = str((out / "fes.csv").relative_to(self.run_dir))
-        info["cv"] = last_train["cv"]
-        return info
+        return self._production_segment(last_train, adaptive_production_dir(self.run_dir), prev_md,
+                                        self.cfg.convergence.production_steps, 0, "production MD")
 
     def _production_frozen(self, last_train) -> dict:
         """``production_frozen_steps`` more steps from the end of the production's eABF,
         with its bias frozen: the frames whose exact weights give the states' free energies."""
-        cfg = self.cfg
         prev_md = adaptive_production_dir(self.run_dir)
-        out = self.run_dir / "production" / "frozen"
         if not (prev_md / "bias_state.npz").exists():
             raise ConfigError(f"convergence.production_frozen_steps: {prev_md} has no bias_state.npz: an older "
                               "cvflow ran that production and kept no bias to freeze; set "
                               "production_frozen_steps: 0 to resume this run, or run it into a new directory")
-        info = self._segment(out, cfg.convergence.production_frozen_steps, derive_seed(cfg.seed, 10_000, 1),
-                             self.run_dir / last_train["cv"], self._grid_for(last_train), self.engine, prev_md,
-                             "production MD, frozen bias", bias_start=prev_md / "bias_state.npz", freeze=True)
+        return self._production_segment(last_train, self.run_dir / "production" / "frozen", prev_md,
+                                        self.cfg.convergence.production_frozen_steps, 1,
+                                        "production MD, frozen bias", bias_start=prev_md / "bias_state.npz",
+                                        freeze=True)
+
+    def _production_segment(self, last_train, out: Path, prev_md: Path, steps: int, part: int, label: str,
+                            **bias_start) -> dict:
+        info = self._segment(out, steps, derive_seed(self.cfg.seed, 10_000, part), self.run_dir / last_train["cv"],
+                             self._grid_for(last_train), self.engine, prev_md, label, **bias_start)
         info["fes"] = str((out / "fes.csv").relative_to(self.run_dir))
         info["cv"] = last_train["cv"]
         return info
