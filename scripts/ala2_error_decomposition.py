@@ -54,6 +54,14 @@ def delta_f(w: np.ndarray, a: np.ndarray, b: np.ndarray, kT: float) -> float:
     return float(-kT * np.log(w[a].sum() / w[b].sum()))
 
 
+def quarter_delta_f(w: np.ndarray, phi_deg: np.ndarray, kT: float, parts: int = 4) -> list[float]:
+    """ΔF(φ > 0 − φ ≤ 0) on each of ``parts`` contiguous blocks of frames (+inf for a block
+    without C7ax frames): how a stage's estimate moves along it."""
+    with np.errstate(divide="ignore"):
+        return [delta_f(w[b], phi_deg[b] > 0, phi_deg[b] <= 0, kT)
+                for b in np.array_split(np.arange(len(w)), parts)]
+
+
 def decompose(lam_bin: np.ndarray, n_bins: int, ax: np.ndarray, w_est, w_true, kT: float) -> dict:
     def split(w):
         p = np.bincount(lam_bin, w, n_bins)

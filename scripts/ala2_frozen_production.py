@@ -38,7 +38,7 @@ def one_seed(out: Path, cv: Path, seed: int, adaptive_ns: float, frozen_ns: floa
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import mdtraj as md
     import yaml
-    from ala2_error_decomposition import crossings
+    from ala2_error_decomposition import crossings, quarter_delta_f
     from cvflow.config import Config
     from cvflow.dataset import normalised_weights, stage_log_weights
     from cvflow.fes import Grid
@@ -78,10 +78,7 @@ def one_seed(out: Path, cv: Path, seed: int, adaptive_ns: float, frozen_ns: floa
         logw, info = stage_log_weights(out / part, 1.0 / kT, "extended", cv_values(cv, frames))
         w = normalised_weights(logw)
         res = state_free_energies({"C7eq": phi <= 0, "C7ax": phi > 0}, w, kT)
-        quarters = []
-        with np.errstate(divide="ignore"):  # a quarter without C7ax frames: +inf
-            for b in np.array_split(np.arange(len(w)), 4):
-                quarters.append(float(-kT * np.log(w[b][phi[b] > 0].sum() / w[b][phi[b] <= 0].sum())))
+        quarters = quarter_delta_f(w, phi, kT)
         row[part] = {"weights": info["estimator"], "delta_f": res["delta_f"]["C7ax"]["value"],
                      "error": res["delta_f"]["C7ax"]["error"], "quarters": quarters, "crossings": crossings(phi),
                      "phi_positive": float(np.mean(phi > 0)), "ess": float(w.sum() ** 2 / np.sum(w * w))}

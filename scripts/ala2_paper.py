@@ -97,7 +97,7 @@ def analyse(config: str, out: Path) -> dict:
     from cvflow.system import build_system
     from cvflow.dataset import stage_log_weights
     from cvflow.workflow import adaptive_production_dir, cv_values, production_md_dir
-    from ala2_error_decomposition import crossings
+    from ala2_error_decomposition import crossings, delta_f, quarter_delta_f
     if not (out / "summary.json").exists():
         log = out.parent / f"{out.name}.log"
         return {"run": str(out), "finished": False,
@@ -135,9 +135,7 @@ def analyse(config: str, out: Path) -> dict:
         phi = np.degrees(md.compute_phi(md.Trajectory(frames, bundle.mdtraj_topology()))[1][:, 0])
         logw, _ = stage_log_weights(production_md_dir(out), 1.0 / kT)
         w = np.exp(logw - logw.max())
-        quarters = [float(-kT * np.log(w[b][phi[b] > 0].sum() / w[b][phi[b] <= 0].sum()))
-                    for b in np.array_split(np.arange(len(w)), 4)]
-        frozen = {"delta_f": float(-kT * np.log(w[phi > 0].sum() / w[phi <= 0].sum())), "quarters": quarters,
+        frozen = {"delta_f": delta_f(w, phi > 0, phi <= 0, kT), "quarters": quarter_delta_f(w, phi, kT),
                   "crossings": crossings(phi), "phi_positive": float(np.mean(phi > 0)),
                   "seconds": s["production"]["frozen"]["wall_seconds"]}
         prod_seconds += frozen["seconds"]
