@@ -44,13 +44,15 @@ def pairwise_regscores(cvs: list[np.ndarray]) -> np.ndarray:
 
 
 def bootstrap_threshold(train_fn, x: np.ndarray, w: np.ndarray, repeats: int, fraction: float,
-                        quantile: float, rng: np.random.Generator, map_fn=map) -> tuple[float, np.ndarray]:
+                        quantile: float, rng: np.random.Generator, map_fn=map,
+                        eval_x: np.ndarray | None = None) -> tuple[float, np.ndarray]:
     """Threshold = ``quantile`` of the pairwise regscores of ``repeats`` models trained on
     resamples (``fraction`` of the frames, drawn without replacement, kept in time order).
 
     ``train_fn(x_sub, w_sub, seed)`` returns a function features → CV. ``map_fn`` runs the
     trainings (e.g. a process pool's ``map``; the resamples and seeds do not depend on it).
-    Returns ``(threshold, scores)``; the CVs are compared on all frames ``x``.
+    Returns ``(threshold, scores)``; the CVs are compared on all frames ``x``, or on
+    ``eval_x`` when given (the frames on which the loop compares successive CVs).
     """
     n = len(x)
     m = max(2, int(round(fraction * n)))
@@ -59,6 +61,6 @@ def bootstrap_threshold(train_fn, x: np.ndarray, w: np.ndarray, repeats: int, fr
         idx = np.sort(rng.choice(n, size=m, replace=False))
         jobs.append((x[idx], w[idx], int(rng.integers(2**31))))
     encoders = list(map_fn(train_fn, *zip(*jobs)))
-    cvs = [enc(x) for enc in encoders]
+    cvs = [enc(x if eval_x is None else eval_x) for enc in encoders]
     scores = pairwise_regscores(cvs)
     return float(np.quantile(scores, quantile)), scores

@@ -36,6 +36,31 @@ class TrainResult:
     epochs_run: int = 0
 
 
+def save_result(result: TrainResult, path) -> None:
+    """A trained network's parameters and input normalisation (``model.pt``): what a warm
+    start (``model.warm_start``) of the next iteration, or of a resumed run, starts from."""
+    from . import artifacts as art
+    state = {"state_dict": result.model.state_dict(), "mean": torch.from_numpy(np.asarray(result.mean)),
+             "std": torch.from_numpy(np.asarray(result.std)), "best_val": result.best_val,
+             "epochs_run": result.epochs_run}
+    with art.atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_result(path, model_cfg) -> TrainResult:
+    """The :class:`TrainResult` written by :func:`save_result` (``model_cfg``: the network it
+    was built with; a mismatch raises :class:`TrainingError` naming the file)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_model(model_cfg, int(state["mean"].numel()))
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError as e:
+        raise TrainingError(f"{path}: the saved network does not match the config's model "
+                            f"({str(e).splitlines()[0]})") from None
+    return TrainResult(model.eval(), state["mean"].numpy(), state["std"].numpy(),
+                       best_val=float(state["best_val"]), epochs_run=int(state["epochs_run"]))
+
+
 def block_split(n: int, validation_fraction: float, rng: np.random.Generator, n_blocks: int = 10):
     """Indices (train, validation): whole contiguous blocks of time go to validation."""
     n_blocks = max(2, min(n_blocks, n))
@@ -76,8 +101,11 @@ def training_device(setting: str = "auto") -> torch.device:
 
 
 def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progress=None,
-                label: str = "training", extra: np.ndarray | None = None, extra_weight: float = 0.0) -> TrainResult:
-    """Train a fresh model (``model_cfg.kind``) on features ``x`` (n, m) with weights ``w``.
+                label: str = "training", extra: np.ndarray | None = None, extra_weight: float = 0.0,
+                init: "TrainResult | None" = None) -> TrainResult:
+    """Train a model (``model_cfg.kind``) on features ``x`` (n, m) with weights ``w``: a fresh
+    one, or with ``init`` (a :class:`TrainResult` of the same architecture) one that starts
+    from those parameters and keeps that model's input normalisation (warm start).
 
     ``extra`` (n_extra, m): frames that the loss adds with weight ``extra_weight`` (the
     transition states): L = L(x, w) + extra_weight · mean ℓ(extra). Each minibatch carries
@@ -99,7 +127,10 @@ def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progr
     torch.manual_seed(int(rng.integers(2**31)))
     if model_cfg.threads:
         torch.set_num_threads(model_cfg.threads)
-    mean, std = weighted_stats(x, w, model_cfg.scaling)
+    if init is not None:
+        mean, std = init.mean, init.std
+    else:
+        mean, std = weighted_stats(x, w, model_cfg.scaling)
     xn = ((x - mean) / std).astype(np.float32)
     tr, va = block_split(n, model_cfg.validation_fraction, rng)
     if w[tr].sum() <= 0 or w[va].sum() <= 0:
@@ -117,7 +148,10 @@ def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progr
         xe = torch.from_numpy(((extra - mean) / std).astype(np.float32)).to(dev)
         ones_e = torch.ones(len(xe), device=dev)
         n_e = min(len(xe), max(1, model_cfg.batch_size // 4))
-    model = build_model(model_cfg, x.shape[1]).to(dev)
+    model = build_model(model_cfg, x.shape[1])
+    if init is not None:
+        model.load_state_dict(init.model.state_dict())
+    model = model.to(dev)
     opt = _adam(model, model_cfg)
     best_state, best_val, bad = None, math.inf, 0
     history = []
@@ -181,10 +215,11 @@ def encode(result: TrainResult, x: np.ndarray) -> np.ndarray:
 
 
 def bootstrap_member(x: np.ndarray, w: np.ndarray, seed: int, model_cfg, label: str = "bootstrap",
-                     extra: np.ndarray | None = None, extra_weight: float = 0.0):
-    """Train one bootstrap network; returns its encoder as a picklable function features → CV."""
+                     extra: np.ndarray | None = None, extra_weight: float = 0.0, init: TrainResult | None = None):
+    """Train one bootstrap network (from ``init`` when given, as the iteration's own network
+    was); returns its encoder as a picklable function features → CV."""
     return functools.partial(encode, train_model(x, w, model_cfg, seed, label=label, extra=extra,
-                                                 extra_weight=extra_weight))
+                                                 extra_weight=extra_weight, init=init))
 
 
 def usable_cores() -> int:

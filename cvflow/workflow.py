@@ -27,7 +27,8 @@ from .progress import Progress, log
 from .sampler import derive_seed, last_positions, load_frames, run_segment
 from .stop import check_stop
 from .system import SystemBundle, build_system, choose_platform, saved_atom_indices
-from .train import bootstrap_member, bootstrap_workers, encode, process_map, train_model
+from .train import (TrainResult, bootstrap_member, bootstrap_workers, encode, load_result, process_map,
+                    save_result, train_model)
 from .units import kT
 
 #: config keys that may change on --resume (run length only)
@@ -423,9 +424,12 @@ class Workflow:
         states = self._states(frames, it_dir / "md", xi)
         x_ts, ts_info = self._transition_states(i, it_dir, md_info, frames, x, xi)
         t_t = time.perf_counter()
-        result = train_model(x, w, cfg.model, derive_seed(cfg.seed, i, 1),
+        x_train, w_train = self._training_set(i, x, w)
+        result = train_model(x_train, w_train, cfg.model, derive_seed(cfg.seed, i, 1),
                              progress=self.progress.train(f"iter {i} training"), label=f"iteration {i} training",
-                             extra=x_ts, extra_weight=ts.weight if ts is not None else 0.0)
+                             extra=x_ts, extra_weight=ts.weight if ts is not None else 0.0,
+                             init=self._warm_start(i, prev))
+        save_result(result, it_dir / "model.pt")
         t_t = time.perf_counter() - t_t
         how = "early stop" if result.epochs_run < cfg.model.epochs else "the epoch limit"
         log.info(f"iteration {i} training: {result.epochs_run} of at most {cfg.model.epochs} epochs ({how}), "
@@ -449,6 +453,35 @@ class Workflow:
                 "best_val_loss": result.best_val, "epochs": result.epochs_run, "reweighting": w_info,
                 "states": states, "cv_gradient": cv_stats, "decoder": decoder, "transition_states": ts_info,
                 "reweight_seconds": t_w, "training_seconds": t_t, "wall_seconds": time.perf_counter() - t0}
+
+    def _training_set(self, i: int, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What iteration ``i`` trains on (``model.training_data``): its own frames and
+        weights, or (``pooled``) those of iterations 0..i, each iteration's normalised
+        weights scaled by its Kish ESS (an iteration whose weight sits on few frames counts
+        less), normalised over all."""
+        if self.cfg.model.training_data == "iteration" or i == 0:
+            return x, w
+        xs, ws = [], []
+        for k in range(i):
+            d = iteration_dir(self.run_dir, k)
+            wk = np.load(d / "weights.npy")
+            xs.append(self._data(d)[1])
+            ws.append(wk / wk.sum() * effective_sample_size(wk))
+        xs.append(x)
+        ws.append(w / w.sum() * effective_sample_size(w))
+        w_all = np.concatenate(ws)
+        return np.concatenate(xs), w_all / w_all.sum()
+
+    def _warm_start(self, i: int, prev) -> TrainResult | None:
+        """The previous iteration's network, which iteration ``i``'s (and its bootstrap's)
+        starts from with ``model.warm_start``; None otherwise."""
+        if not self.cfg.model.warm_start or prev is None:
+            return None
+        path = iteration_dir(self.run_dir, last_train_index(prev)) / "model.pt"
+        if not path.exists():
+            raise ConfigError(f"model.warm_start: {path} is missing (an older cvflow's run keeps no network "
+                              "to start from); set warm_start: false to resume this run")
+        return load_result(path, self.cfg.model)
 
     def _transition_states(self, i: int, it_dir: Path, md_info, frames, x, xi):
         """The features of this iteration's transition-state frames (``model.transition_states``)
@@ -522,7 +555,7 @@ class Workflow:
             score = float(per_output.min())
             t_r = time.perf_counter() - t_r
             t_b = time.perf_counter()
-            thr = self._threshold(i, it_dir, x)
+            thr = self._threshold(i, it_dir, x, prev)
             metrics.update(regscore=score, regscore_per_output=per_output.tolist(), **thr,
                            regscore_seconds=t_r, bootstrap_seconds=time.perf_counter() - t_b)
             metrics.update(self._stop_rule(i, score, thr))
@@ -548,30 +581,34 @@ class Workflow:
         return {"passed": passed, "passes_in_a_row": in_a_row,
                 "converged": bool(in_a_row >= self.cfg.convergence.consecutive)}
 
-    def _threshold(self, i: int, it_dir: Path, x: np.ndarray) -> dict:
+    def _threshold(self, i: int, it_dir: Path, x: np.ndarray, prev) -> dict:
         """The convergence threshold for iteration ``i`` and, with ``auto``, how it was found:
         the pairwise bootstrap scores, their quantile and whether the floor
-        (``convergence.bootstrap.min_threshold``) replaced it. Keys as in metrics.json."""
+        (``convergence.bootstrap.min_threshold``) replaced it. Keys as in metrics.json.
+        The bootstrap networks train as the iteration's did (on its training set, from the
+        same warm start) and are compared on iteration ``i``'s frames ``x``, as the regscore is."""
         cfg = self.cfg
         if cfg.convergence.threshold != "auto":
             return {"threshold": float(cfg.convergence.threshold), "bootstrap_scores": None}
-        w = np.load(it_dir / "weights.npy")
+        x_it = x
+        x, w = self._training_set(i, x, np.load(it_dir / "weights.npy"))
         bs = cfg.convergence.bootstrap
         ts_path = it_dir / "transition_states.npy"
         x_ts = np.load(ts_path) if cfg.model.transition_states is not None and ts_path.exists() else None
         train_fn = functools.partial(bootstrap_member, model_cfg=cfg.model, label=f"iteration {i} bootstrap",
                                      extra=x_ts, extra_weight=cfg.model.transition_states.weight if x_ts is not None
-                                     else 0.0)
+                                     else 0.0, init=self._warm_start(i, prev))
         rng = np.random.default_rng(derive_seed(cfg.seed, i, 2))
         workers = bootstrap_workers(bs.workers, bs.repeats, x.size)
         log.info(f"iteration {i} bootstrap: training {bs.repeats} networks on {bs.fraction:.0%} subsets "
                  f"of {len(x):,} frames ({workers} process{'es' if workers > 1 else ''})")
         args = (train_fn, x, w, bs.repeats, bs.fraction, bs.quantile, rng)
+        eval_x = None if x is x_it else x_it
         if workers == 1:
-            quantile, scores = bootstrap_threshold(*args)
+            quantile, scores = bootstrap_threshold(*args, eval_x=eval_x)
         else:
             with process_map(workers, label=f"iteration {i} bootstrap") as pmap:
-                quantile, scores = bootstrap_threshold(*args, map_fn=pmap)
+                quantile, scores = bootstrap_threshold(*args, map_fn=pmap, eval_x=eval_x)
         floored = quantile < bs.min_threshold
         if floored:
             log.warning(f"iteration {i}: the bootstrap quantile {quantile:.3f} is below "

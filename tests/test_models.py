@@ -224,3 +224,57 @@ def test_report_writes_decoded_structures_of_a_molecule(ala2_run, tmp_path):
     # a decoded structure is a conditional mean of aligned coordinates, so where ξ mixes
     # conformers its bonds shrink (0.113–0.144 nm measured here): a backbone, not a physical one
     assert np.all((bond > 0.09) & (bond < 0.17)), bond
+
+
+def test_warm_start_begins_from_the_given_network_and_round_trips(tmp_path):
+    """train_model(init=...) starts from init's parameters and keeps its normalisation: with
+    a learning rate of 1e-12 and one epoch the CV is init's to 1e-6. save_result/load_result
+    give the same CV; a network of another shape is refused naming the file."""
+    from cvflow.train import TrainingError, encode, load_result, save_result, train_model
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 6))
+    cfg = ModelConfig(hidden=[8], bottleneck=1, epochs=5, batch_size=64, threads=1)
+    first = train_model(x, None, cfg, seed=1)
+    frozen = cfg.model_copy(update={"learning_rate": 1e-12, "epochs": 1})
+    warm = train_model(x + 3.0, None, frozen, seed=2, init=first)
+    assert np.array_equal(warm.mean, first.mean) and np.array_equal(warm.std, first.std)
+    np.testing.assert_allclose(encode(warm, x), encode(first, x), atol=1e-6)
+    cold = train_model(x, None, frozen, seed=2)
+    assert np.abs(encode(cold, x) - encode(first, x)).max() > 1e-3  # a fresh start is elsewhere
+    save_result(first, tmp_path / "model.pt")
+    np.testing.assert_array_equal(encode(load_result(tmp_path / "model.pt", cfg), x), encode(first, x))
+    with pytest.raises(TrainingError, match="model.pt"):
+        load_result(tmp_path / "model.pt", cfg.model_copy(update={"hidden": [9]}))
+
+
+def test_pooled_warm_started_loop_trains_as_documented(tmp_path):
+    """model.training_data: pooled and warm_start: iteration 2's network is, to the bit, a
+    network trained on the frames of iterations 0..2 (weights scaled by each iteration's
+    Kish ESS) starting from iteration 1's model.pt, with the loop's seed."""
+    from cvflow.config import load_config
+    from cvflow.dataset import effective_sample_size, make_features
+    from cvflow.features import featurize
+    from cvflow.sampler import derive_seed, load_frames
+    from cvflow.system import build_system
+    from cvflow.train import load_result, train_model
+    run = tmp_path / "run"
+    cfg_path = quick_es(tmp_path, run, model={"training_data": "pooled", "warm_start": True})
+    res = CliRunner().invoke(main, ["run", str(cfg_path), "-q"])
+    assert res.exit_code == 0, res.output
+    cfg = load_config(cfg_path)
+    bundle = build_system(cfg.system, cfg.features.atoms)
+    feats = make_features(bundle, cfg.features)
+    xs, ws = [], []
+    for k in range(3):
+        d = run / f"iter_{k:03d}"
+        xs.append(featurize(load_frames(d / "md", bundle), feats))
+        w = np.load(d / "weights.npy")
+        ws.append(w / w.sum() * effective_sample_size(w))
+    w = np.concatenate(ws)
+    again = train_model(np.concatenate(xs), w / w.sum(), cfg.model, derive_seed(cfg.seed, 2, 1),
+                        init=load_result(run / "iter_001" / "model.pt", cfg.model))
+    saved = load_result(run / "iter_002" / "model.pt", cfg.model)
+    for a, b in zip(again.model.state_dict().values(), saved.model.state_dict().values()):
+        assert torch.equal(a, b)
+    s = json.loads((run / "summary.json").read_text())
+    assert all(0 <= it["threshold"] <= 1 for it in s["iterations"][1:])
