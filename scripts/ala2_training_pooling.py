@@ -33,45 +33,58 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
+def iterations(run: Path):
+    """Each iteration of a finished run of configs/ala2-paper.yaml, in order: (i, aligned
+    features x, the loop's normalised weights w, (cos φ, sin φ, cos ψ, sin ψ) per frame).
+    w is the run's ``weights.npy`` where kept, else recomputed as the loop does (extended
+    λ weights; uniform for the unbiased iteration 0)."""
+    import mdtraj as md
+    from cvflow.config import load_config
+    from cvflow.cvs import ramachandran_features
+    from cvflow.dataset import make_features, normalised_weights, stage_log_weights
+    from cvflow.features import featurize
+    from cvflow.sampler import load_frames
+    from cvflow.system import build_system
+    cfg = load_config(ROOT / "configs" / "ala2-paper.yaml")
+    bundle = build_system(cfg.system, cfg.features.atoms)
+    feats = make_features(bundle, cfg.features)
+    beta = 1.0 / (0.00831446261815324 * cfg.md.temperature)
+    i = 0
+    while (run / f"iter_{i:03d}" / "cv.pt").exists():
+        d = run / f"iter_{i:03d}"
+        frames = load_frames(d / "md", bundle)
+        x = featurize(frames, feats)
+        if (d / "weights.npy").exists():
+            w = np.load(d / "weights.npy")
+        elif i == 0:  # unbiased
+            w = np.full(len(x), 1.0 / len(x))
+        else:
+            w = normalised_weights(stage_log_weights(d / "md", beta, "extended", divide_by_histogram=False)[0])
+        yield i, x, w / w.sum(), ramachandran_features(md.Trajectory(frames, bundle.mdtraj_topology()))
+        i += 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run")
     ap.add_argument("--variants", nargs="+", default=["fresh", "pooled", "warm", "pooled_warm"])
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    import mdtraj as md
     import torch
     torch.set_num_threads(1)
     from ala2_paper import knn_r2
     from cvflow.config import load_config
     from cvflow.convergence import regscore
-    from cvflow.cvs import ramachandran_features
-    from cvflow.dataset import effective_sample_size, make_features, normalised_weights, stage_log_weights
-    from cvflow.features import featurize
-    from cvflow.sampler import load_frames
-    from cvflow.system import build_system
+    from cvflow.dataset import effective_sample_size
     from cvflow.train import encode, train_model
     run = Path(args.run)
     cfg = load_config(ROOT / "configs" / "ala2-paper.yaml")
-    bundle = build_system(cfg.system, cfg.features.atoms)
-    feats = make_features(bundle, cfg.features)
-    beta = 1.0 / (0.00831446261815324 * cfg.md.temperature)
     prev = {v: None for v in args.variants}
     xs, ws = [], []
     rows = []
-    i = 0
-    while (run / f"iter_{i:03d}" / "cv.pt").exists():
-        d = run / f"iter_{i:03d}"
-        frames = load_frames(d / "md", bundle)
-        x = featurize(frames, feats)
-        if i == 0:  # unbiased
-            w = np.full(len(x), 1.0 / len(x))
-        else:  # the loop's weights (bias.reweighting: extended)
-            logw, _ = stage_log_weights(d / "md", beta, "extended", divide_by_histogram=False)
-            w = normalised_weights(logw)
+    for i, x, w, rama in iterations(run):
         xs.append(x)
         ws.append(w * effective_sample_size(w))
-        rama = ramachandran_features(md.Trajectory(frames, bundle.mdtraj_topology()))
         for v in args.variants:
             xt, wt = (np.concatenate(xs), np.concatenate(ws)) if v.startswith("pooled") else (x, w)
             t0 = time.perf_counter()
@@ -84,7 +97,6 @@ def main() -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
             prev[v] = res
-        i += 1
     for v in args.variants:
         r = [x for x in rows if x["variant"] == v]
         rs = [x["regscore_previous"] for x in r if x["regscore_previous"] is not None]

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
 
 
 def main() -> int:
@@ -31,30 +32,19 @@ def main() -> int:
     ap.add_argument("--alphas", type=float, nargs="+", default=[1.0, 0.5, 0.0])
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    import mdtraj as md
     import torch
     torch.set_num_threads(1)
+    from ala2_training_pooling import iterations
     from cvflow.config import load_config
     from cvflow.convergence import regscore
-    from cvflow.cvs import ramachandran_features
-    from cvflow.dataset import make_features
-    from cvflow.features import featurize
-    from cvflow.sampler import load_frames
-    from cvflow.system import build_system
     from cvflow.train import encode, train_model
     run = Path(args.run)
     cfg = load_config(ROOT / "configs" / "ala2-paper.yaml")
-    bundle = build_system(cfg.system, cfg.features.atoms)
-    feats = make_features(bundle, cfg.features)
     prev = {a: None for a in args.alphas}
     rows = []
-    i = 1
-    while (run / f"iter_{i:03d}" / "weights.npy").exists():
-        d = run / f"iter_{i:03d}"
-        frames = load_frames(d / "md", bundle)
-        x = featurize(frames, feats)
-        w = np.load(d / "weights.npy")
-        rama = ramachandran_features(md.Trajectory(frames, bundle.mdtraj_topology()))
+    for i, x, w, rama in iterations(run):
+        if i == 0:  # unbiased: no weights to temper
+            continue
         for a in args.alphas:
             wa = w ** a
             wa = wa / wa.sum()
@@ -66,7 +56,6 @@ def main() -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
             prev[a] = res
-        i += 1
     for a in args.alphas:
         r = [x for x in rows if x["alpha"] == a]
         rs = [x["regscore_previous"] for x in r if x["regscore_previous"] is not None]
