@@ -361,8 +361,8 @@ class ModelConfig(Strict):
     # (scripts/ala2_training_pooling.py, README "Pooled, warm-started training"): from a
     # random start, successive CVs trained on the same frames scored regscores 0.03–0.99;
     # pooled and warm-started, 0.92–0.997, and the loop converged in 4 of 4 seeds. Not the
-    # default: on the entropic switch it stops with a CV not monotonic in x
-    # (docs/measurements/toys-pooled-warm-cpu-vm.json)
+    # default: on the entropic switch its final CV was not monotonic in x in 0 of 4 seeds
+    # (the default's: 3 of 3; docs/measurements/es-training-variants-cpu-vm.json)
     training_data: Literal["iteration", "pooled"] = "iteration"
     warm_start: bool = False
     # global: one scale for all inputs, so the loss is the paper's ‖x − x̂‖² on aligned
