@@ -354,9 +354,10 @@ class ModelConfig(Strict):
     patience: PositiveInt = 20
     validation_fraction: float = Field(0.2, gt=0, lt=1)
     reweight: bool = True
-    # what iteration i trains on: its own frames (iteration, the paper's), or the frames of
-    # iterations 0..i (pooled), each iteration's weights scaled to a share proportional to
-    # its Kish effective sample size; with warm_start, iteration i's network (and the
+    # what iteration i trains on: its own frames (iteration, the paper's), or also those of
+    # the earlier biased iterations (pooled; an unbiased iteration 0 never left its basin),
+    # each iteration's weights scaled to a share proportional to its Kish effective sample
+    # size; with warm_start, iteration i's network (and the
     # bootstrap's) starts from iteration i−1's. Measured on alanine dipeptide
     # (scripts/ala2_training_pooling.py, README "Pooled, warm-started training"): from a
     # random start, successive CVs trained on the same frames scored regscores 0.03–0.99;

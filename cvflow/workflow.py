@@ -456,14 +456,18 @@ class Workflow:
 
     def _training_set(self, i: int, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """What iteration ``i`` trains on (``model.training_data``): its own frames and
-        weights, or (``pooled``) those of iterations 0..i, each iteration's normalised
-        weights scaled by its Kish ESS (an iteration whose weight sits on few frames counts
-        less), normalised over all."""
+        weights, or (``pooled``) also those of the earlier biased iterations, each
+        iteration's normalised weights scaled by its Kish ESS (an iteration whose weight
+        sits on few frames counts less), normalised over all. Unbiased iterations are not
+        pooled: their frames have not left the starting basin, so their uniform weights
+        (ESS = all frames) would make that basin outweigh the rest."""
         if self.cfg.model.training_data == "iteration" or i == 0:
             return x, w
         xs, ws = [], []
         for k in range(i):
             d = iteration_dir(self.run_dir, k)
+            if art.read_json(d / "md" / "segment.json").get("engine", "none") == "none":
+                continue
             wk = np.load(d / "weights.npy")
             xs.append(self._data(d)[1])
             ws.append(wk / wk.sum() * effective_sample_size(wk))

@@ -249,8 +249,9 @@ def test_warm_start_begins_from_the_given_network_and_round_trips(tmp_path):
 
 def test_pooled_warm_started_loop_trains_as_documented(tmp_path):
     """model.training_data: pooled and warm_start: iteration 2's network is, to the bit, a
-    network trained on the frames of iterations 0..2 (weights scaled by each iteration's
-    Kish ESS) starting from iteration 1's model.pt, with the loop's seed."""
+    network trained on the frames of the biased iterations 1 and 2 (weights scaled by each
+    iteration's Kish ESS; the unbiased iteration 0 is left out) starting from iteration 1's
+    model.pt, with the loop's seed."""
     from cvflow.config import load_config
     from cvflow.dataset import effective_sample_size, make_features
     from cvflow.features import featurize
@@ -258,14 +259,16 @@ def test_pooled_warm_started_loop_trains_as_documented(tmp_path):
     from cvflow.system import build_system
     from cvflow.train import load_result, train_model
     run = tmp_path / "run"
-    cfg_path = quick_es(tmp_path, run, model={"training_data": "pooled", "warm_start": True})
+    cfg_path = quick_es(tmp_path, run, model={"training_data": "pooled", "warm_start": True},
+                        convergence={"consecutive": 3})  # three iterations, whatever their scores
     res = CliRunner().invoke(main, ["run", str(cfg_path), "-q"])
     assert res.exit_code == 0, res.output
     cfg = load_config(cfg_path)
     bundle = build_system(cfg.system, cfg.features.atoms)
     feats = make_features(bundle, cfg.features)
     xs, ws = [], []
-    for k in range(3):
+    assert json.loads((run / "iter_000" / "md" / "segment.json").read_text())["engine"] == "none"
+    for k in (1, 2):
         d = run / f"iter_{k:03d}"
         xs.append(featurize(load_frames(d / "md", bundle), feats))
         w = np.load(d / "weights.npy")
