@@ -357,13 +357,13 @@ class ModelConfig(Strict):
     # what iteration i trains on: its own frames (iteration, the paper's), or also those of
     # the earlier biased iterations (pooled; an unbiased iteration 0 never left its basin),
     # each iteration's weights scaled to a share proportional to its Kish effective sample
-    # size; with warm_start, iteration i's network (and the
-    # bootstrap's) starts from iteration i−1's. Measured on alanine dipeptide
-    # (scripts/ala2_training_pooling.py, README "Pooled, warm-started training"): from a
-    # random start, successive CVs trained on the same frames scored regscores 0.03–0.99;
-    # pooled and warm-started, 0.92–0.997, and the loop converged in 4 of 4 seeds. Not the
-    # default: on the entropic switch its final CV was not monotonic in x in 0 of 4 seeds
-    # (the default's: 3 of 3; docs/measurements/es-training-variants-cpu-vm.json)
+    # size; with warm_start, iteration i's network (and the bootstrap's) starts from
+    # iteration i−1's. Measured on alanine dipeptide (README, "Current state: pooled,
+    # warm-started training"): successive CVs retrained on the same frames scored
+    # regscores 0.03–0.99 from random starts, 0.92–0.997 pooled and warm-started, and the
+    # loop stopped in 4 of 4 seeds; but fresh networks do not find the warm-started CV.
+    # Not the default: on the entropic switch the final CV was monotonic in x in 1 of 3
+    # seeds (the default's: 3 of 3; docs/measurements/es-training-variants-cpu-vm.json)
     training_data: Literal["iteration", "pooled"] = "iteration"
     warm_start: bool = False
     # global: one scale for all inputs, so the loss is the paper's ‖x − x̂‖² on aligned
