@@ -281,3 +281,37 @@ def test_pooled_warm_started_loop_trains_as_documented(tmp_path):
         assert torch.equal(a, b)
     s = json.loads((run / "summary.json").read_text())
     assert all(0 <= it["threshold"] <= 1 for it in s["iterations"][1:])
+
+
+def test_warm_started_run_killed_in_training_resumes_to_the_same_result(tmp_path):
+    """SIGKILL during iteration 2's training of a pooled, warm-started run, then --resume:
+    the regscores and thresholds equal an uninterrupted run's (the warm start is read back
+    from iteration 1's model.pt)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    over = dict(model={"training_data": "pooled", "warm_start": True}, convergence={"consecutive": 3})
+    ref, killed = quick_es(tmp_path, tmp_path / "ref", **over), quick_es(tmp_path, tmp_path / "killed", **over)
+    assert CliRunner().invoke(main, ["run", str(ref), "-q"]).exit_code == 0
+    run = tmp_path / "killed"
+
+    def current():
+        try:
+            return json.loads((run / "manifest.json").read_text()).get("current")
+        except (OSError, ValueError):
+            return None
+    p = subprocess.Popen([sys.executable, "-m", "cvflow.cli", "run", str(killed), "-q"])
+    t0 = time.time()
+    while current() != "iter_002/train" and time.time() - t0 < 300:
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert current() == "iter_002/train"
+    assert CliRunner().invoke(main, ["run", str(killed), "-q", "--resume"]).exit_code == 0
+
+    def core(path):
+        s = json.loads((path / "summary.json").read_text())
+        return [(it["index"], it["regscore"], it["threshold"]) for it in s["iterations"]]
+    assert core(run) == core(tmp_path / "ref")
+    assert len(core(run)) == 3
