@@ -50,7 +50,10 @@ def save_result(result: TrainResult, path) -> None:
 def load_result(path, model_cfg) -> TrainResult:
     """The :class:`TrainResult` written by :func:`save_result` (``model_cfg``: the network it
     was built with; a mismatch raises :class:`TrainingError` naming the file)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or not a cvflow model.pt
+        raise TrainingError(f"{path}: cannot be read as a saved network ({type(e).__name__})") from None
     model = build_model(model_cfg, int(state["mean"].numel()))
     try:
         model.load_state_dict(state["state_dict"])

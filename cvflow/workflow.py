@@ -239,6 +239,7 @@ class Workflow:
         from .bias import resolve_engine
         self.engine = engine or resolve_engine(cfg.bias.engine, cfg.execution.walkers)
         self.executor = None  # a Dask client, opened when walkers > 1
+        self._pooled_features: dict[int, np.ndarray] = {}  # per earlier iteration (training_data: pooled)
         ts = cfg.model.transition_states
         self.ts_file_features = None  # read now, so that a bad file fails before any MD
         if ts is not None and ts.source == "file":
@@ -469,7 +470,9 @@ class Workflow:
             if art.read_json(d / "md" / "segment.json").get("engine", "none") == "none":
                 continue
             wk = np.load(d / "weights.npy")
-            xs.append(self._data(d)[1])
+            if k not in self._pooled_features:  # read once per process, not once per iteration and stage
+                self._pooled_features[k] = self._data(d)[1]
+            xs.append(self._pooled_features[k])
             ws.append(wk / wk.sum() * effective_sample_size(wk))
         xs.append(x)
         ws.append(w / w.sum() * effective_sample_size(w))
@@ -483,8 +486,8 @@ class Workflow:
             return None
         path = iteration_dir(self.run_dir, last_train_index(prev)) / "model.pt"
         if not path.exists():
-            raise ConfigError(f"model.warm_start: {path} is missing (an older cvflow's run keeps no network "
-                              "to start from); set warm_start: false to resume this run")
+            raise ConfigError(f"model.warm_start: {path} is missing, so iteration {i} has no network to start "
+                              "from; run the config into a new output directory")
         return load_result(path, self.cfg.model)
 
     def _transition_states(self, i: int, it_dir: Path, md_info, frames, x, xi):
@@ -594,8 +597,7 @@ class Workflow:
         cfg = self.cfg
         if cfg.convergence.threshold != "auto":
             return {"threshold": float(cfg.convergence.threshold), "bootstrap_scores": None}
-        x_it = x
-        x, w = self._training_set(i, x, np.load(it_dir / "weights.npy"))
+        x_train, w_train = self._training_set(i, x, np.load(it_dir / "weights.npy"))
         bs = cfg.convergence.bootstrap
         ts_path = it_dir / "transition_states.npy"
         x_ts = np.load(ts_path) if cfg.model.transition_states is not None and ts_path.exists() else None
@@ -603,16 +605,16 @@ class Workflow:
                                      extra=x_ts, extra_weight=cfg.model.transition_states.weight if x_ts is not None
                                      else 0.0, init=self._warm_start(i, prev))
         rng = np.random.default_rng(derive_seed(cfg.seed, i, 2))
-        workers = bootstrap_workers(bs.workers, bs.repeats, x.size)
+        workers = bootstrap_workers(bs.workers, bs.repeats, x_train.size)
         log.info(f"iteration {i} bootstrap: training {bs.repeats} networks on {bs.fraction:.0%} subsets "
-                 f"of {len(x):,} frames ({workers} process{'es' if workers > 1 else ''})")
-        args = (train_fn, x, w, bs.repeats, bs.fraction, bs.quantile, rng)
-        eval_x = None if x is x_it else x_it
+                 f"of {len(x_train):,} frames ({workers} process{'es' if workers > 1 else ''})")
+        # trained on the training set, compared on this iteration's frames as the regscore is
+        args = (train_fn, x_train, w_train, bs.repeats, bs.fraction, bs.quantile, rng)
         if workers == 1:
-            quantile, scores = bootstrap_threshold(*args, eval_x=eval_x)
+            quantile, scores = bootstrap_threshold(*args, eval_x=x)
         else:
             with process_map(workers, label=f"iteration {i} bootstrap") as pmap:
-                quantile, scores = bootstrap_threshold(*args, map_fn=pmap, eval_x=eval_x)
+                quantile, scores = bootstrap_threshold(*args, map_fn=pmap, eval_x=x)
         floored = quantile < bs.min_threshold
         if floored:
             log.warning(f"iteration {i}: the bootstrap quantile {quantile:.3f} is below "
