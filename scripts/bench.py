@@ -92,6 +92,10 @@ def main(argv=None):
     ap.add_argument("--loop-out", type=Path, default=None, help="run directory of that loop (default: a temporary one)")
     ap.add_argument("--train-frames", type=int, default=100_000)
     ap.add_argument("--skip-training", action="store_true")
+    ap.add_argument("--train-epochs", type=int, default=200,
+                    help="epochs of the training row, all of them run (no early stopping)")
+    ap.add_argument("--training-only", action="store_true", help="only the training row")
+    ap.add_argument("--train-threads", type=int, default=2, help="torch threads of the training row")
     ap.add_argument("--solvents", default="vacuum,implicit",
                     help="Comma-separated: vacuum, implicit, explicit (TIP3P box, PME).")
     args = ap.parse_args(argv)
@@ -116,7 +120,7 @@ def main(argv=None):
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"cvflow-bench-{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=True)
     plats = [mm.Platform.getPlatform(i).getName() for i in range(mm.Platform.getNumPlatforms())]
-    for solvent in filter(None, args.solvents.split(",")):
+    for solvent in filter(None, "" if args.training_only else args.solvents.split(",")):
         chignolin = solvent == "chignolin"
         if chignolin:
             from cvflow.config import load_config
@@ -175,10 +179,11 @@ def main(argv=None):
         del cases
     if args.chignolin_loop:
         rows.extend(bench_chignolin_loop(args.chignolin_loop, args.loop_out or tmp / "chignolin-loop"))
-    rows.append(bench_energy_bridge(pdb))
-    rows.append(bench_generator_training(pdb))
+    if not args.training_only:
+        rows.append(bench_energy_bridge(pdb))
+        rows.append(bench_generator_training(pdb))
     if not args.skip_training:
-        rows.append(bench_training(args.train_frames))
+        rows.append(bench_training(args.train_frames, args.train_epochs, args.train_threads))
     print_table(rows)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"OpenMM {mm.__version__}, torch {torch.__version__}; threads {args.threads}")
@@ -305,24 +310,25 @@ def bench_generator_training(pdb, steps: int = 30) -> dict:
                     f"time in the OpenMM bridge"}
 
 
-def bench_training(n_frames: int) -> dict:
-    """One full autoencoder training on n_frames × 30 features (the paper's size), 2 threads."""
+def bench_training(n_frames: int, epochs: int = 200, threads: int = 2) -> dict:
+    """One autoencoder training on n_frames × 30 features (the paper's size) for ``epochs``
+    epochs, every one of them (no early stopping), on ``threads`` torch threads."""
     import torch
     from cvflow.config import ModelConfig
     from cvflow.train import train_model
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(threads)
     rng = np.random.default_rng(0)
     # two-state data on a curved 2-D manifold embedded in 30 dimensions, plus noise
     t = rng.uniform(-1, 1, size=(n_frames, 2))
     basis = rng.normal(size=(4, 30))
     x = np.column_stack([t, np.sin(3 * t[:, :1]), t[:, 1:] ** 2]) @ basis + 0.05 * rng.normal(size=(n_frames, 30))
     w = rng.uniform(0.5, 1.5, size=n_frames)
-    cfg = ModelConfig(hidden=[40], bottleneck=2, epochs=200, batch_size=512, patience=20)
+    cfg = ModelConfig(hidden=[40], bottleneck=2, epochs=epochs, batch_size=512, patience=epochs)
     t0 = time.perf_counter()
     res = train_model(x, w, cfg, seed=1)
     wall = time.perf_counter() - t0
     return {"system": f"training {n_frames}x30", "engine": "train", "steps_per_s": None, "ratio": None,
-            "epochs": res.epochs_run, "seconds": wall, "seconds_per_epoch": wall / res.epochs_run,
+            "epochs": res.epochs_run, "torch_threads": threads, "seconds": wall, "seconds_per_epoch": wall / res.epochs_run,
             "best_val_loss": res.best_val}
 
 
