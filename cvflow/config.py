@@ -400,6 +400,11 @@ class ConvergenceConfig(Strict):
     max_iterations: PositiveInt = 8
     # passes (regscore ≥ an unfloored threshold) in a row needed to stop
     consecutive: PositiveInt = 1
+    # how successive CVs (and the bootstrap networks) are compared: the paper's linear
+    # regression score, or a k-nearest-neighbour one that reads a nonlinear re-embedding of
+    # the same coordinates (rotated, folded, stretched: what a fresh network start gives) as
+    # the same CV (cvflow.convergence.knn_regscores)
+    score: Literal["linear", "knn"] = "linear"
     threshold: Union[Literal["auto"], Annotated[float, Field(gt=0, le=1)]] = "auto"
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
     production_steps: PositiveInt = 200_000

@@ -17,7 +17,7 @@ import yaml
 from . import __version__
 from . import artifacts as art
 from .config import Config, ConfigError, check_loop_config, dump_config
-from .convergence import bootstrap_threshold, regscores
+from .convergence import SCORES, bootstrap_threshold
 from .dataset import (effective_sample_size, expand_frames, make_features, normalised_weights,
                       stage_log_weights)
 from .export import export_cv
@@ -311,8 +311,9 @@ class Workflow:
         last = iterations[-1]
         summary = {"converged": converged,
                    # how the stop was decided: the last iteration's score against an unfloored threshold
-                   "convergence": {"rule": f"regscore (weakest output) >= bootstrap threshold, threshold not "
-                                           f"floored, {cfg.convergence.consecutive} time(s) in a row",
+                   "convergence": {"rule": f"regscore ({cfg.convergence.score}, weakest output) >= bootstrap "
+                                           f"threshold, threshold not floored, {cfg.convergence.consecutive} "
+                                           f"time(s) in a row",
                                    "regscore": last["regscore"], "threshold": last["threshold"],
                                    "threshold_floored": last["threshold_floored"],
                                    "iterations": len(iterations)},
@@ -558,7 +559,7 @@ class Workflow:
             t_r = time.perf_counter()
             old = self._cv(self.run_dir / prev["cv"], frames)
             new = self._cv(it_dir / "cv.pt", frames)
-            per_output = regscores(old, new)
+            per_output = SCORES[self.cfg.convergence.score](old, new)
             score = float(per_output.min())
             t_r = time.perf_counter() - t_r
             t_b = time.perf_counter()
@@ -610,11 +611,12 @@ class Workflow:
                  f"of {len(x_train):,} frames ({workers} process{'es' if workers > 1 else ''})")
         # trained on the training set, compared on this iteration's frames as the regscore is
         args = (train_fn, x_train, w_train, bs.repeats, bs.fraction, bs.quantile, rng)
+        kw = dict(eval_x=x, method=cfg.convergence.score)
         if workers == 1:
-            quantile, scores = bootstrap_threshold(*args, eval_x=x)
+            quantile, scores = bootstrap_threshold(*args, **kw)
         else:
             with process_map(workers, label=f"iteration {i} bootstrap") as pmap:
-                quantile, scores = bootstrap_threshold(*args, map_fn=pmap, eval_x=x)
+                quantile, scores = bootstrap_threshold(*args, map_fn=pmap, **kw)
         floored = quantile < bs.min_threshold
         if floored:
             log.warning(f"iteration {i}: the bootstrap quantile {quantile:.3f} is below "

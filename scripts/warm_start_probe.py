@@ -11,8 +11,10 @@ earlier biased iterations, weights scaled by Kish ESS), and ``--repeats`` networ
 trained on it from random starts. Printed per run: the pairwise regscores of the fresh
 networks (do the data determine a CV?) and the regscore of the run's final CV on each
 fresh one (is the warm-started CV one of those the data determine?), on the final
-iteration's frames. A stop rule for warm starts could ask for both (README, "Pooled,
-warm-started training").
+iteration's frames. Both by the paper's linear regscore and by the k-NN one
+(``convergence.score: knn``), which does not read a nonlinear re-embedding of the same
+coordinates as another CV. A stop rule for warm starts could ask for both (README,
+"Pooled, warm-started training").
 """
 from __future__ import annotations
 
@@ -60,11 +62,12 @@ def main() -> int:
         z_run = cv_values(run / s["final_cv"], frames)
         fresh = [encode(train_model(np.concatenate(xs), w_all / w_all.sum(), cfg.model, seed=100 + r), x_final)
                  for r in range(args.repeats)]
-        pair = pairwise_regscores(fresh)
-        on_fresh = [regscore(z, z_run) for z in fresh]
-        print(json.dumps({"run": str(run), "final_iteration": final, "converged": s["converged"],
-                          "fresh_pairwise_min": float(pair.min()), "fresh_pairwise_median": float(np.median(pair)),
-                          "final_cv_on_fresh": [round(v, 4) for v in on_fresh]}), flush=True)
+        row = {"run": str(run), "final_iteration": final, "converged": s["converged"]}
+        for method, tag in (("linear", ""), ("knn", "knn_")):
+            pair = pairwise_regscores(fresh, method)
+            row.update({f"{tag}fresh_pairwise_min": float(pair.min()), f"{tag}fresh_pairwise_median": float(np.median(pair)),
+                        f"{tag}final_cv_on_fresh": [round(regscore(z, z_run, method=method), 4) for z in fresh]})
+        print(json.dumps(row), flush=True)
     return 0
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from cvflow.convergence import bootstrap_threshold, pairwise_regscores, regscore
+from cvflow.convergence import bootstrap_threshold, knn_regscores, pairwise_regscores, regscore
 
 
 def test_regscore_of_an_affine_map_is_one_and_of_noise_is_near_zero():
@@ -14,6 +14,27 @@ def test_regscore_of_an_affine_map_is_one_and_of_noise_is_near_zero():
     # half the variance explained: b = a0 + e with var(e) = var(a0) → R² = 1/2 (± 2/sqrt(n))
     b = a[:, :1] + rng.normal(size=(2000, 1))
     assert regscore(a, b) == pytest.approx(0.5, abs=0.05)
+
+
+def test_knn_score_sees_a_nonlinear_reembedding_of_the_same_cv_that_the_linear_one_misses():
+    """Two 2-D embeddings of the same (φ, ψ)-like pair: the second rotated by 90°, folded by a
+    tanh and wrapped through cos/sin. The k-NN score finds them the same CV; the paper's
+    linear score does not. An embedding of other coordinates scores near 0 either way."""
+    rng = np.random.default_rng(3)
+    t = rng.uniform(-1, 1, size=(20_000, 2))
+    a = np.column_stack([t[:, 0] + 0.3 * t[:, 1], t[:, 1]])
+    b = np.column_stack([np.cos(2.5 * t[:, 1]), np.tanh(3 * t[:, 0]) * np.sin(2 * t[:, 1] + 1)])
+    lin, knn = regscore(a, b), regscore(a, b, method="knn")
+    assert lin < 0.5
+    # smooth map, 25 neighbours among 10,000 frames in 2-D: the neighbourhood's spread in b
+    # is a few 1e-3 of b's variance
+    assert knn > 0.99
+    assert np.allclose(knn_regscores(a * [1e-3, 40.0] + 5, b), knn_regscores(a, b))  # a standardised
+    other = rng.normal(size=(20_000, 2))
+    assert regscore(other, b, method="knn") < 0.05
+    # a CV that determines one output only: that output near 1, the other near 0
+    per = knn_regscores(a[:, 1:], np.column_stack([np.cos(2.5 * t[:, 1]), t[:, 0]]))
+    assert per[0] > 0.99 and per[1] < 0.05
 
 
 def test_weights_are_frame_multiplicities():

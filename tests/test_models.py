@@ -315,3 +315,31 @@ def test_warm_started_run_killed_in_training_resumes_to_the_same_result(tmp_path
         return [(it["index"], it["regscore"], it["threshold"]) for it in s["iterations"]]
     assert core(run) == core(tmp_path / "ref")
     assert len(core(run)) == 3
+
+
+def test_knn_score_decides_the_loop_when_configured(tmp_path):
+    """convergence.score: knn: each iteration's regscore is the k-NN score of its CV on the
+    previous one over its frames, the bootstrap scores are k-NN too, and summary.json says so."""
+    from cvflow.config import load_config
+    from cvflow.convergence import knn_regscores
+    from cvflow.sampler import load_frames
+    from cvflow.system import build_system
+    from cvflow.workflow import cv_values
+    run = tmp_path / "run"
+    cfg_path = quick_es(tmp_path, run, convergence={"score": "knn", "consecutive": 2})
+    res = CliRunner().invoke(main, ["run", str(cfg_path), "-q"])
+    assert res.exit_code == 0, res.output
+    cfg = load_config(cfg_path)
+    bundle = build_system(cfg.system, cfg.features.atoms)
+    s = json.loads((run / "summary.json").read_text())
+    assert "knn" in s["convergence"]["rule"]
+    assert len(s["iterations"]) >= 2
+    for it in s["iterations"][1:]:
+        i = it["index"]
+        frames = load_frames(run / f"iter_{i:03d}" / "md", bundle)
+        per = knn_regscores(cv_values(run / f"iter_{i - 1:03d}" / "cv.pt", frames),
+                            cv_values(run / f"iter_{i:03d}" / "cv.pt", frames))
+        assert it["regscore_per_output"] == pytest.approx(per.tolist(), abs=1e-12)
+        m = json.loads((run / f"iter_{i:03d}" / "metrics.json").read_text())
+        assert len(m["bootstrap_scores"]) == cfg.convergence.bootstrap.repeats * (cfg.convergence.bootstrap.repeats - 1)
+        assert all(-1 <= v <= 1 for v in m["bootstrap_scores"])
