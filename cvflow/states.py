@@ -134,6 +134,11 @@ def format_states(res: dict) -> list[str]:
         line = f"{k:>12}: population {p['value']:.4f} ± {p['error']:.4f}"
         if k != ref:
             d = res["delta_f"][k]
-            line += f"   ΔF({k} − {ref}) = {d['value']:.2f} ± {d['error']:.2f} kJ/mol"
+            if np.isfinite(d["value"]):
+                line += f"   ΔF({k} − {ref}) = {d['value']:.2f} ± {d['error']:.2f} kJ/mol"
+            else:  # a state without weight: no free energy difference, say which
+                empty = [s for s in (ref, k) if res["populations"][s]["value"] <= 0]
+                line += (f"   ΔF({k} − {ref}) undefined: no weight in {' and '.join(empty)} "
+                         "(not sampled in these frames)")
         lines.append(line)
     return lines

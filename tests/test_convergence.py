@@ -82,3 +82,16 @@ def test_bootstrap_in_worker_processes_matches_the_serial_path():
         parallel = bootstrap_threshold(train, x, w, 3, 0.8, 0.05, np.random.default_rng(7), map_fn=pmap)
     assert np.array_equal(serial[1], parallel[1]) and serial[0] == parallel[0]
     assert bootstrap_workers("auto", 4, 1800) == 1 and bootstrap_workers(3, 2, 10) == 2
+
+
+def test_a_state_without_weight_gets_no_free_energy_and_the_line_says_which():
+    from cvflow.states import format_states, state_free_energies
+    w = np.ones(100)
+    inside = np.zeros(100, bool)
+    res = state_free_energies({"C7eq": inside, "C7ax": ~inside}, w, 2.494)
+    assert res["populations"]["C7ax"]["value"] == 1.0
+    assert not np.isfinite(res["delta_f"]["C7ax"]["value"])
+    line = format_states(res)[1]
+    assert "nan" not in line and "undefined: no weight in C7eq" in line
+    ok = state_free_energies({"C7eq": inside | (np.arange(100) < 90), "C7ax": np.arange(100) >= 90}, w, 2.494)
+    assert "ΔF(C7ax − C7eq) = 5.48" in format_states(ok)[1]  # −kT ln(10/90)
