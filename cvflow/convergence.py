@@ -13,16 +13,25 @@ def regscores(a: np.ndarray, b: np.ndarray, w: np.ndarray | None = None) -> np.n
     R²_k = 1 − Σ(b_k − b̂_k)² / Σ(b_k − mean b_k)², each sum weighted by ``w`` when given.
     An output that does not vary scores 0.
     """
-    a = np.asarray(a, np.float64).reshape(len(a), -1)
-    b = np.asarray(b, np.float64).reshape(len(b), -1)
-    w = np.ones(len(a)) if w is None else np.asarray(w, np.float64).reshape(len(a))
+    a, b, w = _as_columns(a, b, w)
     design = np.column_stack([a, np.ones(len(a))])
     sw = np.sqrt(w)[:, None]
     coef, *_ = np.linalg.lstsq(design * sw, b * sw, rcond=None)
-    resid = b - design @ coef
+    return _weighted_r2(b, design @ coef, w)
+
+
+def _as_columns(a, b, w):
+    """Old CV, new CV as float64 columns (n, d), and the weights (ones when None)."""
+    a = np.asarray(a, np.float64).reshape(len(a), -1)
+    b = np.asarray(b, np.float64).reshape(len(b), -1)
+    return a, b, np.ones(len(a)) if w is None else np.asarray(w, np.float64).reshape(len(a))
+
+
+def _weighted_r2(b: np.ndarray, pred: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Per column, 1 − Σw(b − pred)² / Σw(b − mean b)²; 0 for a column that does not vary."""
     mean = (b * w[:, None]).sum(0) / w.sum()
     tot = (((b - mean) ** 2) * w[:, None]).sum(0)
-    res = ((resid ** 2) * w[:, None]).sum(0)
+    res = (((b - pred) ** 2) * w[:, None]).sum(0)
     safe = np.where(tot > 0, tot, 1.0)
     return np.where(tot > 0, 1.0 - res / safe, 0.0)
 
@@ -38,22 +47,14 @@ def knn_regscores(a: np.ndarray, b: np.ndarray, w: np.ndarray | None = None, k: 
     output that ``a`` does not determine scores near 0. An output that does not vary scores 0.
     """
     from scipy.spatial import cKDTree
-    a = np.asarray(a, np.float64).reshape(len(a), -1)
-    b = np.asarray(b, np.float64).reshape(len(b), -1)
-    w = np.ones(len(a)) if w is None else np.asarray(w, np.float64).reshape(len(a))
+    a, b, w = _as_columns(a, b, w)
     sd = a.std(0)
     a = (a - a.mean(0)) / np.where(sd > 0, sd, 1.0)
     fit = np.arange(len(a)) % 2 == 0
     test = ~fit
     _, nb = cKDTree(a[fit]).query(a[test], k=min(k, int(fit.sum())))
     nb = nb.reshape(int(test.sum()), -1)
-    pred = b[fit][nb].mean(1)
-    bt, wt = b[test], w[test]
-    mean = (bt * wt[:, None]).sum(0) / wt.sum()
-    tot = (((bt - mean) ** 2) * wt[:, None]).sum(0)
-    res = (((bt - pred) ** 2) * wt[:, None]).sum(0)
-    safe = np.where(tot > 0, tot, 1.0)
-    return np.where(tot > 0, 1.0 - res / safe, 0.0)
+    return _weighted_r2(b[test], b[fit][nb].mean(1), w[test])
 
 
 #: the regression scores ``convergence.score`` chooses from: the paper's linear one, or k-NN

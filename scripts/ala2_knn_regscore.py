@@ -7,8 +7,8 @@ does not? (issue 18, the stop rule.)
 For each iteration i ≥ 1 of finished runs of configs/ala2-paper.yaml trained from random
 starts on each iteration's own frames (``model.training_data: iteration``, no warm start),
 it retrains the iteration's bootstrap networks exactly as the loop did (same subsets, seeds
-and settings, from RUN_DIR.yaml beside it, as scripts/ala2_paper.py writes it; the linear threshold then equals the
-run's own, which the output checks) and scores, on iteration i's frames,
+and settings, from RUN_DIR.yaml beside it, as scripts/ala2_paper.py writes it; the
+linear threshold then equals the run's own, which the output checks) and scores, on iteration i's frames,
 
 - the regscore of CV_i on CV_{i−1} and the bootstrap threshold, linear (the paper's, the
   loop's default) and k-NN (``convergence.score: knn``, :func:`cvflow.convergence.knn_regscores`);
@@ -48,7 +48,11 @@ def main() -> int:
     from cvflow.workflow import cv_values
     out = {}
     for run in map(Path, args.runs):
-        cfg = load_config(run.parent / f"{run.name}.yaml")  # the config it ran (ala2_paper.py's seedN.yaml)
+        cfg_path = run.parent / f"{run.name}.yaml"  # the config it ran (ala2_paper.py's seedN.yaml)
+        if not cfg_path.exists() or not (run / "iter_001").is_dir():
+            raise SystemExit(f"{run}: needs a run directory with iterations and its config {cfg_path.name} "
+                             "beside it, as scripts/ala2_paper.py writes them")
+        cfg = load_config(cfg_path)
         if cfg.model.training_data != "iteration" or cfg.model.warm_start:
             raise SystemExit(f"{run}: trained pooled or warm-started; this probe replays random-start runs only")
         bs = cfg.convergence.bootstrap
@@ -83,9 +87,10 @@ def main() -> int:
                    "knn": {"regscore": regscore(old, new, method="knn"), "threshold_quantile": q_knn,
                            "pairwise": np.round(s_knn, 4).tolist()},
                    "knn_r2_ramachandran": knn_r2(new, rama), "seconds": time.time() - t0}
-            lin_pass = row["linear"]["regscore"] >= max(q_lin, bs.min_threshold) and q_lin >= bs.min_threshold
-            knn_pass = row["knn"]["regscore"] >= max(q_knn, bs.min_threshold) and q_knn >= bs.min_threshold
-            row["linear"]["passes"], row["knn"]["passes"] = bool(lin_pass), bool(knn_pass)
+            # the loop's rule: the score reaches a threshold that was not floored
+            lin_pass, knn_pass = (bool(q >= bs.min_threshold and row[m]["regscore"] >= q)
+                                  for m, q in (("linear", q_lin), ("knn", q_knn)))
+            row["linear"]["passes"], row["knn"]["passes"] = lin_pass, knn_pass
             rows.append(row)
             print(f"{run.name} iter {i}: linear {row['linear']['regscore']:.3f} vs {q_lin:.3f} "
                   f"(run: {metrics.get('bootstrap_quantile', float('nan')):.3f}) {'PASS' if lin_pass else '-'}; "

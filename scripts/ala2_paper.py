@@ -76,16 +76,12 @@ def delta_f_both(seg_dir: Path, cv_path: Path, frames, phi, kT: float) -> dict:
 def knn_r2(z: np.ndarray, y: np.ndarray, k: int = 25) -> float:
     """How far the CV ``z`` determines ``y`` (here cos φ, sin φ, cos ψ, sin ψ), by any
     function: R² of a k-nearest-neighbour regression of y on the standardised z, fitted on
-    the even frames and scored on the odd ones; the weakest of y's columns. ξ = (φ, ψ)
-    itself scores 0.999 on production frames, where the linear ``r2_ramachandran`` gives
-    it only 0.48–0.56 (a linear fit of the CV on cos/sin cannot follow φ and ψ themselves)."""
-    from scipy.spatial import cKDTree
-    z = (z - z.mean(0)) / np.where(z.std(0) > 0, z.std(0), 1.0)
-    fit = np.arange(len(z)) % 2 == 0
-    _, nb = cKDTree(z[fit]).query(z[~fit], k)
-    pred = y[fit][nb].mean(1)
-    test = y[~fit]
-    return float(np.min(1 - ((test - pred) ** 2).sum(0) / ((test - test.mean(0)) ** 2).sum(0)))
+    the even frames and scored on the odd ones; the weakest of y's columns
+    (:func:`cvflow.convergence.knn_regscores`, the ``convergence.score: knn`` of the loop).
+    ξ = (φ, ψ) itself scores 0.999 on production frames, where the linear ``r2_ramachandran``
+    gives it only 0.48–0.56 (a linear fit of the CV on cos/sin cannot follow φ and ψ themselves)."""
+    from cvflow.convergence import knn_regscores
+    return float(np.min(knn_regscores(z, y, k=k)))
 
 
 def analyse(config: str, out: Path) -> dict:
