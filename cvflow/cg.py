@@ -268,6 +268,9 @@ class CGRun(GenerativeRun):
         super().__init__(cfg, out_dir, from_run, progress, "cg", 40_000, platform)
         self.cgc = cfg.cg
         self.mode = "data" if from_run is not None else "energy"
+        if self.mode == "data" and self.cgc is not None and self.cgc.prior_components > 1:
+            raise ConfigError(f"cg.prior_components: {self.cgc.prior_components} (a mixture prior) is for "
+                              f"--no-data; training on frames (--from) uses N(0, I)")
 
     def run(self) -> dict:
         if self.mode == "data":
@@ -319,14 +322,16 @@ class CGRun(GenerativeRun):
         torch.manual_seed(derive_seed(self.seed, 0))
         c = self.cgc
         # the decoder gain (see VAE) serves the reverse KL, whose mode boundaries must sharpen
-        return VAE(space.dim, list(c.hidden), c.latent, c.activation, "identity",
-                   decoder_gain=self.mode == "energy").double()
+        energy_mode = self.mode == "energy"
+        return VAE(space.dim, list(c.hidden), c.latent, c.activation, "identity", decoder_gain=energy_mode,
+                   prior_components=c.prior_components if energy_mode else 1,
+                   prior_separation=c.prior_separation).double()
 
     # -- training ------------------------------------------------------------------------------------
     def _train(self) -> dict:
         space = self.space()
         model = self.build_model(space)
-        opt = torch.optim.Adam(model.parameters(), lr=self.cgc.learning_rate)
+        opt = torch.optim.Adam(self._param_groups(model), lr=self.cgc.learning_rate)
         state = {"step": 0, "history": [], "levels": [], "beta": self.cgc.tempering.beta_start, "alpha": None,
                  "level_step": 0}
         ckpt_path = self.out / "checkpoint.pt"
@@ -362,6 +367,15 @@ class CGRun(GenerativeRun):
                                     "the next level"])
             info["levels"] = len(state["levels"])
         return info
+
+    def _param_groups(self, model: VAE) -> list[dict]:
+        """The optimiser's groups: the mixture prior's weights (if any) at prior_lr_scale times
+        the learning rate. Adam moves a parameter by about the learning rate per step, and a
+        mode's logit must travel ~5 (a weight of 1 %) while β_s rises."""
+        prior = [] if model.prior is None else [model.prior.logits]
+        rest = [p for p in model.parameters() if all(p is not q for q in prior)]
+        return [{"params": rest, "lr_scale": 1.0}] + ([{"params": prior, "lr_scale": self.cgc.prior_lr_scale}]
+                                                      if prior else [])
 
     def _checkpoint(self, model, opt, state):
         with art.atomic_path(self.out / "checkpoint.pt") as tmp:
@@ -407,7 +421,7 @@ class CGRun(GenerativeRun):
             torch.manual_seed(derive_seed(self.seed, 1, step))
             kl_w = 1.0 if c.kl_warmup == 0 else min(1.0, (step + 1) / c.kl_warmup)
             for group in opt.param_groups:
-                group["lr"] = self.learning_rate(step)
+                group["lr"] = self.learning_rate(step) * group["lr_scale"]
             idx = torch.multinomial(w, min(c.batch_size, max(len(w), 1) * 4), replacement=True)
             nll = model.neg_elbo(v[idx], kl_w).mean()
             prior = sum(0.5 * (a * p ** 2).sum() for a, p in zip(alpha, weights)) / n if c.ard else 0.0
@@ -425,41 +439,46 @@ class CGRun(GenerativeRun):
             state["history"].append((step, float(nll.detach()), kl_w))
             self._after_step(model, opt, state, c.steps, report, f"-ELBO {float(nll.detach()):.3f}")
 
-    def _draw(self, model: VAE, space: CGSpace, n: int, beta: float) -> dict:
+    def _draw(self, model: VAE, space: CGSpace, n: int, beta: float, stratified: bool = False) -> dict:
         """n samples of q(x, z) and what every objective needs of them, computed once: z, v,
-        log q(v, z), log|dx/dv|, the reduced energies u = U/kT and the tempered energy β_s u
-        regularised (the cut applies to β_s u: at small β_s nothing is cut)."""
-        z, v, log_q = model.sample_joint(n)
+        log q(v, z), log|dx/dv|, the reduced energies u = U/kT, the tempered energy β_s u
+        regularised (the cut applies to β_s u: at small β_s nothing is cut), and the draws'
+        weights w (``stratified``: the mixture prior's strata; averages are then of w · f)."""
+        z, v, log_q, w = model.sample_joint(n, stratified)
         x, log_det = space.forward(v)
         u = energy(x, self.bridge) / self.kT
         reg = regularised(beta * u, beta * self._u_ref + self.cgc.energy_cut)
-        return {"z": z, "v": v, "log_q": log_q, "log_det": log_det, "u": u, "reg": reg}
+        return {"z": z, "v": v, "log_q": log_q, "log_det": log_det, "u": u, "reg": reg, "w": w}
 
     def _loss(self, model: VAE, space: CGSpace, beta: float):
         """The reverse-KL loss of one step (see ``cg.entropy``): a tensor, or (the decoder's
         loss, the encoder's) where the two are trained on different objectives."""
         c = self.cgc
-        d = self._draw(model, space, c.batch_size, beta)
-        z, v = d["z"], d["v"]
+        d = self._draw(model, space, c.batch_size, beta, stratified=True)
+        z, v, w = d["z"], d["v"], d["w"]
         if c.entropy == "encoder_bound":  # the paper's L = log q(v, z) − log|dx/dv| − log r(z|v) + β_s U
-            return (d["log_q"] - d["log_det"] - model.log_r(z, v) + d["reg"]).mean()
+            return (w * (d["log_q"] - d["log_det"] - model.log_r(z, v) + d["reg"])).mean()
         if c.entropy == "quadrature":
             # the exact log q(x) over a 1-D latent (the reverse KL itself); the encoder, which
             # the entropy then does not need, fits q(z|x) on the model's samples
             log_qx = model.log_marginal_quadrature(v) - d["log_det"]
-            return (log_qx + d["reg"]).mean() - model.log_r(z.detach(), v.detach()).mean()
+            return (w * (log_qx + d["reg"])).mean() - model.log_r(z.detach(), v.detach()).mean()
         # importance_weighted: the entropy's bound with iw_samples draws of r besides the
         # generating z (VAE.log_marginal_upper): an upper bound for any encoder, so the
         # decoder minimises it with the encoder held fixed, and the encoder fits the
         # decoder's inverse on z drawn from N(0, encoder_prior_scale² I) (wider than the
         # prior: a rare mode's latents are seen as often as the rest; this tightens the
-        # bound there, where a bound fitted to q alone stays loose and starves the mode)
+        # bound there, where a bound fitted to q alone stays loose and starves the mode),
+        # or, under a mixture prior, from every component equally, widened the same way
         log_qx = model.log_marginal_upper(z, v, c.iw_samples) - d["log_det"]
         with torch.no_grad():
             z_wide = c.encoder_prior_scale * torch.randn_like(z)
+            if model.prior is not None:
+                m = model.prior.means
+                z_wide = z_wide + m[torch.randint(len(m), (len(z),))].to(z.dtype)
             xm, xlv = model.decode(z_wide)
             v_wide = xm + torch.exp(0.5 * xlv) * torch.randn_like(xm)
-        return (log_qx + d["reg"]).mean(), -model.log_r(z_wide, v_wide).mean()
+        return (w * (log_qx + d["reg"])).mean(), -model.log_r(z_wide, v_wide).mean()
 
     def _train_energy(self, model: VAE, opt, space: CGSpace, state: dict) -> None:
         t = self.cgc.tempering
@@ -477,7 +496,7 @@ class CGRun(GenerativeRun):
                 if at_target and self.cgc.lr_schedule == "cosine":  # the final steps: a cosine to 0
                     lr *= 0.5 * (1 + math.cos(math.pi * state["level_step"] / max(1, n_steps)))
                 for group in opt.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group["lr_scale"]
                 loss = self._loss(model, space, beta)
                 enc_loss = None
                 if isinstance(loss, tuple):  # (the decoder's loss, the encoder's)
@@ -508,10 +527,13 @@ class CGRun(GenerativeRun):
             lw = np.where(ok, -plain, -np.inf)
             log_z = float(_logmeanexp(lw))
             cubo = float(0.5 * _logmeanexp(2 * lw))
-            new = 1.0 if at_target else next_beta(beta, u, t.kl_threshold)
-            kl_step = tilt_kl(u, new - beta)
+            cut = (self._u_ref, self.cgc.energy_cut)  # the tilt as training sees it (regularised)
+            new = 1.0 if at_target else next_beta(beta, u, t.kl_threshold, *cut)
+            kl_step = tilt_kl(u, new - beta, beta, *cut)
             state["levels"].append((len(state["levels"]), state["step"], beta, elbo, log_z, cubo, kl_step))
             pops = self._populations(space, model)
+            if model.prior is not None:
+                pops = {**pops, **{f"prior_weight_{k}": float(p) for k, p in enumerate(model.prior.weights.detach())}}
             state.setdefault("level_states", []).append(pops)
             log.debug(f"cg level {len(state['levels'])}: beta_s {beta:.3g} beta, ELBO {elbo:.3f} <= log Z "
                       f"{log_z:.3f} <= CUBO {cubo:.3f}; next {new:.3g} (KL {kl_step:.3f})"
@@ -529,7 +551,7 @@ class CGRun(GenerativeRun):
         if not (self.cgc.states if self.bundle.is_toy else self.cfg.states):
             return {}
         with torch.no_grad():
-            _, v, _ = model.sample_joint(n)
+            _, v, _, _ = model.sample_joint(n)
         member = self.membership(space.to_x(v.numpy()), self.cgc.states)
         return {k: float(m.mean()) for k, m in member.items()}
 
@@ -580,7 +602,7 @@ class CGRun(GenerativeRun):
                 if self.mode == "data":
                     eps = torch.randn(rows.shape, generator=g, dtype=torch.float64)
                     set_output_rows(model, rows + (chol @ eps[..., None])[..., 0])
-                z = torch.randn(per, model.latent, generator=g, dtype=torch.float64)
+                z = model.sample_prior(per, g)
                 xm, xlv = model.decode(z)
                 vs = xm + torch.exp(0.5 * xlv) * torch.randn(xm.shape, generator=g, dtype=torch.float64)
                 xs.append(space.to_x(vs.numpy()))
@@ -621,7 +643,8 @@ class CGRun(GenerativeRun):
     def _toy_exact(self, x: np.ndarray, member) -> dict:
         """Quadrature of exp(−U/kT) on a grid around the samples: log Z, the exact mean and
         standard deviation of x and y, the states' probabilities, the x-marginal, and the
-        KL(q ‖ p) of the model (log q by importance sampling with the encoder)."""
+        KL(q ‖ p) of the model (log q by quadrature over a 1-D latent, else by importance
+        sampling with the encoder)."""
         lo = np.minimum(x.min(0), -3.0) - 1.0
         hi = np.maximum(x.max(0), 3.0) + 1.0
         n = 400
@@ -653,10 +676,13 @@ class CGRun(GenerativeRun):
         model, space, _ = self.load_model()
         torch.manual_seed(derive_seed(self.seed, 5))
         sub = x[: min(len(x), 4000)]
-        with torch.no_grad():
-            log_q = model.log_marginal(torch.as_tensor(space.to_v(sub)), k=256).numpy() - space.log_det
+        with torch.no_grad():  # a 1-D latent: log q(x) by quadrature over z (exact); else importance
+            v = torch.as_tensor(space.to_v(sub))  # sampling with the encoder (a lower bound: KL biased low)
+            log_q = (model.log_marginal_quadrature(v, points=4096) if model.latent == 1
+                     else model.log_marginal(v, k=256)).numpy() - space.log_det
         log_p = -self.bridge(sub)[0] / self.kT - log_z
         exact["kl_q_to_p_nats"] = float(np.mean(log_q - log_p))
+        exact["kl_method"] = "quadrature over z" if model.latent == 1 else "importance sampling, 256 encoder draws"
         return exact
 
     def _phi_psi_check(self, x: np.ndarray) -> dict | None:
@@ -715,27 +741,45 @@ def _logmeanexp(a: np.ndarray) -> float:
     return float(m + np.log(np.mean(np.exp(a - m)))) if np.isfinite(m) else -math.inf
 
 
-def tilt_kl(u: np.ndarray, d_beta: float) -> float:
-    """KL(q ‖ q̃) between samples' distribution q and q̃ ∝ q·e^{−Δβ U}: Δβ⟨U⟩ + log⟨e^{−Δβ U}⟩
-    (≥ 0; reduced energies u = U/kT of q's samples, those not finite left out)."""
+def _regularised_np(e: np.ndarray, high: np.ndarray | float) -> np.ndarray:
+    """NumPy twin of :func:`cvflow.energy.regularised` for finite energies."""
+    return np.where(e > high, high + np.log1p(np.clip(e - high, 0.0, None)), e)
+
+
+def tilt_kl(u: np.ndarray, d_beta: float, beta: float = 0.0, u_ref: float | None = None,
+            cut: float | None = None) -> float:
+    """KL(q ‖ q̃) between samples' distribution q and q̃ ∝ q·e^{−t}: ⟨t⟩ + log⟨e^{−t}⟩ (≥ 0;
+    reduced energies u = U/kT of q's samples, those not finite left out). The tilt is
+    t = Δβ U, or, with ``cut``, the change of the energy that training at β' = β + Δβ
+    actually sees, reg(β' u) − reg(β u) with reg log-capped above β u_ref + cut (as in
+    training): a few clashing samples, whose cost training caps, then do not hold the
+    schedule back (alone they would make the step Δβ ~ threshold / ⟨u⟩ over the outliers)."""
     u = np.asarray(u, float)
     u = u[np.isfinite(u)]
     if len(u) == 0 or d_beta <= 0:
         return 0.0
-    return float(d_beta * u.mean() + _logmeanexp(-d_beta * u))
+    if cut is None:
+        t = d_beta * u
+    else:
+        b1 = beta + d_beta
+        t = _regularised_np(b1 * u, b1 * u_ref + cut) - _regularised_np(beta * u, beta * u_ref + cut)
+    return float(t.mean() + _logmeanexp(-t))
 
 
-def next_beta(beta: float, u: np.ndarray, threshold: float) -> float:
+def next_beta(beta: float, u: np.ndarray, threshold: float, u_ref: float | None = None,
+              cut: float | None = None) -> float:
     """The largest β' in (β, 1] (fractions of β) with tilt_kl(u, β' − β) ≤ threshold, by
     bisection on log(β' − β) (the KL grows with the step)."""
-    if tilt_kl(u, 1.0 - beta) <= threshold:
+    def kl(d):
+        return tilt_kl(u, d, beta, u_ref, cut)
+    if kl(1.0 - beta) <= threshold:
         return 1.0
     lo, hi = math.log(max(beta * 1e-6, 1e-300)), math.log(1.0 - beta)
-    if tilt_kl(u, math.exp(lo)) > threshold:
+    if kl(math.exp(lo)) > threshold:
         return beta + math.exp(lo)
     for _ in range(60):
         mid = 0.5 * (lo + hi)
-        if tilt_kl(u, math.exp(mid)) <= threshold:
+        if kl(math.exp(mid)) <= threshold:
             lo = mid
         else:
             hi = mid

@@ -87,11 +87,12 @@ def _latent_axes(run, model, space, out: Path) -> Path | None:
     """μ_θ(z) along each latent axis: a DCD per axis for molecules (and φ, ψ along it), or
     the decoded curve over the toy's density."""
     t = np.linspace(-2.5, 2.5, AXIS_POINTS)
+    t0 = np.linspace(*model.prior_range(), AXIS_POINTS)  # z₁ spans every component of a mixture prior
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for k in range(model.latent):
         z = np.zeros((AXIS_POINTS, model.latent))
-        z[:, k] = t
+        z[:, k] = t0 if k == 0 else t
         with torch.no_grad():
             xm = space.to_x(model.decode(torch.as_tensor(z))[0].numpy())
         if run.bundle.is_toy:
@@ -104,7 +105,8 @@ def _latent_axes(run, model, space, out: Path) -> Path | None:
             if angles is None:
                 continue
             phi, psi = angles
-            ax.plot(phi, psi, "o-", ms=3, label=f"z{k + 1} from −2.5 to 2.5")
+            ax.plot(phi, psi, "o-", ms=3, label=f"z{k + 1} from {(t0 if k == 0 else t)[0]:.1f} to "
+                                                 f"{(t0 if k == 0 else t)[-1]:.1f}")
             ax.annotate("start", (phi[0], psi[0]), fontsize=7)
     if run.bundle.is_toy:
         s = run.samples()[:3000]

@@ -640,6 +640,12 @@ class CGConfig(Strict):
     entropy: Literal["encoder_bound", "importance_weighted", "quadrature"] = "importance_weighted"
     iw_samples: Annotated[int, Field(ge=2)] = 32
     encoder_prior_scale: float = Field(1.5, ge=1.0)  # importance_weighted: the encoder's training latents
+    # --no-data: p(z) = N(0, I) (1, the papers'), or a mixture of this many unit Gaussians
+    # prior_separation apart along z₁, with learned weights: a rare mode gets its own
+    # component instead of the prior's tail (cvflow.models.vae.MixturePrior; measured: README)
+    prior_components: Annotated[int, Field(ge=1, le=8)] = 1
+    prior_separation: float = Field(6.0, gt=0)
+    prior_lr_scale: float = Field(20.0, gt=0)   # the mixture weights' learning rate, in units of learning_rate
     samples: PositiveInt = 20_000          # generated configurations (pooled over the draws)
     states: Optional[dict[str, ToyBox]] = None
     energy_cut: float = Field(1000.0, gt=0)  # β_s U/kT above the structure's: log-capped above

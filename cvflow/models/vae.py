@@ -35,6 +35,53 @@ def log_prior(z: Tensor) -> Tensor:
     return -0.5 * (LOG_2PI + z ** 2).sum(-1)
 
 
+class MixturePrior(nn.Module):
+    """p(z) = Σ_k π_k N(z; m_k, I): K unit Gaussians whose means m_k are fixed, ``separation``
+    apart along the first latent axis (centred on 0), with learned weights π = softmax(logits).
+
+    For the reverse KL (``cvflow cg --no-data``, ``cg.prior_components``). Under N(0, I) a mode
+    of weight p must take the prior's tail z₁ > Φ⁻¹(1 − p), where the density is of the order
+    of the mode's own mass per unit z: the decoder's boundary there puts a large share of the
+    mode's samples into the barrier between the modes, and dropping the mode costs only
+    −ln(1 − p) nats. With well separated components, a mode's weight is a parameter, its
+    boundary lies where the prior has almost no mass, and the optimum weight is the mode's
+    share of the partition function (the loss of each component is its free energy).
+    """
+
+    def __init__(self, latent: int, components: int, separation: float):
+        super().__init__()
+        means = torch.zeros(components, latent, dtype=torch.float64)
+        means[:, 0] = separation * (torch.arange(components, dtype=torch.float64) - (components - 1) / 2)
+        self.register_buffer("means", means)
+        self.logits = nn.Parameter(torch.zeros(components, dtype=torch.float64))
+
+    @property
+    def weights(self) -> Tensor:
+        return torch.softmax(self.logits, 0)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """log p(z), z of shape (..., latent)."""
+        m = self.means.to(z.dtype)
+        lp = -0.5 * (LOG_2PI + (z[..., None, :] - m) ** 2).sum(-1) + torch.log_softmax(self.logits, 0).to(z.dtype)
+        return torch.logsumexp(lp, -1)
+
+    def sample(self, n: int, generator=None, dtype=torch.float64) -> Tensor:
+        """n draws of p(z) (the component by its weight: not differentiable in π)."""
+        k = torch.multinomial(self.weights.detach(), n, replacement=True, generator=generator)
+        return self.means[k].to(dtype) + torch.randn(n, self.means.shape[1], generator=generator, dtype=dtype)
+
+    def strata(self, n: int, dtype=torch.float64) -> tuple[Tensor, Tensor]:
+        """n draws, an equal share from each component, and weights w of mean ~1 such that
+        mean(w · f(z)) estimates E_p[f(z)] = Σ_k π_k E_k[f]: differentiable in π (the
+        components' weights get their exact gradient, not a score-function estimate)."""
+        K, latent = self.means.shape
+        counts = [n // K + (1 if k < n % K else 0) for k in range(K)]
+        comp = torch.repeat_interleave(torch.arange(K), torch.tensor(counts))
+        z = self.means[comp].to(dtype) + torch.randn(n, latent, dtype=dtype)
+        w = self.weights.to(dtype)[comp] * n / torch.tensor(counts, dtype=dtype)[comp]
+        return z, w
+
+
 class _Head(nn.Module):
     """The first ``n`` outputs of a network (the decoder's mean, for the loop's decoder file)."""
 
@@ -63,7 +110,7 @@ class VAE(CVModel):
 
     def __init__(self, n_features: int, hidden: list[int], latent: int, activation: str = "tanh",
                  bottleneck_activation: str = "identity", kl_weight: float = 1.0, kl_warmup: int = 0,
-                 decoder_gain: bool = False):
+                 decoder_gain: bool = False, prior_components: int = 1, prior_separation: float = 6.0):
         super().__init__()
         self.n_features = int(n_features)
         self.latent = int(latent)
@@ -74,6 +121,8 @@ class VAE(CVModel):
         # the learning rate per step, so a sharp step in μ(z) (the boundary between two modes)
         # takes thousands of steps to grow; a gain grows it multiplicatively
         self.decoder_log_gain = nn.Parameter(torch.zeros(latent)) if decoder_gain else None
+        # p(z): N(0, I), or a mixture of unit Gaussians with learned weights (cvflow cg --no-data)
+        self.prior = MixturePrior(latent, prior_components, prior_separation) if prior_components > 1 else None
         self.kl_weight = float(kl_weight)
         self.annealing_epochs = int(kl_warmup)
         self._kl_now = self.kl_weight if kl_warmup == 0 else 0.0
@@ -99,8 +148,10 @@ class VAE(CVModel):
         return z if self.decoder_log_gain is None else z * torch.exp(self.decoder_log_gain)
 
     def decoder_parameters(self) -> list[nn.Parameter]:
-        """The generative side's parameters (θ): the decoder network and its gain."""
-        return list(self.decoder.parameters()) + ([] if self.decoder_log_gain is None else [self.decoder_log_gain])
+        """The generative side's parameters (θ): the decoder network, its gain, and the mixture
+        prior's weights."""
+        return (list(self.decoder.parameters()) + ([] if self.decoder_log_gain is None else [self.decoder_log_gain])
+                + ([] if self.prior is None else [self.prior.logits]))
 
     def forward(self, x: Tensor) -> Tensor:
         """The reconstruction μ_θ(μ_φ(x))."""
@@ -126,12 +177,36 @@ class VAE(CVModel):
             self._kl_now = self.kl_weight * min(1.0, epoch / self.annealing_epochs)
 
     # -- reverse KL: the model's own samples ---------------------------------------------------
-    def sample_joint(self, n: int) -> tuple[Tensor, Tensor, Tensor]:
-        """n draws (z, x) of q(x, z) = p(z) q_θ(x|z), reparameterised, and log q(x, z)."""
-        z = torch.randn(n, self.latent, dtype=self.decoder.net[0].weight.dtype)
+    def log_p_z(self, z: Tensor) -> Tensor:
+        """log p(z) of the model's prior."""
+        return log_prior(z) if self.prior is None else self.prior.log_prob(z)
+
+    def sample_prior(self, n: int, generator=None) -> Tensor:
+        """n draws of p(z)."""
+        dtype = self.decoder.net[0].weight.dtype
+        if self.prior is None:
+            return torch.randn(n, self.latent, generator=generator, dtype=dtype)
+        return self.prior.sample(n, generator, dtype)
+
+    def prior_range(self) -> tuple[float, float]:
+        """Where p(z) has its mass along the first latent axis (means ± 2.5)."""
+        if self.prior is None:
+            return -2.5, 2.5
+        m = self.prior.means[:, 0]
+        return float(m.min()) - 2.5, float(m.max()) + 2.5
+
+    def sample_joint(self, n: int, stratified: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """n draws (z, x) of q(x, z) = p(z) q_θ(x|z), reparameterised, log q(x, z), and the
+        draws' weights (all 1, or with ``stratified`` and a mixture prior, the strata's weights
+        of :meth:`MixturePrior.strata`: then average w · f, not f)."""
+        dtype = self.decoder.net[0].weight.dtype
+        if stratified and self.prior is not None:
+            z, w = self.prior.strata(n, dtype)
+        else:
+            z, w = self.sample_prior(n), torch.ones(n, dtype=dtype)
         xm, xlv = self.decode(z)
         x = xm + torch.exp(0.5 * xlv) * torch.randn_like(xm)
-        return z, x, log_prior(z) + gaussian_log_prob(x, xm, xlv)
+        return z, x, self.log_p_z(z) + gaussian_log_prob(x, xm, xlv), w
 
     def log_r(self, z: Tensor, x: Tensor) -> Tensor:
         """log r_φ(z | x)."""
@@ -153,17 +228,20 @@ class VAE(CVModel):
         """log p(z) + log q_θ(x|z) − log r(z|x) for draws z (k, n, latent) of each x (n, d),
         with r's (mu, logvar) given: the importance weights of q(x) under r."""
         xm, xlv = self.decode(z)
-        return log_prior(z) + gaussian_log_prob(x.expand_as(xm), xm, xlv) - gaussian_log_prob(z, mu, logvar)
+        return self.log_p_z(z) + gaussian_log_prob(x.expand_as(xm), xm, xlv) - gaussian_log_prob(z, mu, logvar)
 
     def log_marginal_quadrature(self, x: Tensor, points: int = 1024, half_width: float = 7.0) -> Tensor:
         """log q(x) = log ∫ p(z) q_θ(x|z) dz by the trapezoidal rule on ``points`` values of
-        a 1-D latent in [−half_width, half_width]: no encoder, differentiable in θ and x."""
+        a 1-D latent, from half_width below the prior's lowest mean to half_width above its
+        highest: no encoder, differentiable in θ and x."""
         if self.latent != 1:
             raise ValueError("quadrature over z needs a 1-D latent")
-        z = torch.linspace(-half_width, half_width, points, dtype=x.dtype)[:, None, None]
+        lo, hi = self.prior_range()
+        lo, hi = lo + 2.5 - half_width, hi - 2.5 + half_width
+        z = torch.linspace(lo, hi, points, dtype=x.dtype)[:, None, None]
         xm, xlv = self.decode(z)                                             # (points, 1, d)
-        lp = log_prior(z) + gaussian_log_prob(x[None], xm, xlv)            # (points, n)
-        w = torch.full((points,), math.log(2 * half_width / (points - 1)), dtype=x.dtype)
+        lp = self.log_p_z(z) + gaussian_log_prob(x[None], xm, xlv)         # (points, n)
+        w = torch.full((points,), math.log((hi - lo) / (points - 1)), dtype=x.dtype)
         w[0] = w[-1] = w[0] - math.log(2)
         return torch.logsumexp(lp + w[:, None], 0)
 
