@@ -591,8 +591,9 @@ class TemperingConfig(Strict):
     """Reverse-KL training (``cvflow cg --no-data``) at an inverse temperature β_s that
     rises from ``beta_start`` · β towards β (Schöberl et al. 2020): after ``steps_per_level``
     optimiser steps at β_s, β_s is raised as far as the current model allows, to the largest
-    β' whose KL estimate KL(q ‖ q·e^{−(β'−β_s)U}/c), computed on ``estimate_samples`` of the
-    model's samples, stays under ``kl_threshold`` nats. ``final_steps`` more steps train at β."""
+    β' whose KL estimate KL(q ‖ q·e^{−t}/c), computed on ``estimate_samples`` of the model's
+    samples, stays under ``kl_threshold`` nats; t is the change of the regularised energy that
+    training sees (= (β'−β_s)U below ``cg.energy_cut``). ``final_steps`` more steps train at β."""
     beta_start: float = Field(1e-10, gt=0, le=1)
     kl_threshold: float = Field(0.3, gt=0)
     steps_per_level: PositiveInt = 100
