@@ -113,6 +113,10 @@ class CGSpace:
         """v → (configurations, log|dx/dv| per sample), differentiable."""
         return self.to_x(v), torch.full((len(v),), self.log_det, dtype=torch.float64)
 
+    def periodic(self) -> None:
+        """No periodic features (Cartesian or toy coordinates)."""
+        return None
+
     def params(self) -> dict:
         return {"kind": "cartesian", "mean": self.mean.tolist(), "scale": self.scale.tolist(),
                 "reference": None if self.reference is None else self.reference.tolist()}
@@ -176,6 +180,10 @@ class InternalSpace:
         b, a, t = self.zmatrix.to_internal(torch.as_tensor(np.asarray(x, np.float64)))
         dt = torch.remainder(t - self.t0 + math.pi, 2 * math.pi) - math.pi
         return torch.cat([(b[:, self.free] - self.b0[self.free]) / self.sb, (a - self.a0) / self.sa, dt], 1).numpy()
+
+    def periodic(self) -> np.ndarray:
+        """The torsions (the last features of v) are periodic."""
+        return np.arange(self.dim) >= self.n_free + len(self.a0)
 
     def params(self) -> dict:
         return {"kind": "internal", "structure": self.structure.tolist(),
@@ -323,9 +331,11 @@ class CGRun(GenerativeRun):
         c = self.cgc
         # the decoder gain (see VAE) serves the reverse KL, whose mode boundaries must sharpen
         energy_mode = self.mode == "energy"
-        return VAE(space.dim, list(c.hidden), c.latent, c.activation, "identity", decoder_gain=energy_mode,
-                   prior_components=c.prior_components if energy_mode else 1,
-                   prior_separation=c.prior_separation).double()
+        model = VAE(space.dim, list(c.hidden), c.latent, c.activation, "identity", decoder_gain=energy_mode,
+                    prior_components=c.prior_components if energy_mode else 1,
+                    prior_separation=c.prior_separation).double()
+        model.set_periodic(space.periodic())
+        return model
 
     # -- training ------------------------------------------------------------------------------------
     def _train(self) -> dict:

@@ -87,6 +87,31 @@ def test_mixture_prior_density_strata_and_marginals():
     assert torch.allclose(quad, dense + math.log(float(z[1] - z[0])), atol=1e-3), (quad, dense)
 
 
+def test_wrapped_normal_for_periodic_features():
+    """A periodic feature's decoder density is the wrapped normal: it integrates to 1 over one
+    period for any σ up to its cap, equals the plain normal when σ ≪ π, is the same at x and
+    x + 2π, and its σ is capped (2.5 rad), so the reverse KL cannot gain entropy without bound
+    by widening a torsion whose energy no longer changes."""
+    from cvflow.models.vae import PERIODIC_LOGVAR_MAX, wrapped_gaussian_log_prob
+    x = torch.linspace(-math.pi, math.pi, 20001, dtype=torch.float64)
+    for sigma in (0.1, 1.0, 2.5):
+        lv = torch.full_like(x, 2 * math.log(sigma))
+        lp = wrapped_gaussian_log_prob(x, torch.full_like(x, 2.0), lv)
+        assert float(torch.exp(lp).sum() * (x[1] - x[0])) == pytest.approx(1.0, abs=1e-3)
+    lv = torch.full((3,), 2 * math.log(0.1), dtype=torch.float64)
+    pts = torch.tensor([0.1, -0.2, 0.05], dtype=torch.float64)
+    plain = -0.5 * (math.log(2 * math.pi) + lv + pts ** 2 * torch.exp(-lv))
+    assert torch.allclose(wrapped_gaussian_log_prob(pts, torch.zeros(3, dtype=torch.float64), lv), plain)
+    assert torch.allclose(wrapped_gaussian_log_prob(pts + 2 * math.pi, torch.zeros(3, dtype=torch.float64), lv),
+                          plain)
+    m = VAE(3, [8], 1, "tanh", "identity").double()
+    m.set_periodic([False, False, True])
+    with torch.no_grad():
+        m.decoder.net[-2].bias[3:] = 50.0  # every log σ² far above the clamps
+        _, xlv = m.decode(torch.zeros(4, 1, dtype=torch.float64))
+    assert torch.all(xlv[:, 2] == PERIODIC_LOGVAR_MAX) and torch.all(xlv[:, :2] == 6.0)
+
+
 def test_tilt_kl_and_next_beta_on_gaussian_energies():
     """For u ~ N(m, s²) the KL to the tilted density is Δ² s² / 2; next_beta solves it for
     the threshold (and stops at the target, 1)."""
