@@ -58,11 +58,6 @@ def reference() -> dict:
 
 
 def one(seed: int, base: dict, work: Path, ref: dict) -> dict:
-    from cvflow.cg import CGRun, js_divergence, phi_psi_histogram
-    from cvflow.config import load_config
-    from cvflow.states import torsion_values
-    import mdtraj as md
-    import torch
     d = dict(base, seed=seed, states=STATES)
     cfg_path = work / f"seed{seed}.yaml"
     cfg_path.write_text(yaml.safe_dump(d))
@@ -72,6 +67,18 @@ def one(seed: int, base: dict, work: Path, ref: dict) -> dict:
         env = dict(os.environ, OMP_NUM_THREADS="1")
         subprocess.run([sys.executable, "-m", "cvflow.cli", "cg", str(cfg_path), "--no-data", "--out", str(out), "-q"]
                        + (["--resume"] if out.exists() else []), check=True, env=env)
+    row = evaluate(out, cfg_path, ref)
+    row.update(seed=seed, wall_s=round(time.time() - t0, 1))
+    return row
+
+
+def evaluate(out: Path, cfg_path: Path, ref: dict) -> dict:
+    """The populations, JS divergence and latent separation of a finished run directory."""
+    from cvflow.cg import CGRun, js_divergence, phi_psi_histogram
+    from cvflow.config import load_config
+    from cvflow.states import torsion_values
+    import mdtraj as md
+    import torch
     run = CGRun(load_config(cfg_path), out)
     x = run.samples()
     traj = md.Trajectory(x.astype(np.float32), run.bundle.mdtraj_topology())
@@ -90,10 +97,10 @@ def one(seed: int, base: dict, work: Path, ref: dict) -> dict:
     majority = float(np.bincount(y[1::2], minlength=3).max() / len(y[1::2]))
     info = json.loads((out / "cg.json").read_text())
     train = json.loads((out / "manifest.json").read_text())["stages"]["train"]
-    return {"seed": seed, "populations": pops, "reference_populations": ref["populations"],
+    return {"populations": pops, "reference_populations": ref["populations"],
             "js_phi_psi_to_reference_nats": js, "latent_knn_state_accuracy": acc, "majority_share": majority,
             "rg_nm": info["observables"]["rg_nm"]["mean"], "levels": train.get("levels"), "steps": train.get("steps"),
-            "energy_evaluations": train.get("energy_evaluations"), "wall_s": round(time.time() - t0, 1)}
+            "energy_evaluations": train.get("energy_evaluations"), "train_wall_s": train.get("wall_s")}
 
 
 def main() -> int:
