@@ -55,7 +55,22 @@ def write_bytes(path, data: bytes) -> None:
 
 
 def write_json(path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    """Strict JSON: a value that is not finite (an undefined free energy, NaN) is written as
+    null, which every JSON reader accepts (NaN is not JSON: jq, JavaScript and strict parsers
+    refuse it)."""
+    write_text(path, json.dumps(_finite_or_null(obj), indent=2, default=_json_default, allow_nan=False) + "\n")
+
+
+def _finite_or_null(o: Any) -> Any:
+    if isinstance(o, dict):
+        return {k: _finite_or_null(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite_or_null(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _finite_or_null(o.tolist())
+    if isinstance(o, (float, np.floating)):
+        return float(o) if np.isfinite(o) else None
+    return o
 
 
 def read_json(path) -> Any:

@@ -17,6 +17,7 @@ import numpy as np
 from . import artifacts as art
 from .config import ConfigError
 from .fes import read_fes
+from .states import delta_f_text
 
 
 @dataclass
@@ -574,7 +575,7 @@ def write_report(run_dir, out=None) -> Path:
         srows = "".join(
             f"<tr><td>{html.escape(k)}</td><td>{p['value']:.4f} ± {p['error']:.4f}</td><td>"
             + ("0 (reference)" if k == ref else
-               f"{states['delta_f'][k]['value']:.2f} ± {states['delta_f'][k]['error']:.2f}") + "</td></tr>"
+               delta_f_text(states["delta_f"][k]) or "undefined (a state without weight)") + "</td></tr>"
             for k, p in states["populations"].items())
         body.append(f"<h2>States ({html.escape(label)})</h2><table><tr><th>state</th><th>population</th>"
                     f"<th>ΔF − F({html.escape(ref)}) (kJ/mol)</th></tr>{srows}</table>")

@@ -126,6 +126,15 @@ def state_free_energies(member: dict[str, np.ndarray], w: np.ndarray, kT: float,
             "units": "kJ/mol; delta_f = F(state) - F(reference_state); errors: block bootstrap standard deviation"}
 
 
+def delta_f_text(d: dict) -> str | None:
+    """"value ± error" of a ΔF entry, or None where it is undefined (NaN, or null in a JSON
+    file read back: a state without weight)."""
+    v, e = d.get("value"), d.get("error")
+    if v is None or not np.isfinite(v):
+        return None
+    return f"{v:.2f} ± {e:.2f}" if e is not None and np.isfinite(e) else f"{v:.2f}"
+
+
 def format_states(res: dict) -> list[str]:
     """Lines for the terminal: each state's population and ΔF against the reference state."""
     ref = res["reference_state"]
@@ -133,9 +142,9 @@ def format_states(res: dict) -> list[str]:
     for k, p in res["populations"].items():
         line = f"{k:>12}: population {p['value']:.4f} ± {p['error']:.4f}"
         if k != ref:
-            d = res["delta_f"][k]
-            if np.isfinite(d["value"]):
-                line += f"   ΔF({k} − {ref}) = {d['value']:.2f} ± {d['error']:.2f} kJ/mol"
+            text = delta_f_text(res["delta_f"][k])
+            if text is not None:
+                line += f"   ΔF({k} − {ref}) = {text} kJ/mol"
             else:  # a state without weight: no free energy difference, say which
                 empty = [s for s in (ref, k) if res["populations"][s]["value"] <= 0]
                 line += (f"   ΔF({k} − {ref}) undefined: no weight in {' and '.join(empty)} "

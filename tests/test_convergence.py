@@ -84,7 +84,7 @@ def test_bootstrap_in_worker_processes_matches_the_serial_path():
     assert bootstrap_workers("auto", 4, 1800) == 1 and bootstrap_workers(3, 2, 10) == 2
 
 
-def test_a_state_without_weight_gets_no_free_energy_and_the_line_says_which():
+def test_a_state_without_weight_gets_no_free_energy_and_the_line_says_which(tmp_path):
     from cvflow.states import format_states, state_free_energies
     w = np.ones(100)
     inside = np.zeros(100, bool)
@@ -93,5 +93,12 @@ def test_a_state_without_weight_gets_no_free_energy_and_the_line_says_which():
     assert not np.isfinite(res["delta_f"]["C7ax"]["value"])
     line = format_states(res)[1]
     assert "nan" not in line and "undefined: no weight in C7eq" in line
+    # written to JSON the undefined ΔF is null (NaN is not JSON), and the line read back is the same
+    import json
+    from cvflow import artifacts as art
+    art.write_json(tmp_path / "s.json", res)
+    text = (tmp_path / "s.json").read_text()
+    assert "NaN" not in text and json.loads(text)["delta_f"]["C7ax"]["value"] is None
+    assert format_states(art.read_json(tmp_path / "s.json"))[1] == line
     ok = state_free_energies({"C7eq": inside | (np.arange(100) < 90), "C7ax": np.arange(100) >= 90}, w, 2.494)
     assert "ΔF(C7ax − C7eq) = 5.48" in format_states(ok)[1]  # −kT ln(10/90)
