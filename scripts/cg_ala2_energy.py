@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -58,15 +56,9 @@ def reference() -> dict:
 
 
 def one(seed: int, base: dict, work: Path, ref: dict) -> dict:
-    d = dict(base, seed=seed, states=STATES)
-    cfg_path = work / f"seed{seed}.yaml"
-    cfg_path.write_text(yaml.safe_dump(d))
-    out = work / f"seed{seed}"
+    from cg_toys import run_no_data
     t0 = time.time()
-    if not (out / "cg.json").exists():
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        subprocess.run([sys.executable, "-m", "cvflow.cli", "cg", str(cfg_path), "--no-data", "--out", str(out), "-q"]
-                       + (["--resume"] if out.exists() else []), check=True, env=env)
+    out, cfg_path = run_no_data(dict(base, seed=seed, states=STATES), work, f"seed{seed}")
     row = evaluate(out, cfg_path, ref)
     row.update(seed=seed, wall_s=round(time.time() - t0, 1))
     return row

@@ -27,16 +27,22 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGET = {"p_right": (0.0056, 0.0125), "x_mean": (-2.44, 0.05), "x_std": (0.52, 0.05)}
 
 
-def one(seed: int, base: dict, work: Path, label: str) -> dict:
-    d = dict(base, seed=seed)
-    cfg = work / f"{label}-seed{seed}.yaml"
+def run_no_data(d: dict, work: Path, name: str) -> tuple[Path, Path]:
+    """Write the config ``d`` to WORK/NAME.yaml and run ``cvflow cg --no-data`` into WORK/NAME
+    with one thread (resumed if it is there, skipped if it finished). Returns (out, config)."""
+    cfg = work / f"{name}.yaml"
     cfg.write_text(yaml.safe_dump(d))
-    out = work / f"{label}-seed{seed}"
-    t0 = time.time()
+    out = work / name
     if not (out / "cg.json").exists():
         env = dict(os.environ, OMP_NUM_THREADS="1")
         subprocess.run([sys.executable, "-m", "cvflow.cli", "cg", str(cfg), "--no-data", "--out", str(out), "-q"]
                        + (["--resume"] if out.exists() else []), check=True, env=env)
+    return out, cfg
+
+
+def one(seed: int, base: dict, work: Path, label: str) -> dict:
+    t0 = time.time()
+    out, _ = run_no_data(dict(base, seed=seed), work, f"{label}-seed{seed}")
     info = json.loads((out / "cg.json").read_text())
     ex = info["exact"]
     p = info["states"]["right"]["mean"]
