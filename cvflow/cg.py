@@ -547,7 +547,8 @@ class CGRun(GenerativeRun):
             state.setdefault("level_states", []).append(pops)
             log.debug(f"cg level {len(state['levels'])}: beta_s {beta:.3g} beta, ELBO {elbo:.3f} <= log Z "
                       f"{log_z:.3f} <= CUBO {cubo:.3f}; next {new:.3g} (KL {kl_step:.3f})"
-                      + "".join(f"; P({k}) {v:.4f}" for k, v in pops.items()))
+                      + "".join(f"; P({k}) {v:.4f}" if not k.startswith("prior_weight_")
+                                else f"; prior weight {k[13:]} {v:.4f}" for k, v in pops.items()))
             if at_target:
                 break
             if len(state["levels"]) >= t.max_levels:
@@ -751,11 +752,6 @@ def _logmeanexp(a: np.ndarray) -> float:
     return float(m + np.log(np.mean(np.exp(a - m)))) if np.isfinite(m) else -math.inf
 
 
-def _regularised_np(e: np.ndarray, high: np.ndarray | float) -> np.ndarray:
-    """NumPy twin of :func:`cvflow.energy.regularised` for finite energies."""
-    return np.where(e > high, high + np.log1p(np.clip(e - high, 0.0, None)), e)
-
-
 def tilt_kl(u: np.ndarray, d_beta: float, beta: float = 0.0, u_ref: float | None = None,
             cut: float | None = None) -> float:
     """KL(q ‖ q̃) between samples' distribution q and q̃ ∝ q·e^{−t}: ⟨t⟩ + log⟨e^{−t}⟩ (≥ 0;
@@ -770,9 +766,10 @@ def tilt_kl(u: np.ndarray, d_beta: float, beta: float = 0.0, u_ref: float | None
         return 0.0
     if cut is None:
         t = d_beta * u
-    else:
+    else:  # the same regularisation as training's (cvflow.energy.regularised)
         b1 = beta + d_beta
-        t = _regularised_np(b1 * u, b1 * u_ref + cut) - _regularised_np(beta * u, beta * u_ref + cut)
+        ut = torch.as_tensor(u)
+        t = (regularised(b1 * ut, b1 * u_ref + cut) - regularised(beta * ut, beta * u_ref + cut)).numpy()
     return float(t.mean() + _logmeanexp(-t))
 
 

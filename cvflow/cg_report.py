@@ -91,8 +91,9 @@ def _latent_axes(run, model, space, out: Path) -> Path | None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for k in range(model.latent):
+        along = t0 if k == 0 else t
         z = np.zeros((AXIS_POINTS, model.latent))
-        z[:, k] = t0 if k == 0 else t
+        z[:, k] = along
         with torch.no_grad():
             xm = space.to_x(model.decode(torch.as_tensor(z))[0].numpy())
         if run.bundle.is_toy:
@@ -105,8 +106,7 @@ def _latent_axes(run, model, space, out: Path) -> Path | None:
             if angles is None:
                 continue
             phi, psi = angles
-            ax.plot(phi, psi, "o-", ms=3, label=f"z{k + 1} from {(t0 if k == 0 else t)[0]:.1f} to "
-                                                 f"{(t0 if k == 0 else t)[-1]:.1f}")
+            ax.plot(phi, psi, "o-", ms=3, label=f"z{k + 1} from {along[0]:.1f} to {along[-1]:.1f}")
             ax.annotate("start", (phi[0], psi[0]), fontsize=7)
     if run.bundle.is_toy:
         s = run.samples()[:3000]

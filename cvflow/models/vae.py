@@ -29,18 +29,21 @@ PERIODIC_LOGVAR_MAX = 2 * math.log(2.5)
 WRAPS = torch.arange(-3, 4, dtype=torch.float64) * 2 * math.pi
 
 
+def gaussian_log_terms(x: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
+    """log N(x; mean, exp(logvar)), element by element."""
+    return -0.5 * (LOG_2PI + logvar + (x - mean) ** 2 * torch.exp(-logvar))
+
+
 def gaussian_log_prob(x: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
     """Σ_d log N(x_d; mean_d, exp(logvar_d)) over the last axis."""
-    return -0.5 * (LOG_2PI + logvar + (x - mean) ** 2 * torch.exp(-logvar)).sum(-1)
+    return gaussian_log_terms(x, mean, logvar).sum(-1)
 
 
 def wrapped_gaussian_log_prob(x: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
     """Σ_d log of the wrapped normal density (period 2π) of x_d around mean_d, per element
     (not summed): log Σ_k N(δ + 2πk; 0, exp(logvar)), δ = x − mean wrapped into [−π, π)."""
     d = torch.remainder(x - mean + math.pi, 2 * math.pi) - math.pi
-    k = WRAPS.to(x.dtype)
-    terms = -0.5 * (LOG_2PI + logvar[..., None] + (d[..., None] + k) ** 2 * torch.exp(-logvar)[..., None])
-    return torch.logsumexp(terms, -1)
+    return torch.logsumexp(gaussian_log_terms(d[..., None] + WRAPS.to(x.dtype), 0.0, logvar[..., None]), -1)
 
 
 def log_prior(z: Tensor) -> Tensor:
@@ -172,9 +175,8 @@ class VAE(CVModel):
         """log q_θ(x | z) from the decoder's (mean, logvar), summed over the features."""
         if self.periodic is None:
             return gaussian_log_prob(x, mean, logvar)
-        p = self.periodic
-        flat = -0.5 * (LOG_2PI + logvar + (x - mean) ** 2 * torch.exp(-logvar))
-        return torch.where(p, wrapped_gaussian_log_prob(x, mean, logvar), flat).sum(-1)
+        return torch.where(self.periodic, wrapped_gaussian_log_prob(x, mean, logvar),
+                           gaussian_log_terms(x, mean, logvar)).sum(-1)
 
     def decoder_input(self, z: Tensor) -> Tensor:
         """What the decoder network reads: z, times the learned gain where there is one."""
@@ -221,12 +223,11 @@ class VAE(CVModel):
             return torch.randn(n, self.latent, generator=generator, dtype=dtype)
         return self.prior.sample(n, generator, dtype)
 
-    def prior_range(self) -> tuple[float, float]:
-        """Where p(z) has its mass along the first latent axis (means ± 2.5)."""
-        if self.prior is None:
-            return -2.5, 2.5
-        m = self.prior.means[:, 0]
-        return float(m.min()) - 2.5, float(m.max()) + 2.5
+    def prior_range(self, margin: float = 2.5) -> tuple[float, float]:
+        """From ``margin`` below the prior's lowest mean on z₁ to ``margin`` above its highest
+        (0 for N(0, I)): where p(z) has its mass along the first latent axis."""
+        m = [0.0] if self.prior is None else self.prior.means[:, 0].tolist()
+        return min(m) - margin, max(m) + margin
 
     def sample_joint(self, n: int, stratified: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """n draws (z, x) of q(x, z) = p(z) q_θ(x|z), reparameterised, log q(x, z), and the
@@ -269,8 +270,7 @@ class VAE(CVModel):
         highest: no encoder, differentiable in θ and x."""
         if self.latent != 1:
             raise ValueError("quadrature over z needs a 1-D latent")
-        lo, hi = self.prior_range()
-        lo, hi = lo + 2.5 - half_width, hi - 2.5 + half_width
+        lo, hi = self.prior_range(half_width)
         z = torch.linspace(lo, hi, points, dtype=x.dtype)[:, None, None]
         xm, xlv = self.decode(z)                                             # (points, 1, d)
         lp = self.log_p_z(z) + self.decoder_log_prob(x[None].expand(len(z), -1, -1), xm, xlv)  # (points, n)
