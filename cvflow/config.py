@@ -567,11 +567,12 @@ class GeneratorConfig(Strict):
     samples: PositiveInt = 100_000
     md: list[GeneratorMD] = Field(default_factory=list)
     data: Optional[Path] = None
-    # --from RUN_DIR: which of the run's frames (production, or every stage: the iterations
-    # and production) and with which weights (the run's reweighting factors, each stage
-    # normalised to its frame count; or uniform: the biased sampling itself as the target
-    # of ML, a wider proposal that the importance weights correct)
-    frames: Literal["production", "all"] = "production"
+    # --from RUN_DIR: which of the run's frames (production; every stage: the iterations
+    # and production; or initial: iteration 0 alone, the stage biased on bias.cv) and with
+    # which weights (the run's reweighting factors, each stage normalised to its frame
+    # count; or uniform: the biased sampling itself as the target of ML, a wider proposal
+    # that the importance weights correct)
+    frames: Literal["production", "all", "initial"] = "production"
     frame_weights: Literal["reweighted", "uniform"] = "reweighted"
     states: Optional[dict[str, ToyBox]] = None
     bootstrap: Annotated[int, Field(ge=0)] = 200

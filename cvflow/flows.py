@@ -8,8 +8,8 @@ bijections:
   log|det|: for toys, (x, y) in nm mapped by the training frames' range onto [−2, 2]
   (:class:`ToyCoordinates`); for molecules, internal coordinates (:mod:`cvflow.internal`):
   bonds and angles mapped affinely into [−π, π) around their mean, the torsions as they are
-  (periodic), and the bonds that the system constrains (``HBonds``) held at their length
-  (:class:`MoleculeCoordinates`);
+  (periodic) unless they have one narrow peak (mapped like angles around it), and the bonds
+  that the system constrains (``HBonds``) held at their length (:class:`MoleculeCoordinates`);
 - a trainable **flow** from zuko (see the README for why zuko): a neural spline flow with a
   Gaussian base for toys (``NSF``), and for molecules a neural circular spline flow (``NCSF``:
   rational-quadratic splines on the circle, a uniform base on the torus) in coupling form
@@ -31,6 +31,7 @@ from .internal import ZMatrix
 
 TWO_PI = 2 * math.pi
 EDGE = 1e-4  # data are kept this far inside (−π, π) in the flow's space
+NARROW_TORSION = 1.0  # a torsion whose ±width circular standard deviations fit in (−π, π) is not periodic
 
 
 class ToyCoordinates(nn.Module):
@@ -83,13 +84,24 @@ class MoleculeCoordinates(nn.Module):
     the system constrains are fixed at their length and left out of y. A free bond or angle
     q maps to y = π (q − mean) / half_width, where half_width is ``width`` standard
     deviations of the training frames (less for angles near 0 or π, so that the box stays
-    inside (0, π)); torsions map to themselves.
+    inside (0, π)). A torsion whose ``width`` circular standard deviations fit inside
+    ``narrow`` · π (one narrow peak: a placed sibling's offset, a trans peptide bond) maps
+    the same way around its circular mean, with the difference wrapped; the others (the
+    backbone's φ and ψ, methyl rotors) map to themselves. Measured on alanine dipeptide
+    (scripts/bg_ala2_diagnostics.py): on 8,000 frames this raised the ESS from 0.014 % to
+    0.10 %; the narrow peaks otherwise fill a few of the circular spline's bins.
     """
 
     periodic = True
 
-    def __init__(self, zmatrix: ZMatrix, fixed_bonds: np.ndarray, bond_mean, bond_half, angle_mean, angle_half):
+    def __init__(self, zmatrix: ZMatrix, fixed_bonds: np.ndarray, bond_mean, bond_half, angle_mean, angle_half,
+                 torsion_mean=None, torsion_half=None):
         super().__init__()
+        nt = zmatrix.n_torsions
+        self.register_buffer("torsion_mean", torch.as_tensor(
+            np.zeros(nt) if torsion_mean is None else torsion_mean, dtype=torch.float64))
+        self.register_buffer("torsion_half", torch.as_tensor(
+            np.full(nt, math.pi) if torsion_half is None else torsion_half, dtype=torch.float64))
         self.zmatrix = zmatrix
         nb = len(bond_mean)
         fixed = np.zeros(nb, bool) if fixed_bonds is None else ~np.isnan(np.asarray(fixed_bonds, float))
@@ -107,12 +119,12 @@ class MoleculeCoordinates(nn.Module):
 
     @classmethod
     def fit(cls, zmatrix: ZMatrix, constraints: dict, positions: np.ndarray, weights: np.ndarray | None = None,
-            width: float = 6.0) -> "MoleculeCoordinates":
+            width: float = 6.0, narrow: float = NARROW_TORSION) -> "MoleculeCoordinates":
         """From frames (n, N, 3) and the system's constraints {(i, j): length nm}. With one
         frame (no data), spreads of 0.01 nm (bonds) and 0.1 rad (angles) are assumed."""
         x = torch.as_tensor(np.asarray(positions, np.float64).reshape(-1, zmatrix.n_atoms, 3))
-        bonds, angles, _ = zmatrix.to_internal(x)
-        bonds, angles = bonds.numpy(), angles.numpy()
+        bonds, angles, tors = zmatrix.to_internal(x)
+        bonds, angles, tors = bonds.numpy(), angles.numpy(), tors.numpy()
         w = np.ones(len(x)) if weights is None else np.asarray(weights, float)
         w = w / w.sum()
 
@@ -126,7 +138,16 @@ class MoleculeCoordinates(nn.Module):
         fixed = np.array([constraints.get(tuple(sorted(p)), np.nan) for p in pairs], float)
         ah = np.minimum(width * as_, 0.999 * np.minimum(am, math.pi - am))
         bh = np.minimum(width * bs, 0.999 * bm)
-        return cls(zmatrix, fixed, bm, bh, am, ah)
+        # a torsion with one narrow peak (a placed sibling's, ±120° or 180°) is mapped like an
+        # angle around its circular mean: on the full circle its peak would fill a few of the
+        # spline's bins, and its tails would be the spline's crude ones
+        c, s_ = (w[:, None] * np.cos(tors)).sum(0), (w[:, None] * np.sin(tors)).sum(0)
+        resultant = np.clip(np.hypot(c, s_), 1e-12, 1.0)
+        circ_std = np.sqrt(-2 * np.log(resultant))
+        is_narrow = (width * circ_std < math.pi * narrow) if len(tors) > 1 else np.zeros(tors.shape[1], bool)
+        tm = np.where(is_narrow, np.arctan2(s_, c), 0.0)
+        th = np.where(is_narrow, np.maximum(width * circ_std, 0.05), math.pi)
+        return cls(zmatrix, fixed, bm, bh, am, ah, tm, th)
 
     @staticmethod
     def bond_pairs(zmatrix: ZMatrix) -> list[tuple[int, int]]:
@@ -138,12 +159,14 @@ class MoleculeCoordinates(nn.Module):
         return {"kind": "molecule", "fixed_bonds": np.where(self.fixed_mask.numpy(), self.fixed_value.numpy(),
                                                            np.nan).tolist(),
                 "bond_mean": self.bond_mean.tolist(), "bond_half": self.bond_half.tolist(),
-                "angle_mean": self.angle_mean.tolist(), "angle_half": self.angle_half.tolist()}
+                "angle_mean": self.angle_mean.tolist(), "angle_half": self.angle_half.tolist(),
+                "torsion_mean": self.torsion_mean.tolist(), "torsion_half": self.torsion_half.tolist()}
 
     def _log_scale(self) -> float:
         """Σ log(dq/dy) over the free bonds and angles (a constant)."""
         free = ~self.fixed_mask
-        return float((self.bond_half[free] / math.pi).log().sum() + (self.angle_half / math.pi).log().sum())
+        return float((self.bond_half[free] / math.pi).log().sum() + (self.angle_half / math.pi).log().sum()
+                     + (self.torsion_half / math.pi).log().sum())
 
     def to_flow(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Positions (n, N, 3) → (y (n, D), log|dy/d shape| (n,)); y is clamped inside the box."""
@@ -152,7 +175,8 @@ class MoleculeCoordinates(nn.Module):
         free = ~self.fixed_mask
         yb = math.pi * (bonds[:, free] - self.bond_mean[free]) / self.bond_half[free]
         ya = math.pi * (angles - self.angle_mean) / self.angle_half
-        y = torch.cat([yb, ya, tors], 1)
+        yt = math.pi * _wrap(tors - self.torsion_mean) / self.torsion_half
+        y = torch.cat([yb, ya, yt], 1)
         y = torch.clamp(y, -math.pi + EDGE, math.pi - EDGE)
         _, logdet_cart = self.zmatrix.to_cartesian(bonds, angles, tors)
         return y, -logdet_cart - self._log_scale()
@@ -165,7 +189,7 @@ class MoleculeCoordinates(nn.Module):
         bonds = self.fixed_value.expand(len(y), -1).clone()
         bonds[:, free] = self.bond_mean[free] + self.bond_half[free] * y[:, :nf] / math.pi
         angles = self.angle_mean + self.angle_half * y[:, nf:nf + na] / math.pi
-        tors = y[:, nf + na:]
+        tors = _wrap(self.torsion_mean + self.torsion_half * y[:, nf + na:] / math.pi)
         x, logdet_cart = self.zmatrix.to_cartesian(bonds, angles, tors)
         return x, logdet_cart + self._log_scale()
 
@@ -175,7 +199,12 @@ def coordinates_from_params(p: dict, zmatrix: ZMatrix | None = None) -> nn.Modul
     if p["kind"] == "toy":
         return ToyCoordinates(p["mean"], p["scale"])
     return MoleculeCoordinates(zmatrix, np.array(p["fixed_bonds"], float), p["bond_mean"], p["bond_half"],
-                               p["angle_mean"], p["angle_half"])
+                               p["angle_mean"], p["angle_half"], p.get("torsion_mean"), p.get("torsion_half"))
+
+
+def _wrap(a: torch.Tensor) -> torch.Tensor:
+    """Angles into [−π, π)."""
+    return torch.remainder(a + math.pi, TWO_PI) - math.pi
 
 
 class BoltzmannGenerator(nn.Module):

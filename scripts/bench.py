@@ -295,6 +295,7 @@ def bench_generator_training(pdb, steps: int = 30) -> dict:
     from cvflow.generate import GenerateRun, prepare_generate_dir
     data = yaml.safe_load((ROOT / "configs" / "bg-ala2.yaml").read_text())
     data["system"]["pdb"] = str(pdb)
+    data["bias"]["cv"] = str(ROOT / "systems" / "alanine-dipeptide" / "phipsi.pt")
     data["generator"].update(steps=steps, ml_weight=0.0, kl_weight=1.0, kl_start=0, kl_ramp=0, samples=1000)
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path = Path(tmp) / "bg.yaml"

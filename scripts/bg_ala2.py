@@ -2,6 +2,7 @@
 """Issue 20's alanine-dipeptide target: a Boltzmann generator trained on the frames of a
 finished cvflow run (``cvflow generate configs/bg-ala2.yaml --from RUN``), over seeds.
 
+    cvflow run configs/bg-ala2.yaml --out RUN_DIR      (the source run, about 4 minutes)
     python scripts/bg_ala2.py --from RUN_DIR [--seeds 1 2 3] [--work /tmp/bg-ala2]
                               [--json docs/measurements/bg-ala2-cpu-vm.json]
 
@@ -44,6 +45,8 @@ def main():
            "source_production_frames": src.get("frames"), "seeds": {}}
     base = yaml.safe_load(args.config.read_text())
     base["system"]["pdb"] = str((args.config.parent / base["system"]["pdb"]).resolve())
+    if (base.get("bias") or {}).get("cv"):
+        base["bias"]["cv"] = str((args.config.parent / base["bias"]["cv"]).resolve())
     for seed in args.seeds:
         work = args.work / f"seed{seed}"
         shutil.rmtree(work, ignore_errors=True)
