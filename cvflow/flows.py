@@ -98,10 +98,12 @@ class MoleculeCoordinates(nn.Module):
                  torsion_mean=None, torsion_half=None):
         super().__init__()
         nt = zmatrix.n_torsions
+        # not in the state dict: params() records them, and a checkpoint from before they
+        # existed (every torsion periodic) still loads
         self.register_buffer("torsion_mean", torch.as_tensor(
-            np.zeros(nt) if torsion_mean is None else torsion_mean, dtype=torch.float64))
+            np.zeros(nt) if torsion_mean is None else torsion_mean, dtype=torch.float64), persistent=False)
         self.register_buffer("torsion_half", torch.as_tensor(
-            np.full(nt, math.pi) if torsion_half is None else torsion_half, dtype=torch.float64))
+            np.full(nt, math.pi) if torsion_half is None else torsion_half, dtype=torch.float64), persistent=False)
         self.zmatrix = zmatrix
         nb = len(bond_mean)
         fixed = np.zeros(nb, bool) if fixed_bonds is None else ~np.isnan(np.asarray(fixed_bonds, float))
@@ -163,7 +165,7 @@ class MoleculeCoordinates(nn.Module):
                 "torsion_mean": self.torsion_mean.tolist(), "torsion_half": self.torsion_half.tolist()}
 
     def _log_scale(self) -> float:
-        """Σ log(dq/dy) over the free bonds and angles (a constant)."""
+        """Σ log(dq/dy) over the free bonds, the angles and the torsions (a constant)."""
         free = ~self.fixed_mask
         return float((self.bond_half[free] / math.pi).log().sum() + (self.angle_half / math.pi).log().sum()
                      + (self.torsion_half / math.pi).log().sum())

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from cvflow.cli import main
 from cvflow.config import config_from_dict
 from cvflow.energy import OpenMMEnergy
-from cvflow.flows import BoltzmannGenerator, MoleculeCoordinates, ToyCoordinates
+from cvflow.flows import BoltzmannGenerator, MoleculeCoordinates, ToyCoordinates, coordinates_from_params
 from cvflow.generate import GenerateRun, prepare_generate_dir
 from cvflow.internal import ZMatrix
 from cvflow.system import build_system
@@ -118,6 +118,8 @@ def test_narrow_torsions_are_mapped_like_angles_and_wide_ones_stay_periodic(ala2
     back, ld_from = coords.from_flow(y)
     assert float((back - canon).abs().max()) < 1e-5
     assert torch.allclose(ld_to, -ld_from, atol=1e-9)
+    again = coordinates_from_params(coords.params(), zm)  # what a checkpoint restores
+    assert torch.equal(again.to_flow(canon)[0], y)
 
 
 def test_molecule_flow_log_prob_matches_its_samples(ala2_coords):
