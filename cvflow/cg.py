@@ -40,6 +40,7 @@ from . import artifacts as art
 from .config import Config, ConfigError, dump_config
 from .energy import energy, regularised
 from .generative import GenerativeRun, prepare_output_dir
+from .internal import wrap_angle
 from .models.vae import VAE
 from .progress import log
 from .report import phi_psi_degrees
@@ -178,7 +179,7 @@ class InternalSpace:
 
     def to_v(self, x: np.ndarray) -> np.ndarray:
         b, a, t = self.zmatrix.to_internal(torch.as_tensor(np.asarray(x, np.float64)))
-        dt = torch.remainder(t - self.t0 + math.pi, 2 * math.pi) - math.pi
+        dt = wrap_angle(t - self.t0)
         return torch.cat([(b[:, self.free] - self.b0[self.free]) / self.sb, (a - self.a0) / self.sa, dt], 1).numpy()
 
     def periodic(self) -> np.ndarray:

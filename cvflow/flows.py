@@ -27,9 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .internal import ZMatrix
+from .internal import ZMatrix, wrap_angle
 
-TWO_PI = 2 * math.pi
 EDGE = 1e-4  # data are kept this far inside (−π, π) in the flow's space
 NARROW_TORSION = 1.0  # a torsion whose ±width circular standard deviations fit in (−π, π) is not periodic
 
@@ -177,7 +176,7 @@ class MoleculeCoordinates(nn.Module):
         free = ~self.fixed_mask
         yb = math.pi * (bonds[:, free] - self.bond_mean[free]) / self.bond_half[free]
         ya = math.pi * (angles - self.angle_mean) / self.angle_half
-        yt = math.pi * _wrap(tors - self.torsion_mean) / self.torsion_half
+        yt = math.pi * wrap_angle(tors - self.torsion_mean) / self.torsion_half
         y = torch.cat([yb, ya, yt], 1)
         y = torch.clamp(y, -math.pi + EDGE, math.pi - EDGE)
         _, logdet_cart = self.zmatrix.to_cartesian(bonds, angles, tors)
@@ -191,7 +190,7 @@ class MoleculeCoordinates(nn.Module):
         bonds = self.fixed_value.expand(len(y), -1).clone()
         bonds[:, free] = self.bond_mean[free] + self.bond_half[free] * y[:, :nf] / math.pi
         angles = self.angle_mean + self.angle_half * y[:, nf:nf + na] / math.pi
-        tors = _wrap(self.torsion_mean + self.torsion_half * y[:, nf + na:] / math.pi)
+        tors = wrap_angle(self.torsion_mean + self.torsion_half * y[:, nf + na:] / math.pi)
         x, logdet_cart = self.zmatrix.to_cartesian(bonds, angles, tors)
         return x, logdet_cart + self._log_scale()
 
@@ -203,10 +202,6 @@ def coordinates_from_params(p: dict, zmatrix: ZMatrix | None = None) -> nn.Modul
     return MoleculeCoordinates(zmatrix, np.array(p["fixed_bonds"], float), p["bond_mean"], p["bond_half"],
                                p["angle_mean"], p["angle_half"], p.get("torsion_mean"), p.get("torsion_half"))
 
-
-def _wrap(a: torch.Tensor) -> torch.Tensor:
-    """Angles into [−π, π)."""
-    return torch.remainder(a + math.pi, TWO_PI) - math.pi
 
 
 class BoltzmannGenerator(nn.Module):

@@ -145,6 +145,11 @@ class ZMatrix:
         return torch.cat([x[:, o1, :1], x[:, o2, :2], x[:, rest].reshape(len(x), -1)], 1)
 
 
+def wrap_angle(a: torch.Tensor) -> torch.Tensor:
+    """Angles (radians) into [−π, π)."""
+    return torch.remainder(a + np.pi, 2 * np.pi) - np.pi
+
+
 def _angle(a, b, c):
     """∠(a, b, c) at b, in [0, π]."""
     u, v = a - b, c - b

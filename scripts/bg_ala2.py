@@ -43,10 +43,8 @@ def main():
            "source_run": str(args.source), "reference_delta_f": ref_df, "reference_error": ref_err,
            "source_production_delta_f": (src.get("delta_f", {}).get("C7ax") or {}).get("value"),
            "source_production_frames": src.get("frames"), "seeds": {}}
-    base = yaml.safe_load(args.config.read_text())
-    base["system"]["pdb"] = str((args.config.parent / base["system"]["pdb"]).resolve())
-    if (base.get("bias") or {}).get("cv"):
-        base["bias"]["cv"] = str((args.config.parent / base["bias"]["cv"]).resolve())
+    from cvflow.config import dump_config, load_config
+    base = dump_config(load_config(args.config))  # every path resolved, so the copies may live anywhere
     for seed in args.seeds:
         work = args.work / f"seed{seed}"
         shutil.rmtree(work, ignore_errors=True)

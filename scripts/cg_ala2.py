@@ -176,11 +176,8 @@ def main() -> int:
     print(f"reference Rg {ref['rg_nm']:.5f} ± {ref['rg_error_nm']:.5f} nm")
     from cvflow.cg import js_divergence
     rows = []
-    base = yaml.safe_load(Path(args.config).read_text())
-    here = Path(args.config).resolve().parent
-    base["system"]["pdb"] = str((here / base["system"]["pdb"]).resolve())
-    if base.get("bias", {}).get("cv"):
-        base["bias"]["cv"] = str((here / base["bias"]["cv"]).resolve())
+    from cvflow.config import dump_config, load_config
+    base = dump_config(load_config(args.config))  # every path resolved, so the copies may live anywhere
     for n in args.n:
         for seed in args.seeds:
             out = work / f"n{n}-seed{seed}"

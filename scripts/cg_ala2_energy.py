@@ -27,7 +27,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 KB = 0.0083144626
@@ -104,10 +103,8 @@ def main() -> int:
     ap.add_argument("--json", default=str(ROOT / "docs" / "measurements" / "cg-ala2-energy-cpu-vm.json"))
     args = ap.parse_args()
     cfg = Path(args.config).resolve()
-    base = yaml.safe_load(cfg.read_text())
-    base["system"]["pdb"] = str((cfg.parent / base["system"]["pdb"]).resolve())
-    if base.get("bias", {}).get("cv"):
-        base["bias"]["cv"] = str((cfg.parent / base["bias"]["cv"]).resolve())
+    from cvflow.config import dump_config, load_config
+    base = dump_config(load_config(cfg))  # every path resolved, so the copies may live anywhere
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     ref = reference()

@@ -19,6 +19,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..internal import wrap_angle
 from .base import MLP, CVModel, Unsqueeze1, encoder_mlp
 
 LOG_2PI = math.log(2 * math.pi)
@@ -42,7 +43,7 @@ def gaussian_log_prob(x: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
 def wrapped_gaussian_log_prob(x: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
     """Σ_d log of the wrapped normal density (period 2π) of x_d around mean_d, per element
     (not summed): log Σ_k N(δ + 2πk; 0, exp(logvar)), δ = x − mean wrapped into [−π, π)."""
-    d = torch.remainder(x - mean + math.pi, 2 * math.pi) - math.pi
+    d = wrap_angle(x - mean)
     return torch.logsumexp(gaussian_log_terms(d[..., None] + WRAPS.to(x.dtype), 0.0, logvar[..., None]), -1)
 
 
