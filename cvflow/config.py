@@ -352,6 +352,9 @@ class ModelConfig(Strict):
     learning_rate: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     patience: PositiveInt = 20
+    # independent starts per training (a warm start has one); the network with the lowest
+    # validation loss is kept, and the bootstrap networks do the same
+    restarts: PositiveInt = 1
     validation_fraction: float = Field(0.2, gt=0, lt=1)
     reweight: bool = True
     # what iteration i trains on: its own frames (iteration, the paper's), or also those of

@@ -34,6 +34,7 @@ class TrainResult:
     history: list = field(default_factory=list)  # (epoch, train_loss, val_loss)
     best_val: float = math.inf
     epochs_run: int = 0
+    start_losses: list = field(default_factory=list)  # best validation loss of each start (model.restarts)
 
 
 def save_result(result: TrainResult, path) -> None:
@@ -127,7 +128,7 @@ def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progr
     if not np.all(np.isfinite(x)):
         raise TrainingError(f"{label}: features contain non-finite values")
     rng = np.random.default_rng(seed)
-    torch.manual_seed(int(rng.integers(2**31)))
+    torch_seed = int(rng.integers(2**31))
     if model_cfg.threads:
         torch.set_num_threads(model_cfg.threads)
     if init is not None:
@@ -151,15 +152,46 @@ def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progr
         xe = torch.from_numpy(((extra - mean) / std).astype(np.float32)).to(dev)
         ones_e = torch.ones(len(xe), device=dev)
         n_e = min(len(xe), max(1, model_cfg.batch_size // 4))
-    model = build_model(model_cfg, x.shape[1])
-    if init is not None:
-        model.load_state_dict(init.model.state_dict())
-    model = model.to(dev)
+    else:
+        xe = ones_e = None
+        n_e = 0
+    batch_seed = int(rng.integers(2**31))
+    # model.restarts: several starts on the same training/validation split, the one with the
+    # lowest validation loss kept (as k-means keeps its best of n_init); start 1 draws the
+    # same numbers as a single start. A warm start has one start: the network it starts from.
+    starts = 1 if init is not None else int(getattr(model_cfg, "restarts", 1) or 1)
+    best, losses = None, []
+    for r in range(starts):
+        if r:
+            torch_seed, batch_seed = (int(v) for v in np.random.SeedSequence([seed, r]).generate_state(2) % 2**31)
+        torch.manual_seed(torch_seed)
+        model = build_model(model_cfg, x.shape[1])
+        if init is not None:
+            model.load_state_dict(init.model.state_dict())
+        step = progress if progress is None or starts == 1 else (
+            lambda e, n, tl, vl, r=r: progress(r * n + e, starts * n, tl, vl))
+        res = _fit(model.to(dev), model_cfg, xt, wt, xv, wv, (xe, ones_e, n_e, extra_weight) if has_extra else None,
+                   batch_seed, step, label if starts == 1 else f"{label}, start {r + 1} of {starts}")
+        losses.append(res.best_val)
+        if best is None or res.best_val < best.best_val:
+            best = res
+    best.mean, best.std, best.start_losses = mean, std, losses
+    return best
+
+
+def _fit(model, model_cfg, xt, wt, xv, wv, extra, batch_seed: int, progress, label: str) -> TrainResult:
+    """One start of :func:`train_model`: Adam on minibatches of (xt, wt), early stopping on
+    the validation loss over (xv, wv); ``extra``: (frames, ones, frames per batch, weight)
+    of the transition states, or None. The best epoch's network, on the CPU."""
+    dev = xt.device
+    has_extra = extra is not None
+    if has_extra:
+        xe, ones_e, n_e, extra_weight = extra
     opt = _adam(model, model_cfg)
     best_state, best_val, bad = None, math.inf, 0
     history = []
     bs = model_cfg.batch_size
-    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    gen = torch.Generator().manual_seed(batch_seed)
     epoch = 0
     for epoch in range(1, model_cfg.epochs + 1):
         check_stop(f"{label}, epoch {epoch}")  # SIGTERM/Ctrl-C: the stage is redone on --resume
@@ -206,7 +238,7 @@ def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progr
     if best_state is not None:
         model.load_state_dict(best_state)
     model = model.cpu().eval()
-    return TrainResult(model, mean, std, history, best_val, epoch)
+    return TrainResult(model, None, None, history, best_val, epoch)
 
 
 def encode(result: TrainResult, x: np.ndarray) -> np.ndarray:

@@ -436,6 +436,9 @@ class Workflow:
         how = "early stop" if result.epochs_run < cfg.model.epochs else "the epoch limit"
         log.info(f"iteration {i} training: {result.epochs_run} of at most {cfg.model.epochs} epochs ({how}), "
                  f"best validation loss {result.best_val:.4g}, {t_t:.1f} s")
+        if len(result.start_losses) > 1:
+            log.info(f"iteration {i} training: {len(result.start_losses)} starts, validation losses "
+                     + ", ".join(f"{v:.4g}" for v in result.start_losses) + "; the lowest kept")
         art.write_csv(it_dir / "training.csv", ["epoch", "train_loss", "val_loss"], np.array(result.history),
                       comments=["weighted mean squared reconstruction error, normalised features"])
         export_cv(self.features, result.mean, result.std, result.model.encoder, self.bundle.n_atoms,
@@ -452,7 +455,8 @@ class Workflow:
         export_plumed(cfg, self.bundle, it_dir / "cv.pt", Grid.from_list(grid), it_dir / "plumed")
         return {"cv": f"iter_{i:03d}/cv.pt", "grid": grid, "ess": ess, "frames": len(frames),
                 "ess_warning": bool(ess < cfg.convergence.min_ess_fraction * len(w)),
-                "best_val_loss": result.best_val, "epochs": result.epochs_run, "reweighting": w_info,
+                "best_val_loss": result.best_val, "start_val_losses": result.start_losses,
+                "epochs": result.epochs_run, "reweighting": w_info,
                 "states": states, "cv_gradient": cv_stats, "decoder": decoder, "transition_states": ts_info,
                 "reweight_seconds": t_w, "training_seconds": t_t, "wall_seconds": time.perf_counter() - t0}
 

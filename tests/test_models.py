@@ -343,3 +343,22 @@ def test_knn_score_decides_the_loop_when_configured(tmp_path):
         m = json.loads((run / f"iter_{i:03d}" / "metrics.json").read_text())
         assert len(m["bootstrap_scores"]) == cfg.convergence.bootstrap.repeats * (cfg.convergence.bootstrap.repeats - 1)
         assert all(-1 <= v <= 1 for v in m["bootstrap_scores"])
+
+
+def test_restarts_keep_the_start_with_the_lowest_validation_loss():
+    """model.restarts: every start trains on the same split, the lowest validation loss is
+    kept (its network is the one returned), and start 1 is the single-start training."""
+    from cvflow.train import encode, train_model
+    rng = np.random.default_rng(5)
+    t = rng.uniform(-1, 1, 1500)
+    x = np.column_stack([np.cos(2 * t), np.sin(2 * t)]) + 0.02 * rng.standard_normal((1500, 2))  # an arc
+    cfg = ModelConfig(hidden=[8], bottleneck=1, epochs=15, patience=15, threads=1)
+    one = train_model(x, None, cfg, seed=3)
+    many = train_model(x, None, cfg.model_copy(update={"restarts": 3}), seed=3)
+    assert len(one.start_losses) == 1 and len(many.start_losses) == 3
+    assert many.start_losses[0] == pytest.approx(one.best_val, rel=1e-6)
+    assert len(set(round(v, 8) for v in many.start_losses)) == 3      # different starts
+    assert many.best_val == min(many.start_losses)
+    # the returned network is the kept start's: the single start's when that is the lowest
+    same = np.allclose(encode(many, x[:50]), encode(one, x[:50]))
+    assert same == (int(np.argmin(many.start_losses)) == 0), many.start_losses
