@@ -55,7 +55,7 @@ def delta_f(fes: np.ndarray, phi_grid: np.ndarray, kT: float) -> float:
 
 
 def run_seed(args) -> dict:
-    (seed, cfg_path, ns, every, window, tol, min_ns, bias_factor, height, width_deg, pace, out_dir, static_ns,
+    (seed, cfg_path, ns, every, window, tol, min_ns, bias_factor, height, width_deg, pace, static_ns,
      static_every) = args
     import openmm as mm
     from openmm import app, unit as u
@@ -74,8 +74,6 @@ def run_seed(args) -> dict:
         f = mm.CustomTorsionForce("theta")
         f.addTorsion(*idx)
         cvs.append(app.BiasVariable(f, -np.pi, np.pi, np.deg2rad(width_deg), periodic=True, gridWidth=73))
-    bias_dir = Path(out_dir) / f"bias-seed{seed}"
-    bias_dir.mkdir(parents=True, exist_ok=True)
     meta = app.Metadynamics(system, cvs, T * u.kelvin, bias_factor, height * u.kilojoule_per_mole, pace,
                             saveFrequency=None, biasDir=None)
     integ = mm.LangevinMiddleIntegrator(T * u.kelvin, cfg.md.friction / u.picosecond, cfg.md.timestep * u.picosecond)
@@ -164,7 +162,7 @@ def main() -> int:
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     jobs = [(s, args.config, args.ns, args.every, args.window, args.tol, args.min_ns, args.bias_factor,
-             args.height, args.width, args.pace, str(out.parent / "tmp-ala2-reference"), args.static_ns,
+             args.height, args.width, args.pace, args.static_ns,
              args.static_every) for s in args.seeds]
     with mp.get_context("spawn").Pool(len(jobs)) as pool:
         results = pool.map(run_seed, jobs)
