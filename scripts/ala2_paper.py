@@ -12,7 +12,8 @@ since a linear fit scores even ξ = (φ, ψ) at about 0.5, the R² of a k-neares
 regression of those four on the CV: how far the CV determines φ and ψ), the
 fraction of frames with φ > 0, recoveries from blow-ups, and the wall time of each part;
 then, for the production run, ΔF(C7ax − C7eq) with its block-bootstrap error against the
-reference of scripts/ala2_reference.py (docs/measurements/ala2-reference.json). For every
+reference (docs/measurements/ala2-reference-combined.json: scripts/ala2_reference.py's
+metadynamics with its bias frozen, exact weights; see the README). For every
 biased stage it also gives ΔF on the same frames by both reweightings (``extended``, by λ,
 and ``czar``, by the CZAR F(ξ) over ρ̃(ξ)), whichever the run used. With
 ``convergence.production_frozen_steps`` the run's ΔF comes from the stage under the
@@ -158,16 +159,21 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4])
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     ap.add_argument("--out", default="runs/ala2-paper")
-    ap.add_argument("--reference", default=str(ROOT / "docs" / "measurements" / "ala2-reference.json"))
+    ap.add_argument("--reference", default=str(ROOT / "docs" / "measurements" / "ala2-reference-combined.json"),
+                    help="scripts/ala2_reference_combine.py's JSON (its exact-weight value), or "
+                         "scripts/ala2_reference.py's (its bias-surface value)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     outs = [Path(args.out) / f"seed{s}" for s in args.seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
         walls = list(pool.map(lambda a: run_one(args.config, *a), zip(outs, args.seeds)))
     ref = json.loads(Path(args.reference).read_text())
-    ref_df, ref_err = ref["delta_f_C7ax_minus_C7eq"], ref["error"]
+    if "exact" in ref:
+        ref_df, ref_err, how = ref["exact"]["delta_f"], ref["exact"]["error"], "metadynamics bias frozen, exact weights"
+    else:
+        ref_df, ref_err, how = ref["delta_f_C7ax_minus_C7eq"], ref["error"], "well-tempered metadynamics surface"
     results = []
-    print(f"reference ΔF(C7ax − C7eq) = {ref_df:.2f} ± {ref_err:.2f} kJ/mol (well-tempered metadynamics)")
+    print(f"reference ΔF(C7ax − C7eq) = {ref_df:.2f} ± {ref_err:.2f} kJ/mol ({how})")
     for seed, out, wall in zip(args.seeds, outs, walls):
         r = analyse(args.config, out)
         r["seed"], r["wall_seconds_this_call"] = seed, wall
