@@ -11,7 +11,7 @@ difference, and each seed of ``--runs`` (scripts/ala2_paper.py's JSON) against b
 
     python scripts/ala2_reference_combine.py \
         --references docs/measurements/ala2-reference-static.json docs/measurements/ala2-reference-static-seeds3-6.json \
-        --runs docs/measurements/ala2-paper-pooled-warm-cpu-vm.json --json docs/measurements/ala2-reference-combined.json
+        --runs docs/measurements/ala2-paper-pooled-warm-cpu-vm.json docs/measurements/ala2-paper-pooled-warm-seeds5-6-cpu-vm.json --json docs/measurements/ala2-reference-combined.json
 """
 from __future__ import annotations
 
