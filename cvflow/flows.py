@@ -203,7 +203,6 @@ def coordinates_from_params(p: dict, zmatrix: ZMatrix | None = None) -> nn.Modul
                                p["angle_mean"], p["angle_half"], p.get("torsion_mean"), p.get("torsion_half"))
 
 
-
 class BoltzmannGenerator(nn.Module):
     """A zuko flow on the coordinates' space y, and the density it gives configurations:
     log q(x) = log q_y(y(x)) + log|dy/dx|.

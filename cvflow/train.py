@@ -159,7 +159,7 @@ def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progr
     # model.restarts: several starts on the same training/validation split, the one with the
     # lowest validation loss kept (as k-means keeps its best of n_init); start 1 draws the
     # same numbers as a single start. A warm start has one start: the network it starts from.
-    starts = 1 if init is not None else int(getattr(model_cfg, "restarts", 1) or 1)
+    starts = 1 if init is not None else model_cfg.restarts
     best, losses = None, []
     for r in range(starts):
         if r:
@@ -171,18 +171,20 @@ def train_model(x: np.ndarray, w: np.ndarray | None, model_cfg, seed: int, progr
         step = progress if progress is None or starts == 1 else (
             lambda e, n, tl, vl, r=r: progress(r * n + e, starts * n, tl, vl))
         res = _fit(model.to(dev), model_cfg, xt, wt, xv, wv, (xe, ones_e, n_e, extra_weight) if has_extra else None,
-                   batch_seed, step, label if starts == 1 else f"{label}, start {r + 1} of {starts}")
+                   batch_seed, step, label if starts == 1 else f"{label}, start {r + 1} of {starts}", mean, std)
         losses.append(res.best_val)
         if best is None or res.best_val < best.best_val:
             best = res
-    best.mean, best.std, best.start_losses = mean, std, losses
+    best.start_losses = losses
     return best
 
 
-def _fit(model, model_cfg, xt, wt, xv, wv, extra, batch_seed: int, progress, label: str) -> TrainResult:
+def _fit(model, model_cfg, xt, wt, xv, wv, extra, batch_seed: int, progress, label: str,
+         mean: np.ndarray, std: np.ndarray) -> TrainResult:
     """One start of :func:`train_model`: Adam on minibatches of (xt, wt), early stopping on
     the validation loss over (xv, wv); ``extra``: (frames, ones, frames per batch, weight)
-    of the transition states, or None. The best epoch's network, on the CPU."""
+    of the transition states, or None. The best epoch's network, on the CPU, with the
+    input normalisation (mean, std) it was trained under."""
     dev = xt.device
     has_extra = extra is not None
     if has_extra:
@@ -238,7 +240,7 @@ def _fit(model, model_cfg, xt, wt, xv, wv, extra, batch_seed: int, progress, lab
     if best_state is not None:
         model.load_state_dict(best_state)
     model = model.cpu().eval()
-    return TrainResult(model, None, None, history, best_val, epoch)
+    return TrainResult(model, mean, std, history, best_val, epoch)
 
 
 def encode(result: TrainResult, x: np.ndarray) -> np.ndarray:

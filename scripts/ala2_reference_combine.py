@@ -34,14 +34,26 @@ def main() -> int:
     ap.add_argument("--runs", type=Path, nargs="*", default=[])
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    def read(path: Path, key: str) -> dict:
+        try:
+            data = json.loads(path.read_text())
+            data[key]
+            return data
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"error: {path}: not a JSON file with '{key}' ({type(e).__name__})", file=sys.stderr)
+            sys.exit(2)
+
     seeds = []
     for path in args.references:
-        for s in json.loads(path.read_text())["seeds"]:
+        for s in read(path, "seeds")["seeds"]:
             if "delta_f_static" in s:
                 seeds.append({"file": str(path), "seed": s["seed"], "metadynamics_ns": s["ns"],
                               "static_ns": s["static_ns"], "surface": s["delta_f"], "exact": s["delta_f_static"]})
+    if not seeds:
+        print("error: no seed in --references has a frozen-bias stage (delta_f_static)", file=sys.stderr)
+        return 2
     if len({s["seed"] for s in seeds}) != len(seeds):
-        print("a seed appears twice in --references", file=sys.stderr)
+        print("error: a seed appears twice in --references", file=sys.stderr)
         return 2
     surface = mean_se([s["surface"] for s in seeds])
     exact = mean_se([s["exact"] for s in seeds])
@@ -49,20 +61,24 @@ def main() -> int:
     out = {"seeds": seeds, "surface": {"delta_f": surface[0], "error": surface[1]},
            "exact": {"delta_f": exact[0], "error": exact[1]},
            "exact_minus_surface": {"mean": diff[0], "error": diff[1]}, "runs": []}
-    print(f"{len(seeds)} seeds: bias surface {surface[0]:.2f} ± {surface[1]:.2f}, frozen bias (exact weights) "
-          f"{exact[0]:.2f} ± {exact[1]:.2f}, paired difference {diff[0]:+.2f} ± {diff[1]:.2f} kJ/mol")
+    lines = [f"{len(seeds)} seeds: bias surface {surface[0]:.2f} ± {surface[1]:.2f}, frozen bias (exact weights) "
+             f"{exact[0]:.2f} ± {exact[1]:.2f}, paired difference {diff[0]:+.2f} ± {diff[1]:.2f} kJ/mol"]
     for path in args.runs:
-        d = json.loads(path.read_text())
-        for r in d["seeds"]:
+        for r in read(path, "seeds")["seeds"]:
             if r.get("delta_f") is None:
                 continue
             row = {"file": str(path), "seed": r["seed"], "delta_f": r["delta_f"], "error": r.get("delta_f_error"),
                    "minus_surface": r["delta_f"] - surface[0], "minus_exact": r["delta_f"] - exact[0]}
             out["runs"].append(row)
-            print(f"{path.name} seed {r['seed']}: {r['delta_f']:.2f} ± {row['error']:.2f}; "
-                  f"{row['minus_surface']:+.2f} from the surface reference, {row['minus_exact']:+.2f} from the exact one")
-    if args.json:
+            lines.append(f"{path.name} seed {r['seed']}: {r['delta_f']:.2f} ± {row['error']:.2f}; "
+                         f"{row['minus_surface']:+.2f} from the surface reference, "
+                         f"{row['minus_exact']:+.2f} from the exact one")
+    if args.json:  # written before anything is printed: a closed pipe cannot lose it
         args.json.write_text(json.dumps(out, indent=1) + "\n")
+    try:
+        print("\n".join(lines))
+    except BrokenPipeError:  # e.g. | head
+        sys.stderr.close()
     return 0
 
 

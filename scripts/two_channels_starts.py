@@ -42,9 +42,14 @@ def main() -> int:
     ap.add_argument("--starts", type=int, default=8)
     ap.add_argument("--alpha", type=float, default=1.0, help="train on the weights to this power")
     args = ap.parse_args()
+    d = args.run / f"iter_{args.iteration:03d}"
+    for f in (args.run / "config.resolved.yaml", d / "md" / "traj.npy", d / "weights.npy"):
+        if not f.is_file():
+            print(f"error: {f} does not exist (a finished run of scripts/two_channels.py and one of its "
+                  "iterations are needed)", file=sys.stderr)
+            return 2
     cfg = config_from_dict(yaml.safe_load((args.run / "config.resolved.yaml").read_text())["config"])
     cfg.model.threads = 1
-    d = args.run / f"iter_{args.iteration:03d}"
     x = np.load(d / "md" / "traj.npy").reshape(-1, 3).astype(np.float64)
     w = np.load(d / "weights.npy") ** args.alpha
     for s in range(args.starts):
