@@ -335,7 +335,7 @@ class CGRun(GenerativeRun):
         model = VAE(space.dim, list(c.hidden), c.latent, c.activation, "identity", decoder_gain=energy_mode,
                     prior_components=c.prior_components if energy_mode else 1,
                     prior_separation=c.prior_separation).double()
-        model.set_periodic(space.periodic())
+        model.set_periodic(space.periodic(), c.torsion_sigma_max)
         return model
 
     # -- training ------------------------------------------------------------------------------------

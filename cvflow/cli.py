@@ -481,13 +481,15 @@ def _echo_states(run) -> None:
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--iteration", type=int, default=None, help="Iteration (default: production, else the last one).")
+@click.option("--reweighted", is_flag=True,
+              help="The production's reweighted histogram of ξ (fes_reweighted.csv) instead of its CZAR fes.csv.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="fes.png", show_default=True)
 @_guard
-def fes(run_dir, iteration, output):
+def fes(run_dir, iteration, reweighted, output):
     """Plot a free energy of RUN_DIR (kJ/mol, with a kT scale) to a PNG."""
     from .report import fes_path, load_run, plot_fes
     run = load_run(run_dir)
-    path, label = fes_path(run, iteration)
+    path, label = fes_path(run, iteration, reweighted)
     plot_fes(path, run.kT, Path(output), label)
     click.echo(f"{output}: free energy of {label} ({path})")
     _echo_states(run)

@@ -654,6 +654,9 @@ class CGConfig(Strict):
     samples: PositiveInt = 20_000          # generated configurations (pooled over the draws)
     states: Optional[dict[str, ToyBox]] = None
     energy_cut: float = Field(1000.0, gt=0)  # β_s U/kT above the structure's: log-capped above
+    # the decoder's largest σ in a torsion (radians; 2.5 is near uniform): smaller, and only
+    # z can spread a torsion over several wells, so the latent must tell them apart
+    torsion_sigma_max: float = Field(2.5, gt=0, le=2.5)
     checkpoint_every: PositiveInt = 200
     platform: Literal["Reference", "CPU", "CUDA", "OpenCL"] = "Reference"
 

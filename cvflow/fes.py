@@ -379,6 +379,50 @@ def write_fes(path, stats: CZARStats, engine: str = "native") -> dict:
 _PERIODS = "periods: "
 
 
+def histogram_free_energy(grid: Grid, xi: np.ndarray, w: np.ndarray, kT: float) -> tuple[np.ndarray, np.ndarray]:
+    """F on ``grid`` from frames' CV values ``xi`` (n, d) and weights ``w`` (their unbiased
+    reweighting factors): −kT ln of the weighted share of each bin per unit CV volume,
+    minimum 0, NaN where no frame falls (kJ/mol); and the frames per bin.
+
+    The probability of a bin, as a quadrature of the exact density gives it. Where the CV
+    folds (its range ends inside a basin, as a learned CV's does at a well whose two sides it
+    maps alike) the density has an integrable singularity, and a gradient integral (CZAR,
+    :meth:`CZARStats.free_energy`) is off in the end bins; a histogram is not (README,
+    "Several pathways"). Frames outside the grid are not counted; periodic dimensions wrap."""
+    xi = np.asarray(xi, float).reshape(len(xi), grid.dim)
+    w = np.asarray(w, float).reshape(len(xi))
+    periods = grid.periods
+    wrapped = np.where(periods > 0, grid.mins + np.mod(xi - grid.mins, np.where(periods > 0, periods, 1.0)), xi)
+    k = np.floor((wrapped - grid.mins) / grid.widths).astype(np.int64)
+    k = np.where(periods > 0, np.mod(k, grid.bins), k)
+    inside = np.all((k >= 0) & (k < grid.bins), axis=1) & np.isfinite(w)
+    mass = np.zeros(tuple(grid.bins))
+    count = np.zeros(tuple(grid.bins))
+    np.add.at(mass, tuple(k[inside].T), w[inside])
+    np.add.at(count, tuple(k[inside].T), 1.0)
+    total = mass.sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = np.where(mass > 0, -kT * np.log(mass / (total * np.prod(grid.widths))), np.nan)
+    if np.any(np.isfinite(f)):
+        f = f - np.nanmin(f)
+    return f, count
+
+
+def write_histogram_fes(path, grid: Grid, xi: np.ndarray, w: np.ndarray, kT: float, weights: str) -> None:
+    """``fes_reweighted.csv``, laid out as ``fes.csv`` (:func:`read_fes` reads both): the
+    :func:`histogram_free_energy` of reweighted frames; ``weights`` names their estimator."""
+    f, count = histogram_free_energy(grid, xi, w, kT)
+    mesh = grid.mesh().reshape(-1, grid.dim)
+    header = [f"cv{i + 1}" for i in range(grid.dim)] + ["free_energy", "count"]
+    write_csv(path, header, np.column_stack([mesh, f.reshape(-1), count.reshape(-1)]), comments=[
+        f"free energy from the reweighted histogram of the frames' CV values (weights: {weights})",
+        "cv columns: bin centres in CV units; free_energy: kJ/mol, minimum 0, NaN where no frame falls; "
+        "count: frames per bin",
+        f"kT = {kT:.6g} kJ/mol",
+        _PERIODS + " ".join(f"{p:.17g}" for p in grid.periods) + "  (0: not periodic)",
+    ])
+
+
 def read_fes(path, with_periods: bool = False):
     """Return ``(centres (n, d), free_energy (n,), count (n,))`` from ``fes.csv``.
 

@@ -211,8 +211,15 @@ def plot_fes(fes_csv: Path, kT: float, out: Path, title: str = "") -> Path:
     return out
 
 
-def fes_path(run: RunRecord, iteration: int | None) -> tuple[Path, str]:
-    """The fes.csv of an iteration, or of production (default; else the last biased iteration)."""
+def fes_path(run: RunRecord, iteration: int | None, reweighted: bool = False) -> tuple[Path, str]:
+    """The fes.csv of an iteration, or of production (default; else the last biased iteration);
+    with ``reweighted``, the production's reweighted histogram (``fes_reweighted.csv``)."""
+    if reweighted:
+        path = run.dir / "production" / "fes_reweighted.csv"
+        if iteration is not None or not path.exists():
+            raise ConfigError(f"{run.dir}: --reweighted is the production's fes_reweighted.csv, which "
+                              + ("has no iteration" if iteration is not None else "this run does not have (yet)"))
+        return path, "production, reweighted histogram"
     if iteration is not None:
         recs = [r for r in run.iterations if r.index == iteration]
         if not recs:

@@ -316,7 +316,11 @@ def _write_checkpoint(sim, bias, ckpt_dir: Path, chunk_dir: Path, step: int, fra
         art.write_npy(chunk_dir / f"steps_{step:012d}.npy", np.array(frame_steps))
     if bias is not None:
         rows = bias.take_colvar()
-        art.write_npy(chunk_dir / f"colvar_{step:012d}.npy", rows)
+        chunk = chunk_dir / f"colvar_{step:012d}.npy"
+        if chunk.exists():  # the checkpoint a recovery restarted from, rewritten: keep its rows
+            old = np.load(chunk)
+            rows = old if not len(rows) else rows if not len(old) else np.concatenate([old, rows])
+        art.write_npy(chunk, rows)
         art.write_npz(ckpt_dir / f"bias_{step:012d}.npz", **bias.state_arrays())
     art.write_bytes(ckpt_dir / f"md_{step:012d}.chk", sim.context.createCheckpoint())
     # portable too: a job resumed on another node may have another platform (CUDA -> CPU)

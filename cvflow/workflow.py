@@ -319,6 +319,7 @@ class Workflow:
                                    "iterations": len(iterations)},
                    "iterations": iterations, "final_cv": final_cv,
                    "final_fes": prod["frozen"]["fes"] if "frozen" in prod else prod.get("fes"),
+                   "final_fes_reweighted": analysis.get("fes_reweighted"),
                    "production": prod, "production_analysis": analysis,
                    "states": analysis.get("states"),
                    "engine": self.engine, "wall_seconds_this_session": time.perf_counter() - t_start}
@@ -629,25 +630,24 @@ class Workflow:
         return {"threshold": max(quantile, bs.min_threshold), "bootstrap_quantile": quantile,
                 "threshold_floored": bool(floored), "bootstrap_scores": scores.tolist()}
 
-    def _states(self, frames: np.ndarray, seg_dir: Path, xi: np.ndarray | None, weights_out: Path | None = None):
+    def _frame_weights(self, seg_dir: Path, xi: np.ndarray | None, n: int) -> tuple[np.ndarray, str]:
+        """A segment's frames' normalised weights, reweighted by ``bias.reweighting`` when the
+        segment was biased on ξ (``xi``: its values on the frames; None for an unbiased
+        segment; see :func:`cvflow.dataset.stage_log_weights`), and the estimator's name:
+        extended, czar, frozen (exact) or unbiased."""
+        if xi is None:
+            return np.full(n, 1.0 / n), "unbiased"
+        logw, info = stage_log_weights(seg_dir, self.beta, self.cfg.bias.reweighting, xi)
+        w = normalised_weights(logw) if np.isfinite(logw).any() else np.full(n, 1.0 / n)
+        return w, info.get("estimator", self.cfg.bias.reweighting)
+
+    def _states(self, frames: np.ndarray, seg_dir: Path, xi: np.ndarray | None, weighted=None):
         """Populations and free energies of the config's ``states`` on a segment's frames,
-        reweighted by ``bias.reweighting`` when the segment was biased on ξ (``xi``: its
-        values on the frames; None for an unbiased segment; see
-        :func:`cvflow.dataset.stage_log_weights`). None when no states are configured."""
-        if not self.cfg.states and weights_out is None:
-            return None
-        n = len(frames)
-        estimator = "unbiased"
-        if xi is not None:
-            logw, info = stage_log_weights(seg_dir, self.beta, self.cfg.bias.reweighting, xi)
-            w = normalised_weights(logw) if np.isfinite(logw).any() else np.full(n, 1.0 / n)
-            estimator = info.get("estimator", self.cfg.bias.reweighting)
-        else:
-            w = np.full(n, 1.0 / n)
-        if weights_out is not None:
-            art.write_npy(weights_out, w)
+        weighted by ``weighted`` ((weights, estimator)) or by :meth:`_frame_weights`. None
+        when no states are configured."""
         if not self.cfg.states:
             return None
+        w, estimator = weighted if weighted is not None else self._frame_weights(seg_dir, xi, len(frames))
         import mdtraj as md
         from .states import state_free_energies, state_membership
         traj = md.Trajectory(frames.astype(np.float32), self.frame_topology)
@@ -658,15 +658,22 @@ class Workflow:
         return res
 
     def _analyse_production(self, last_train) -> dict:
-        """Production frames reweighted (``production/weights.npy``) and the states' free energies."""
+        """Production frames reweighted (``production/weights.npy``), the free energy along
+        the final CV as their histogram (``production/fes_reweighted.csv``, beside the stage's
+        CZAR ``fes.csv``: right in the end bins where the CV folds, see
+        :func:`cvflow.fes.histogram_free_energy`) and the states' free energies."""
+        from .fes import write_histogram_fes
         out = self.run_dir / "production"
         md_dir = production_md_dir(self.run_dir)
         frames = load_frames(md_dir, self.bundle)
         xi = self._cv(self.run_dir / last_train["cv"], frames)
-        states = self._states(frames, md_dir, xi, weights_out=out / "weights.npy")
+        w, estimator = self._frame_weights(md_dir, xi, len(frames))
+        art.write_npy(out / "weights.npy", w)
+        write_histogram_fes(out / "fes_reweighted.csv", self._grid_for(last_train), xi, w, 1.0 / self.beta, estimator)
+        states = self._states(frames, md_dir, xi, (w, estimator))
         if states is not None:
             art.write_json(out / "states.json", states)
-        return {"weights": "production/weights.npy", "states": states}
+        return {"weights": "production/weights.npy", "states": states, "fes_reweighted": "production/fes_reweighted.csv"}
 
     def _production(self, last_train) -> dict:
         """The production's eABF on the final CV, from the last frame of its iteration."""

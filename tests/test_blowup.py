@@ -43,15 +43,35 @@ def _check_kept_state(out, res):
     return blow
 
 
-def test_nan_cv_stops_with_error_and_keeps_state(tmp_path):
+def _sample_nan_cv(tmp_path):
+    """``cvflow sample`` biased on :class:`NaNRight`, a checkpoint every 20 steps: (out, result)."""
     cv = tmp_path / "nan.pt"
     torch.jit.script(NaNRight()).save(str(cv))
     cfg_path, _ = _config(tmp_path, checkpoint_interval=20, report_interval=10)
     out = tmp_path / "out"
-    res = CliRunner().invoke(main, ["sample", str(cfg_path), "--cv", str(cv), "--out", str(out),
-                                    "--steps", "50000", "--grid=-2,2,40", "-q"])
+    return out, CliRunner().invoke(main, ["sample", str(cfg_path), "--cv", str(cv), "--out", str(out),
+                                          "--steps", "50000", "--grid=-2,2,40", "-q"])
+
+
+def test_nan_cv_stops_with_error_and_keeps_state(tmp_path):
+    out, res = _sample_nan_cv(tmp_path)
     blow = _check_kept_state(out, res)
     assert "non-finite CV value" in blow["reason"]
+
+
+def test_a_recovery_keeps_the_cv_rows_of_the_frames_before_its_checkpoint(tmp_path):
+    """After each recovery the stage rewrites the checkpoint it restarted from (with the
+    softer coupling). The CV rows gathered up to that checkpoint must survive it: every
+    saved frame has its colvar row (a rewrite once emptied the rows, and the finished stage
+    had fewer colvar rows than frames). The row of the frame at a checkpoint's step is
+    recorded at the next step, so it is in the next chunk: the last frame has none yet."""
+    out, res = _sample_nan_cv(tmp_path)
+    assert res.exit_code == 1 and "recoveries" in res.output, res.output
+    chunks = out / "chunks"
+    frame_steps = np.concatenate([np.load(f) for f in sorted(chunks.glob("steps_*.npy"))]).astype(np.int64)
+    row_steps = np.concatenate([np.load(f).reshape(-1, 3)[:, 0] for f in sorted(chunks.glob("colvar_*.npy"))])
+    assert len(frame_steps) >= 4
+    assert set(frame_steps[:-1]) <= set(row_steps.astype(np.int64))
 
 
 def test_nan_potential_stops_with_error_and_keeps_state(tmp_path, x_cv):

@@ -91,7 +91,7 @@ def test_wrapped_normal_for_periodic_features():
     """A periodic feature's decoder density is the wrapped normal: it integrates to 1 over one
     period for any σ up to its cap, equals the plain normal when σ ≪ π, is the same at x and
     x + 2π, and its σ is capped (2.5 rad), so the reverse KL cannot gain entropy without bound
-    by widening a torsion whose energy no longer changes."""
+    by widening a torsion whose energy no longer changes; `cg.torsion_sigma_max` lowers the cap."""
     from cvflow.models.vae import PERIODIC_LOGVAR_MAX, wrapped_gaussian_log_prob
     x = torch.linspace(-math.pi, math.pi, 20001, dtype=torch.float64)
     for sigma in (0.1, 1.0, 2.5):
@@ -110,6 +110,11 @@ def test_wrapped_normal_for_periodic_features():
         m.decoder.net[-2].bias[3:] = 50.0  # every log σ² far above the clamps
         _, xlv = m.decode(torch.zeros(4, 1, dtype=torch.float64))
     assert torch.all(xlv[:, 2] == PERIODIC_LOGVAR_MAX) and torch.all(xlv[:, :2] == 6.0)
+    m.set_periodic([False, False, True], sigma_max=0.5)  # cg.torsion_sigma_max: a tighter cap
+    with torch.no_grad():
+        _, xlv = m.decode(torch.zeros(4, 1, dtype=torch.float64))
+    assert torch.allclose(xlv[:, 2], torch.tensor(2 * math.log(0.5), dtype=torch.float64))
+    assert torch.all(xlv[:, :2] == 6.0)
 
 
 def test_tilt_kl_and_next_beta_on_gaussian_energies():

@@ -67,6 +67,11 @@ def test_fes_plot_and_a_missing_iteration(es_run, ala2_run, tmp_path):
     assert res.exit_code == 2 and "iteration 0 has no free energy" in res.output
     res = invoke("fes", run, "--iteration", 99, "-o", tmp_path / "f99.png")
     assert res.exit_code == 2 and "no iteration 99" in res.output
+    res = invoke("fes", run, "--reweighted", "-o", tmp_path / "fr.png")  # the production's reweighted histogram
+    assert res.exit_code == 0 and "fes_reweighted.csv" in res.output, res.output
+    assert (tmp_path / "fr.png").read_bytes()[:4] == b"\x89PNG"
+    res = invoke("fes", run, "--reweighted", "--iteration", 1, "-o", tmp_path / "fr1.png")
+    assert res.exit_code == 2 and "has no iteration" in res.output
 
 
 def test_report_html_links_the_pictures_it_wrote(es_run):

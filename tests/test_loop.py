@@ -27,6 +27,12 @@ def test_run_directory_and_summary(es_run):
         for f in ("cv.pt", "weights.npy", "training.csv", "metrics.json", "md/colvar.csv" if it["index"] else "md/traj.npy"):
             assert (d / f).exists(), f
     assert (run / s["final_cv"]).exists() and (run / s["final_fes"]).exists()
+    # the reweighted histogram of the production's ξ: on the production's grid, its frames all counted
+    from cvflow.fes import read_fes
+    c_czar, _, _ = read_fes(run / s["final_fes"])
+    c_hist, f_hist, count = read_fes(run / s["final_fes_reweighted"])
+    assert np.allclose(c_hist, c_czar) and np.nanmin(f_hist) == 0.0
+    assert count.sum() == len(np.load(run / "production" / "weights.npy"))
     resolved = yaml.safe_load((run / "config.resolved.yaml").read_text())
     assert set(resolved["versions"]) >= {"cvflow", "openmm", "torch", "numpy", "plumed"}
     assert resolved["engine"] == "native" and "iter_000" in resolved["seeds"]

@@ -133,8 +133,19 @@ def circle_checks(run, temperature_K: float) -> dict:
             "decoders": int(curves.shape[1]), "max_distance_from_circle": [round(float(v), 4) for v in stray],
             "channel_sign": side, "opposite_channels": bool(curves.shape[1] >= 2 and min(side) < 0 < max(side)),
             "monotonic_upper": _monotonic(upper), "monotonic_lower": _monotonic(lower),
-            "fes_rms_kT": round(err, 4), "fes_bins": nbins,
+            "fes_rms_kT": round(err, 4), "fes_bins": nbins, **reweighted_fes_rms(run, s, exact, beta),
             "wall_seconds": round(sum(it["wall_seconds"] for it in s["iterations"]) + s["production"]["wall_seconds"], 1)}
+
+
+def reweighted_fes_rms(run: Path, summary: dict, exact: np.ndarray, beta: float) -> dict:
+    """The RMS (kT, where F ≤ 5 kT) of the production's reweighted-histogram free energy
+    (``final_fes_reweighted``) against ``exact`` on the same bins; {} for a run without it."""
+    from cvflow.fes import read_fes
+    if not summary.get("final_fes_reweighted"):
+        return {}
+    _, f, _ = read_fes(run / summary["final_fes_reweighted"])
+    err, nbins = rms_kT(f, exact, beta)
+    return {"fes_rms_kT_reweighted": round(err, 4), "fes_bins_reweighted": nbins}
 
 
 def saddle_checks(run, temperature_K: float, saddles=MB_SADDLES) -> dict:

@@ -26,7 +26,8 @@ LOG_2PI = math.log(2 * math.pi)
 LOGVAR_MIN, LOGVAR_MAX = -14.0, 6.0  # log σ² clamp (features of order one): no collapse, no blow-up
 # a periodic feature (a torsion, radians): σ ≤ 2.5, where the wrapped normal is within 4 % of
 # uniform, and its log-density sums the images k = −3..3 (the next ones are below e⁻¹⁹)
-PERIODIC_LOGVAR_MAX = 2 * math.log(2.5)
+PERIODIC_SIGMA_MAX = 2.5
+PERIODIC_LOGVAR_MAX = 2 * math.log(PERIODIC_SIGMA_MAX)
 WRAPS = torch.arange(-3, 4, dtype=torch.float64) * 2 * math.pi
 
 
@@ -141,6 +142,7 @@ class VAE(CVModel):
         # p(z): N(0, I), or a mixture of unit Gaussians with learned weights (cvflow cg --no-data)
         self.prior = MixturePrior(latent, prior_components, prior_separation) if prior_components > 1 else None
         self.periodic: Tensor | None = None  # a mask of periodic features (set_periodic)
+        self.periodic_logvar_max = PERIODIC_LOGVAR_MAX
         self.kl_weight = float(kl_weight)
         self.annealing_epochs = int(kl_warmup)
         self._kl_now = self.kl_weight if kl_warmup == 0 else 0.0
@@ -161,16 +163,20 @@ class VAE(CVModel):
         out = self.decoder(self.decoder_input(z))
         logvar = out[..., self.n_features:].clamp(LOGVAR_MIN, LOGVAR_MAX)
         if self.periodic is not None:
-            logvar = torch.where(self.periodic, logvar.clamp(max=PERIODIC_LOGVAR_MAX), logvar)
+            logvar = torch.where(self.periodic, logvar.clamp(max=self.periodic_logvar_max), logvar)
         return out[..., : self.n_features], logvar
 
-    def set_periodic(self, mask) -> None:
+    def set_periodic(self, mask, sigma_max: float = PERIODIC_SIGMA_MAX) -> None:
         """Mark features as periodic (torsions in radians, period 2π): q_θ(x | z) is then a
         wrapped normal in them. The plain normal's log-density in an unwrapped torsion falls
         without bound as σ grows while the energy no longer changes, so the reverse KL would
         widen such torsions until the clamp (measured on alanine dipeptide: the methyl
-        hydrogens' torsions went uniform and their H–C–H angles cost ~800 kT)."""
+        hydrogens' torsions went uniform and their H–C–H angles cost ~800 kT).
+
+        ``sigma_max`` (radians, at most 2.5) caps σ in those torsions: a small cap leaves the
+        decoder no way to spread a torsion over several wells but through z (``cg.torsion_sigma_max``)."""
         self.periodic = None if mask is None else torch.as_tensor(mask, dtype=torch.bool)
+        self.periodic_logvar_max = 2 * math.log(min(float(sigma_max), PERIODIC_SIGMA_MAX))
 
     def decoder_log_prob(self, x: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
         """log q_θ(x | z) from the decoder's (mean, logvar), summed over the features."""
