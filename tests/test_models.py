@@ -56,7 +56,7 @@ def test_multidecoder_loss_is_the_weighted_best_decoder_error():
     m.train()
     m.start_epoch(1, 10)                                    # τ = 10: close to the mean over decoders
     assert m.tau == pytest.approx(10.0)
-    mean = (w * e.mean(1)).sum() / 20
+    mean = ((w * e.mean(1)).sum() / 20).detach()
     assert abs(float(m.loss(x, w).detach() - mean)) < 0.05 * float(mean)
     m.start_epoch(5, 10)                                    # end of annealing: τ = 1e-4, the minimum
     assert m.tau == pytest.approx(1e-4)
