@@ -192,14 +192,19 @@ def es_loop_checks(run) -> dict:
     c, f, _ = read_fes(run / s["final_fes"])
     width = c[1, 0] - c[0, 0]
     edges = np.concatenate([c[:, 0] - width / 2, [c[-1, 0] + width / 2]])
-    err, nbins = rms_kT(f, es_exact_along(cv, edges), BETA_ES)
+    exact = es_exact_along(cv, edges)
+    err, nbins = rms_kT(f, exact, BETA_ES)
+    # the production's reweighted histogram of ξ too (production/fes_reweighted.csv), reported
+    rw = {}
+    if s.get("final_fes_reweighted"):
+        rw = {"fes_rms_kT_reweighted": rms_kT(read_fes(run / s["final_fes_reweighted"])[1], exact, BETA_ES)[0]}
     sep = float(abs(cv(np.array([[-1.0, 0.0]]))[0] - cv(np.array([[1.0, 0.0]]))[0]))
     return {"converged": s["converged"], "iterations": len(s["iterations"]),
             "regscores": [it["regscore"] for it in s["iterations"]],
             "thresholds": [it["threshold"] for it in s["iterations"]],
             "wall_seconds": sum(it["wall_seconds"] for it in s["iterations"]) + s["production"]["wall_seconds"],
             "monotonic_in_x": monotonic, "separation": sep, "fes_rms_kT": err, "fes_bins": nbins,
-            "r2_x": _boltzmann_r2(cv, 0)}
+            "r2_x": _boltzmann_r2(cv, 0), **rw}
 
 
 def monotonic_in_x(cv_fn) -> bool:
