@@ -310,7 +310,9 @@ def run(config, resume, out, verbose, quiet):
     state = "converged" if summary["converged"] else "not converged"
     click.echo(f"{run_dir}: {state} after {len(summary['iterations'])} iterations "
                f"(0 to {last['index']}; last: {score_text(last)}); "
-               f"final CV {summary['final_cv']}, free energy {summary['final_fes']}")
+               f"final CV {summary['final_cv']}, free energy {summary['final_fes']}"
+               + (f" (reweighted histogram: {summary['final_fes_reweighted']})"
+                  if summary.get("final_fes_reweighted") else ""))
 
 
 def _record_engine(run_dir, resolved, engine):
