@@ -162,9 +162,7 @@ def log_weights_extended(xi: np.ndarray, lam: np.ndarray, kappa, grid: Grid, bet
         lam_lookup = np.where(periods > 0, lam, np.clip(lam, g.mins + half * 1e-9, g.maxs - half * 1e-9))
     diff = lam - xi
     diff = np.where(periods > 0, diff - periods * np.floor(diff / np.where(periods > 0, periods, 1.0) + 0.5), diff)
-    wrapped = np.where(periods > 0, g.mins + np.mod(lam - g.mins, np.where(periods > 0, periods, 1.0)), lam_lookup)
-    k = np.floor((wrapped - g.mins) / g.widths).astype(np.int64)
-    k = np.where(periods > 0, np.mod(k, g.bins), np.clip(k, 0, g.bins - 1))
+    k = np.clip(g.bin_indices(lam_lookup), 0, g.bins - 1)  # periodic ones are in range already
     logw = np.full(n, -np.inf)
     parts = np.unique(kappa)
     for kap in parts:

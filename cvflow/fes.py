@@ -82,6 +82,15 @@ class Grid:
         """Bin centres, shape ``(*bins, dim)``."""
         return np.stack(np.meshgrid(*self.centers(), indexing="ij"), axis=-1)
 
+    def bin_indices(self, values: np.ndarray) -> np.ndarray:
+        """The bin of each point ``values`` (n, dim), as integers (n, dim): periodic dimensions
+        wrapped into the grid, the others as they fall (below 0 or ≥ bins outside)."""
+        periods = self.periods
+        safe = np.where(periods > 0, periods, 1.0)
+        wrapped = np.where(periods > 0, self.mins + np.mod(values - self.mins, safe), values)
+        k = np.floor((wrapped - self.mins) / self.widths).astype(np.int64)
+        return np.where(periods > 0, np.mod(k, self.bins), k)
+
     def to_list(self) -> list[dict]:
         return [{"min": float(a), "max": float(b), "bins": int(n), "periodic": bool(p)}
                 for a, b, n, p in zip(self.mins, self.maxs, self.bins, self.periodic)]
@@ -391,10 +400,7 @@ def histogram_free_energy(grid: Grid, xi: np.ndarray, w: np.ndarray, kT: float) 
     "Several pathways"). Frames outside the grid are not counted; periodic dimensions wrap."""
     xi = np.asarray(xi, float).reshape(len(xi), grid.dim)
     w = np.asarray(w, float).reshape(len(xi))
-    periods = grid.periods
-    wrapped = np.where(periods > 0, grid.mins + np.mod(xi - grid.mins, np.where(periods > 0, periods, 1.0)), xi)
-    k = np.floor((wrapped - grid.mins) / grid.widths).astype(np.int64)
-    k = np.where(periods > 0, np.mod(k, grid.bins), k)
+    k = grid.bin_indices(xi)
     inside = np.all((k >= 0) & (k < grid.bins), axis=1) & np.isfinite(w)
     mass = np.zeros(tuple(grid.bins))
     count = np.zeros(tuple(grid.bins))
