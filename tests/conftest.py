@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from toy_checks import exact_along, rms_kT  # noqa: F401  (rms_kT: imported by the tests from here)
+from toy_checks import exact_along, reweighted_fes_rms, rms_kT  # noqa: F401  (rms_kT: imported by the tests from here)
 from toy_checks import toy_cv as toy_cv_fn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,9 +195,7 @@ def es_loop_checks(run) -> dict:
     exact = es_exact_along(cv, edges)
     err, nbins = rms_kT(f, exact, BETA_ES)
     # the production's reweighted histogram of ξ too (production/fes_reweighted.csv), reported
-    rw = {}
-    if s.get("final_fes_reweighted"):
-        rw = {"fes_rms_kT_reweighted": rms_kT(read_fes(run / s["final_fes_reweighted"])[1], exact, BETA_ES)[0]}
+    rw = reweighted_fes_rms(run, s, exact, BETA_ES)
     sep = float(abs(cv(np.array([[-1.0, 0.0]]))[0] - cv(np.array([[1.0, 0.0]]))[0]))
     return {"converged": s["converged"], "iterations": len(s["iterations"]),
             "regscores": [it["regscore"] for it in s["iterations"]],
