@@ -302,6 +302,11 @@ def run(config, resume, out, verbose, quiet):
     add_logfile(Path(run_dir) / "run.log")
     _record_engine(run_dir, resolved, wf.engine)
     log.info(f"run directory {run_dir}; bias engine {wf.engine}; config {config}")
+    from .workflow import recorded_version_changes
+    changed = recorded_version_changes(config)
+    if changed:
+        log.warning(f"{config} was recorded with other versions ({'; '.join(changed)}): "
+                    f"the same seed may not give the same numbers")
     install_signal_handlers()
     with art.Heartbeat(run_dir):
         summary = wf.run()

@@ -597,10 +597,14 @@ class TemperingConfig(Strict):
     optimiser steps at β_s, β_s is raised as far as the current model allows, to the largest
     β' whose KL estimate KL(q ‖ q·e^{−t}/c), computed on ``estimate_samples`` of the model's
     samples, stays under ``kl_threshold`` nats; t is the change of the regularised energy that
-    training sees (= (β'−β_s)U below ``cg.energy_cut``). ``final_steps`` more steps train at β."""
+    training sees (= (β'−β_s)U below ``cg.energy_cut``). ``final_steps`` more steps train at β.
+    ``initial_steps`` (default: ``steps_per_level``) is the length of the first level, at
+    ``beta_start``, where the target is nearly flat: a longer one lets the model spread over
+    it before β_s starts to rise."""
     beta_start: float = Field(1e-10, gt=0, le=1)
     kl_threshold: float = Field(0.3, gt=0)
     steps_per_level: PositiveInt = 100
+    initial_steps: PositiveInt | None = None
     final_steps: Annotated[int, Field(ge=0)] = 2000
     estimate_samples: Annotated[int, Field(ge=100)] = 2000
     max_levels: PositiveInt = 1000
@@ -863,11 +867,21 @@ def load_config(path: str | Path, check_files: bool = True) -> Config:
         raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (system:, md:, bias:, ...)")
+    if is_resolved_record(data):
+        # a run's config.resolved.yaml: the config it ran (every default filled in, input
+        # paths absolute) beside the seeds, versions and threads; run again from the config
+        data = data["config"]
     cfg = config_from_dict(data, source=str(path))
     cfg = _resolve_paths(cfg, path.parent.resolve())
     if check_files:
         check_input_files(cfg)
     return cfg
+
+
+def is_resolved_record(data: dict) -> bool:
+    """Whether a YAML mapping is a run directory's ``config.resolved.yaml`` (``config:`` and
+    ``versions:`` at the top, where a config has its sections) rather than a config."""
+    return isinstance(data.get("config"), dict) and "versions" in data and "system" not in data
 
 
 def config_from_dict(data: dict, source: str = "config") -> Config:

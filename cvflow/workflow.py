@@ -74,6 +74,22 @@ def library_versions() -> dict:
     return versions
 
 
+def recorded_version_changes(config_path) -> list[str]:
+    """Where the config is a run's ``config.resolved.yaml``: the libraries whose version
+    differs from the one that run recorded (``"torch 2.13.0+cpu → 2.14.0"``), since the same
+    config and seed give the same numbers only with the same versions and threads."""
+    import yaml
+    from .config import is_resolved_record
+    try:
+        data = yaml.safe_load(Path(config_path).read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    if not isinstance(data, dict) or not is_resolved_record(data):
+        return []
+    now = library_versions()
+    return [f"{k} {v} → {now.get(k)}" for k, v in (data.get("versions") or {}).items() if k in now and now[k] != v]
+
+
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 

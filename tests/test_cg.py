@@ -193,6 +193,23 @@ def test_reverse_kl_toy_writes_outputs_with_ordered_bounds(tmp_path):
     assert again.exit_code == 2 and "not empty" in again.output
 
 
+def test_the_first_tempering_level_can_be_longer(tmp_path):
+    """``tempering.initial_steps`` sets the length of the first level only: tempering.csv
+    records the levels ending at steps 40, 45, 50, ... and the final steps at β after them."""
+    from cvflow.artifacts import read_csv
+    from cvflow.config import load_config
+    cfg = load_config(toy_config(tmp_path, samples=300, tempering={
+        "beta_start": 0.05, "steps_per_level": 5, "initial_steps": 40, "final_steps": 10, "estimate_samples": 200}))
+    out = tmp_path / "run"
+    prepare_cg_dir(cfg, out, False)
+    CGRun(cfg, out).run()
+    header, rows = read_csv(out / "tempering.csv")
+    steps = rows[:, header.index("step")]
+    beta = rows[:, header.index("beta_fraction")]
+    assert steps[0] == 40 and beta[0] == 0.05
+    assert np.all(np.diff(steps[:-1]) == 5) and beta[-1] == 1.0 and steps[-1] == steps[-2] + 10
+
+
 def test_interrupted_reverse_kl_resumes_exactly(tmp_path, monkeypatch):
     """A stop request in the middle of a tempering level leaves a checkpoint; --resume gives
     bit for bit the samples of an uninterrupted run."""

@@ -295,6 +295,27 @@ def test_thread_counts_do_not_change_the_numbers(tmp_path, es_run):
         assert rec["versions"][lib]
 
 
+def test_a_run_reruns_from_its_config_resolved_yaml(tmp_path, es_run):
+    """A run directory's config.resolved.yaml is itself a config: run again from it (into
+    another directory), it gives the same numbers; a change of library version since is named."""
+    import yaml
+    from click.testing import CliRunner
+    from cvflow.cli import main
+    from cvflow.workflow import recorded_version_changes
+    resolved = es_run[1] / "config.resolved.yaml"
+    assert recorded_version_changes(resolved) == []
+    res = CliRunner().invoke(main, ["run", str(resolved), "--out", str(tmp_path / "again"), "-q"])
+    assert res.exit_code == 0, res.output
+    base = json.loads((es_run[1] / "summary.json").read_text())["iterations"]
+    again = json.loads((tmp_path / "again" / "summary.json").read_text())["iterations"]
+    assert [(i["regscore"], i["threshold"]) for i in again] == [(i["regscore"], i["threshold"]) for i in base]
+    old = yaml.safe_load(resolved.read_text())
+    old["versions"]["torch"] = "0.0.1"
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
+    changed = recorded_version_changes(tmp_path / "old.yaml")
+    assert len(changed) == 1 and changed[0].startswith("torch 0.0.1 → ")
+
+
 def test_frozen_production_stage(tmp_path):
     """convergence.production_frozen_steps: after the production's eABF, a stage under its
     frozen bias; the run's production frames, weights and final free energy are that
