@@ -302,11 +302,7 @@ def run(config, resume, out, verbose, quiet):
     add_logfile(Path(run_dir) / "run.log")
     _record_engine(run_dir, resolved, wf.engine)
     log.info(f"run directory {run_dir}; bias engine {wf.engine}; config {config}")
-    from .workflow import recorded_version_changes
-    changed = recorded_version_changes(config)
-    if changed:
-        log.warning(f"{config} was recorded with other versions ({'; '.join(changed)}): "
-                    f"the same seed may not give the same numbers")
+    _warn_recorded_versions(config)
     install_signal_handlers()
     with art.Heartbeat(run_dir):
         summary = wf.run()
@@ -318,6 +314,16 @@ def run(config, resume, out, verbose, quiet):
                f"final CV {summary['final_cv']}, free energy {summary['final_fes']}"
                + (f" (reweighted histogram: {summary['final_fes_reweighted']})"
                   if summary.get("final_fes_reweighted") else ""))
+
+
+def _warn_recorded_versions(config) -> None:
+    """Where CONFIG is a run's config.resolved.yaml, log the libraries whose version changed."""
+    from .progress import log
+    from .workflow import recorded_version_changes
+    changed = recorded_version_changes(config)
+    if changed:
+        log.warning(f"{config} was recorded with other versions ({'; '.join(changed)}): "
+                    f"the same seed may not give the same numbers")
 
 
 def _record_engine(run_dir, resolved, engine):
@@ -381,6 +387,7 @@ def _run_generative(run, prepare, fmt, resume: bool, name: str, config) -> None:
     prepare(run.cfg, out, resume)
     add_logfile(out / f"{name}.log")
     log.info(f"{name}: {out}; config {config}" + (f"; frames from {run.from_run}" if run.from_run else ""))
+    _warn_recorded_versions(config)
     install_signal_handlers()
     info = run.run()
     for line in fmt(info):

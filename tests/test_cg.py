@@ -191,6 +191,15 @@ def test_reverse_kl_toy_writes_outputs_with_ordered_bounds(tmp_path):
         assert (out / "report" / name).exists(), name
     again = invoke("cg", toy_config(tmp_path), "--no-data", "--out", out)
     assert again.exit_code == 2 and "not empty" in again.output
+    # the directory's config.resolved.yaml is a config: the same samples again, and a
+    # library version that differs from the recorded one is named in the log
+    rec = yaml.safe_load((out / "config.resolved.yaml").read_text())
+    rec["versions"]["torch"] = "0.0.1"
+    (tmp_path / "resolved.yaml").write_text(yaml.safe_dump(rec))
+    rerun = invoke("cg", tmp_path / "resolved.yaml", "--no-data", "--out", tmp_path / "again")
+    assert rerun.exit_code == 0, rerun.output
+    assert np.array_equal(np.load(tmp_path / "again" / "samples.npy"), np.load(out / "samples.npy"))
+    assert "recorded with other versions (torch 0.0.1 → " in (tmp_path / "again" / "cg.log").read_text()
 
 
 def test_the_first_tempering_level_can_be_longer(tmp_path):
