@@ -499,8 +499,8 @@ class CGRun(GenerativeRun):
         while True:
             beta = state["beta"]
             at_target = beta >= 1.0
-            n_steps = (t.final_steps if at_target else
-                       t.initial_steps if t.initial_steps is not None and not state["levels"] else t.steps_per_level)
+            first = not state["levels"]
+            n_steps = t.final_steps if at_target else (t.initial_steps or t.steps_per_level) if first else t.steps_per_level
             while state["level_step"] < n_steps:
                 step = state["step"]
                 torch.manual_seed(derive_seed(self.seed, 1, step))
