@@ -62,6 +62,7 @@ class SegmentResult:
 
 BIAS_GROUP = 31
 FORCE_FIELD_GROUPS = (1 << BIAS_GROUP) - 1  # every force group but the bias's
+ALL_GROUPS = -1  # OpenMM's "every force group"
 
 
 def finished_segment(out_dir: Path) -> SegmentResult | None:
@@ -90,7 +91,9 @@ def coupling_kappa(cfg: Config, bundle: SystemBundle, cv_path, grid: Grid, parti
     if cfg.bias.kappa == "auto" and cfg.bias.max_omega_dt is not None and stats_file.exists():
         st = art.read_json(stats_file)
         masses = [bundle.system.getParticleMass(int(i)).value_in_unit(u.dalton) for i in particles]
-        stable = stable_kappa(st["grad_max"], min(m for m in masses if m > 0), cfg.md.timestep,
+        # with a bias stride k the coupling's force acts as an impulse every k steps: its
+        # stability is that of a time step k times as long
+        stable = stable_kappa(st["grad_max"], min(m for m in masses if m > 0), cfg.md.timestep * cfg.bias.stride,
                               cfg.bias.max_omega_dt)
     return cfg.bias.kappa_for(grid.widths, kT(cfg.md.temperature), stable)
 
@@ -105,7 +108,7 @@ def make_bias(cfg: Config, bundle: SystemBundle, cv_path, grid: Grid, seed: int)
     return NativeEABF(cv, grid, kappa=kappa, mass=b.ext_mass(kappa), friction=b.friction,
                       temperature=cfg.md.temperature, timestep=cfg.md.timestep,
                       fullsamples=b.fullsamples, seed=seed, report_interval=cfg.md.report_interval,
-                      wall_kappa=b.wall_kappa, projection_interval=b.projection_interval)
+                      wall_kappa=b.wall_kappa, projection_interval=b.projection_interval, stride=b.stride)
 
 
 def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, seed: int,
@@ -197,7 +200,7 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
         n = min(report - step % report, steps - step)
         reason = None
         try:
-            sim.step(n)
+            advance(sim.integrator, step, n, getattr(bias, "stride", 1))
         except Exception as e:  # an exception in a force (OpenMM, or a bias): a blow-up
             reason = f"{type(e).__name__} during steps {step + 1}-{step + n}: {one_line(e, 200)}"
         step += n
@@ -263,6 +266,37 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     shutil.rmtree(chunk_dir, ignore_errors=True)
     return result
+
+
+def advance(integrator, step: int, n: int, stride: int = 1) -> None:
+    """``n`` MD steps from step ``step``. With a bias ``stride`` k > 1 the bias's force group
+    is integrated only at the steps that are multiples of k (where the bias applies k times
+    its force, :class:`cvflow.bias.native.NativeEABF`), and left out of the steps between, so
+    that OpenMM does not call it there: one Python callback per k steps."""
+    if stride == 1:
+        integrator.step(n)
+        return
+    if step % stride == 0 and n % stride == 0:  # the MD loop's case: whole blocks (the tight loop
+        setg, one = integrator.setIntegrationForceGroups, integrator.step  # costs ~1 µs per block)
+        for _ in range(n // stride):
+            setg(ALL_GROUPS)
+            one(1)
+            setg(FORCE_FIELD_GROUPS)
+            one(stride - 1)
+        setg(ALL_GROUPS)
+        return
+    end = step + n
+    while step < end:
+        if step % stride == 0:
+            integrator.setIntegrationForceGroups(ALL_GROUPS)
+            integrator.step(1)
+            step += 1
+        m = min(end, -(-step // stride) * stride) - step  # to the next multiple of the stride
+        if m > 0:
+            integrator.setIntegrationForceGroups(FORCE_FIELD_GROUPS)
+            integrator.step(m)
+            step += m
+    integrator.setIntegrationForceGroups(ALL_GROUPS)
 
 
 def _runaway_distance(bundle: SystemBundle) -> float:

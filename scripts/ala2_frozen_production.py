@@ -4,7 +4,7 @@ by the exact weights of the frozen stage, against the metadynamics reference.
 
     python scripts/ala2_frozen_production.py OUT --cv systems/alanine-dipeptide/phipsi.pt
         [--adaptive-ns 10] [--frozen-ns 20] [--seeds 1 2 3] [--jobs 2]
-        [--json docs/measurements/ala2-frozen-production-phipsi-cpu-vm.json]
+        [--stride 1] [--json docs/measurements/ala2-frozen-production-phipsi-cpu-vm.json]
     python scripts/ala2_frozen_production.py OUT --run runs/ala2-paper/seed1 ...   # its final CV
 
 Each seed runs what ``convergence.production_frozen_steps`` adds to a run's production, with
@@ -15,7 +15,8 @@ the loop gives it. For every seed: ΔF from the frozen stage (block-bootstrap er
 ΔF of its four quarters, its C7eq ↔ C7ax crossings) and, for comparison, the extended
 estimate of the eABF stage before it. With the CV (φ, ψ), which drives the crossings
 itself, this checks the frozen-bias weights on the molecule; with a learned CV it shows
-what they give where the CV does not resolve φ.
+what they give where the CV does not resolve φ. ``--stride k`` sets ``bias.stride`` (the bias
+every k steps with k times its force: multiple time stepping) in both stages.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
-def one_seed(out: Path, cv: Path, seed: int, adaptive_ns: float, frozen_ns: float) -> dict:
+def one_seed(out: Path, cv: Path, seed: int, adaptive_ns: float, frozen_ns: float, stride: int = 1) -> dict:
     """Both stages for one seed (resumed when a stage is unfinished) and their ΔF."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import mdtraj as md
@@ -50,6 +51,7 @@ def one_seed(out: Path, cv: Path, seed: int, adaptive_ns: float, frozen_ns: floa
     raw = yaml.safe_load((ROOT / "configs" / "ala2-paper.yaml").read_text())
     raw["system"]["pdb"] = str(ROOT / "systems" / "alanine-dipeptide" / "ala2.pdb")
     raw["seed"] = seed
+    raw["bias"]["stride"] = stride
     cfg = Config.model_validate(raw)
     bundle = build_system(cfg.system, cfg.features.atoms)
     import torch
@@ -70,7 +72,7 @@ def one_seed(out: Path, cv: Path, seed: int, adaptive_ns: float, frozen_ns: floa
     run_segment(cfg, bundle, out / "frozen", steps(frozen_ns), derive_seed(seed, 2), cv_path=cv, grid=grid,
                 start_positions=last_positions(out / "adaptive", bundle),
                 bias_start=out / "adaptive" / "bias_state.npz", freeze=True)
-    row = {"seed": seed, "cv": str(cv), "adaptive_ns": adaptive_ns, "frozen_ns": frozen_ns,
+    row = {"seed": seed, "cv": str(cv), "adaptive_ns": adaptive_ns, "frozen_ns": frozen_ns, "stride": stride,
            "seconds": time.time() - t0}
     for part in ("adaptive", "frozen"):
         frames = load_frames(out / part, bundle)
@@ -95,6 +97,7 @@ def main() -> int:
     ap.add_argument("--frozen-ns", type=float, default=20.0)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--stride", type=int, default=1, help="bias.stride of both stages")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     cv = Path(args.cv) if args.cv else Path(args.run) / json.loads((Path(args.run) / "summary.json").read_text())[
@@ -104,7 +107,8 @@ def main() -> int:
     out = Path(args.out)
     with ProcessPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(one_seed, [out / f"seed{s}" for s in args.seeds], [cv.resolve()] * len(args.seeds),
-                             args.seeds, [args.adaptive_ns] * len(args.seeds), [args.frozen_ns] * len(args.seeds)))
+                             args.seeds, [args.adaptive_ns] * len(args.seeds), [args.frozen_ns] * len(args.seeds),
+                             [args.stride] * len(args.seeds)))
     print(f"reference ΔF(C7ax − C7eq) = {ref_df:.2f} ± {ref['error']:.2f} kJ/mol; CV {cv}")
     for r in rows:
         a, f = r["adaptive"], r["frozen"]

@@ -3,6 +3,7 @@
 
     python scripts/ala2_paper.py [--config configs/ala2-paper.yaml] [--seeds 1 2 3 4] [--jobs 2]
                                  [--out runs/ala2-paper] [--json docs/measurements/ala2-paper-cpu-vm.json]
+                                 [--set bias.stride=2 ...]
 
 Each seed is one `cvflow run` (one thread each, ``--jobs`` at a time; a finished run
 directory is only read, an unfinished one is resumed). The table gives, per seed and
@@ -37,7 +38,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
-def run_one(config: str, out: Path, seed: int) -> float:
+def apply_settings(cfg: dict, settings: list[str]) -> dict:
+    """``KEY=VALUE`` overrides (dotted keys into the config, YAML values) on a config dict."""
+    import yaml
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. bias.stride=2")
+        *path, leaf = key.split(".")
+        node = cfg
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return cfg
+
+
+def run_one(config: str, out: Path, seed: int, settings: list[str] = ()) -> float:
     """`cvflow run` for one seed (resumed when unfinished); returns its wall time, s."""
     t0 = time.time()
     if (out / "summary.json").exists():
@@ -46,7 +62,7 @@ def run_one(config: str, out: Path, seed: int) -> float:
     seeded = out.parent / f"{out.name}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
     import yaml
-    cfg = yaml.safe_load(cfg_text)
+    cfg = apply_settings(yaml.safe_load(cfg_text), list(settings))
     cfg["seed"] = seed
     base = Path(config).resolve().parent
     cfg["system"]["pdb"] = str((base / cfg["system"]["pdb"]).resolve())
@@ -163,10 +179,12 @@ def main() -> int:
                     help="scripts/ala2_reference_combine.py's JSON (its exact-weight value), or "
                          "scripts/ala2_reference.py's (its bias-surface value)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key for every seed (dotted, YAML value), e.g. bias.stride=2")
     args = ap.parse_args()
     outs = [Path(args.out) / f"seed{s}" for s in args.seeds]
     with ThreadPoolExecutor(args.jobs) as pool:
-        walls = list(pool.map(lambda a: run_one(args.config, *a), zip(outs, args.seeds)))
+        walls = list(pool.map(lambda a: run_one(args.config, *a, args.set), zip(outs, args.seeds)))
     ref = json.loads(Path(args.reference).read_text())
     if "exact" in ref:
         ref_df, ref_err, how = ref["exact"]["delta_f"], ref["exact"]["error"], "metadynamics bias frozen, exact weights"
@@ -208,7 +226,7 @@ def main() -> int:
             print(f"  frozen stage: {fz['crossings']} crossings, phi>0 {fz['phi_positive']:.3f}, quarters "
                   + ", ".join(f"{q:.2f}" for q in fz["quarters"]) + " kJ/mol")
     if args.json:
-        Path(args.json).write_text(json.dumps({"config": args.config, "reference": ref_df,
+        Path(args.json).write_text(json.dumps({"config": args.config, "settings": args.set, "reference": ref_df,
                                                "reference_error": ref_err, "seeds": results}, indent=1))
     return 0
 

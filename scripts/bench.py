@@ -41,6 +41,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def advance_case(c, n: int) -> None:
+    """``n`` steps of a case, through the MD loop's stepping (a bias stride of k: the bias's
+    force group at every k-th step only)."""
+    from cvflow.sampler import advance
+    advance(c["integ"], c["ctx"].getStepCount(), n, c.get("stride", 1))
+
+
 def make_context(system, positions, platform_name, threads):
     import openmm as mm
     from openmm import unit as u
@@ -62,7 +69,7 @@ def time_cases(cases, rounds):
     for _ in range(rounds):
         for k, c in enumerate(cases):
             t0 = time.perf_counter()
-            c["integ"].step(c["steps"])
+            advance_case(c, c["steps"])
             best[k] = max(best[k], c["steps"] / (time.perf_counter() - t0))
     return best
 
@@ -96,9 +103,12 @@ def main(argv=None):
                     help="epochs of the training row, all of them run (no early stopping)")
     ap.add_argument("--training-only", action="store_true", help="only the training row")
     ap.add_argument("--train-threads", type=int, default=2, help="torch threads of the training row")
+    ap.add_argument("--strides", default="2,4",
+                    help="Comma-separated bias strides (bias.stride, multiple time stepping) timed beside stride 1.")
     ap.add_argument("--solvents", default="vacuum,implicit",
                     help="Comma-separated: vacuum, implicit, explicit (TIP3P box, PME).")
     args = ap.parse_args(argv)
+    args.strides = [int(k) for k in args.strides.split(",") if k.strip() and int(k) > 1]
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import openmm as mm
     import torch
@@ -108,6 +118,7 @@ def main(argv=None):
     from cvflow.fes import Grid
     from cvflow.models.autoencoder import MLP
     from cvflow.bias.native import NativeEABF
+    from cvflow.sampler import BIAS_GROUP
     from cvflow.fastcv import load_cv
     from cvflow.bias.plumed import plumed_status
     from cvflow.system import build_system
@@ -137,10 +148,10 @@ def main(argv=None):
         steps = max(20, args.steps // 100) if chignolin else args.steps
         cases = []
 
-        def add(row, system, plat, steps):
+        def add(row, system, plat, steps, stride=1):
             ctx, integ = make_context(system, bundle.positions, plat, args.threads)
             cases.append({"row": {"system": system_name, **row, "platform": plat}, "ctx": ctx, "integ": integ,
-                          "steps": steps})
+                          "steps": steps, "stride": stride})
 
         for p in ("Reference", "CPU", "CUDA", "OpenCL"):
             if p in plats and not (p == "Reference" and bundle.box is not None):  # far slower with PME
@@ -148,21 +159,26 @@ def main(argv=None):
         # the reference is the fastest platform for the unbiased system: a short probe picks it
         best_plat = cases[int(np.argmax(probe(cases)))]["row"]["platform"]
         grid = Grid.from_dims([GridDim(min=-1, max=1, bins=50)] * 2)
-        variants = [("neural CV", cv_path, grid, True), ("neural CV, autograd", cv_path, grid, False)]
+        variants = [("neural CV", cv_path, grid, True, 1)]
+        variants += [(f"neural CV, bias.stride {k}", cv_path, grid, True, k) for k in args.strides]
+        variants += [("neural CV, autograd", cv_path, grid, False, 1)]
         if not chignolin:
             tors = save_torsion_cv(ramachandran_quads(md.Topology.from_openmm(bundle.topology)), bundle.n_atoms,
                                    tmp / f"phipsi-{solvent}.pt")
             tgrid = Grid.from_dims([GridDim(min=-np.pi, max=np.pi, bins=60, periodic=True)] * 2)
-            variants.insert(1, ("phi/psi torsions", tors, tgrid, True))
-        for variant, path, g, fast in variants:
+            variants.insert(1, ("phi/psi torsions", tors, tgrid, True, 1))
+        for variant, path, g, fast, stride in variants:
             cv = load_cv(path, bundle.n_atoms, fast=fast)
             bias = NativeEABF(cv, g, kappa=1000.0, mass=10.0, friction=1.0, temperature=300.0,
-                              timestep=0.002, fullsamples=100, seed=1, report_interval=500,
-                              projection_interval=BiasConfig().projection_interval)  # the default's cost
+                              timestep=0.002, fullsamples=100, seed=1, report_interval=1000,
+                              projection_interval=BiasConfig().projection_interval,  # the default's cost
+                              stride=stride)
             system = mm.XmlSerializer.deserialize(mm.XmlSerializer.serialize(bundle.system))
-            system.addForce(bias.make_force())
+            force = bias.make_force()
+            force.setForceGroup(BIAS_GROUP)  # as in the MD loop
+            system.addForce(force)
             add({"engine": "native", "variant": variant}, system, best_plat,
-                steps if fast else max(20, steps // 50))
+                steps if fast else max(20, steps // 50), stride)
         st = plumed_status()
         if st.usable:
             system = plumed_system(bundle, cv_path, grid, st.kernel, tmp / f"plumed-{solvent}")

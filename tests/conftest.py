@@ -274,3 +274,21 @@ def interrupted_and_resumed(monkeypatch, module, run_cls, prepare, cfg, out, sto
     monkeypatch.setattr(module, "stop_requested", lambda: False)
     prepare(cfg, out, True)
     run_cls(cfg, out).run()
+
+
+def stop_then_resume(monkeypatch, run, calls_before_stop: int):
+    """Call ``run`` (a segment or stage) with a stop request at the ``calls_before_stop``+1-th
+    check of ``cvflow.sampler.stop_requested``, expect StopRequested, then call it again to
+    the end (a resume) and return its result."""
+    import cvflow.sampler as sampler
+    from cvflow.stop import StopRequested
+    calls = {"n": 0}
+
+    def stop_after_a_while():
+        calls["n"] += 1
+        return calls["n"] > calls_before_stop
+    monkeypatch.setattr(sampler, "stop_requested", stop_after_a_while)
+    with pytest.raises(StopRequested):
+        run()
+    monkeypatch.setattr(sampler, "stop_requested", lambda: False)
+    return run()

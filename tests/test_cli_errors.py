@@ -71,6 +71,10 @@ def _cases(tmp_path):
         ("unwritable output", ["run"], _es(output=str(blocker / "run")), "cannot write"),
         ("non-empty output", ["run"], _es(output=str(full)), "not empty"),
         ("engine unavailable", ["validate"], _es(bias__engine="plumed"), "plumed"),
+        ("stride off the report steps", ["validate"], _es(bias__stride=3), "bias.stride (3)"),
+        ("stride with plumed", ["validate"], _es(bias__engine="plumed", bias__stride=2), "bias.stride: 2"),
+        ("zero stride", ["validate"], _es(bias__stride=0), "bias.stride"),
+        ("stride too long for a molecule", ["validate"], _ala2() | {"bias": {"stride": 10}}, "20 fs between"),
     ] + ([] if torch.cuda.is_available() else [
         ("no cuda for training", ["validate"], _es(model__device="cuda"), "model.device: cuda"),
         ("no cuda for training (run)", ["run"], _es(model__device="cuda", output=str(tmp_path / "nocuda")),

@@ -14,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from cvflow.cli import main
-from conftest import ES_CONFIG, es_loop_checks, es_y_start_run, quick_es, write_es_config
+from conftest import ES_CONFIG, es_loop_checks, es_y_start_run, quick_es, stop_then_resume, write_es_config
 
 
 def test_run_directory_and_summary(es_run):
@@ -352,7 +352,6 @@ def test_frozen_segment_resumes_bit_for_bit(tmp_path, es_config, x_cv, monkeypat
     import cvflow.sampler as sampler
     from cvflow.config import GridDim
     from cvflow.fes import Grid
-    from cvflow.stop import StopRequested
     from cvflow.system import build_system
     cfg = es_config.model_copy(deep=True)
     cfg.md.checkpoint_interval = 2_000
@@ -362,16 +361,8 @@ def test_frozen_segment_resumes_bit_for_bit(tmp_path, es_config, x_cv, monkeypat
     kw = dict(cv_path=x_cv, grid=grid, start_positions=sampler.last_positions(tmp_path / "a", bundle),
               bias_start=tmp_path / "a" / "bias_state.npz", freeze=True)
     sampler.run_segment(cfg, bundle, tmp_path / "ref", 6_000, seed=4, **kw)
-    calls = {"n": 0}
-
-    def stop_after_a_while():
-        calls["n"] += 1
-        return calls["n"] > 50  # past the first checkpoint (step 2,000; frames every 50 steps)
-    monkeypatch.setattr(sampler, "stop_requested", stop_after_a_while)
-    with pytest.raises(StopRequested):
-        sampler.run_segment(cfg, bundle, tmp_path / "b", 6_000, seed=4, **kw)
-    monkeypatch.setattr(sampler, "stop_requested", lambda: False)
-    sampler.run_segment(cfg, bundle, tmp_path / "b", 6_000, seed=4, **kw)
+    # stopped past the first checkpoint (step 2,000; frames every 50 steps), then resumed
+    stop_then_resume(monkeypatch, lambda: sampler.run_segment(cfg, bundle, tmp_path / "b", 6_000, seed=4, **kw), 50)
     assert np.array_equal(np.load(tmp_path / "b" / "traj.npy"), np.load(tmp_path / "ref" / "traj.npy"))
     assert (tmp_path / "b" / "colvar.csv").read_text() == (tmp_path / "ref" / "colvar.csv").read_text()
 

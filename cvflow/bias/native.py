@@ -3,7 +3,9 @@
 The extended variable λ (one per CV dimension) is coupled to ξ(x) by κ/2 (ξ − λ)². It is
 integrated by cvflow with its own Langevin thermostat, in step with OpenMM's
 LangevinMiddle integrator: each force evaluation at step n uses (x_n, λ_n), then λ moves
-to λ_{n+1} by the same kick–drift–thermostat–drift scheme. The ABF force on λ is minus
+to λ_{n+1} by the same kick–drift–thermostat–drift scheme. With a stride k > 1 (multiple
+time stepping) all of that happens at every k-th step only, with k times the force on the
+atoms and a λ step of k Δt. The ABF force on λ is minus
 the running mean of κ(ξ − λ) in λ's bin, ramped in linearly over ``fullsamples``, with
 harmonic walls at the grid edges. CZAR statistics (count and Σ κ(λ − ξ) per bin of ξ, one
 term per sample) are taken at every step. The per-step work is one numba kernel.
@@ -165,7 +167,9 @@ def eabf_step(xi, jac, forces, lam, vlam, noise, prm, mins, widths, nb, periods,
     """One eABF step. Writes the atom forces, advances λ, returns the coupling energy.
 
     ``prm`` = [kappa, mass, dt, exp(-γ dt), sqrt((1-a²) kT/m), fullsamples, wall_kappa,
-    projected, static]. With ``projected`` > 0, ``applied[bin]`` is added to the bin's estimate: the
+    projected, static, stride]: ``dt`` is λ's step, the MD time step times the stride, and the
+    force on the atoms is ``stride`` times the coupling's (an impulse every ``stride`` MD steps:
+    multiple time stepping). With ``projected`` > 0, ``applied[bin]`` is added to the bin's estimate: the
     correction that made the estimate curl-free at the last projection
     (:meth:`NativeEABF.project`). With ``static`` > 0 the bias force on λ is −∇B of the
     frozen potential (:func:`frozen_bias` of ``frozen``) instead of the ABF estimate; the
@@ -191,12 +195,13 @@ def eabf_step(xi, jac, forces, lam, vlam, noise, prm, mins, widths, nb, periods,
         coef[d] = kappa * diff
         energy += 0.5 * kappa * diff * diff
     k = forces.shape[0]
+    scale = prm[9]
     for i in range(k):
         for r in range(3):
             acc = 0.0
             for d in range(dim):
                 acc -= coef[d] * jac[d, i, r]
-            forces[i, r] = acc
+            forces[i, r] = scale * acc
     # statistics at (x_n, λ_n)
     bl = _flat_bin(lam, mins, widths, nb, periods)
     bz = _flat_bin(xi, mins, widths, nb, periods)
@@ -298,14 +303,27 @@ class NativeEABF:
         Seed of λ's thermostat noise.
     report_interval : int
         Steps between rows of the CV time series (aligned with saved frames).
+    stride : int
+        Multiple time stepping: the bias is evaluated at every ``stride``-th MD step only (the
+        MD loop leaves its force group out of the steps between, see
+        :func:`cvflow.sampler.advance`), and there it applies ``stride`` times its force, while λ
+        takes one step of ``stride`` × ``timestep``. ``report_interval`` and
+        ``projection_interval`` must be multiples of it.
     """
 
     name = "native"
 
     def __init__(self, cv: CVEvaluator, grid: Grid, kappa, mass, friction, temperature, timestep,
                  fullsamples, seed, report_interval, wall_kappa=None, start_lambda=None,
-                 projection_interval: int | None = None):
+                 projection_interval: int | None = None, stride: int = 1):
         from ..units import kT as _kT
+        self.stride = int(stride)
+        if self.stride < 1:
+            raise ValueError(f"stride must be at least 1, not {stride}")
+        for name, n in (("report_interval", report_interval), ("projection_interval", projection_interval)):
+            if n and int(n) % self.stride:
+                raise ValueError(f"{name} ({n}) is not a multiple of the bias stride ({self.stride})")
+        timestep = timestep * self.stride  # λ's step: one per bias evaluation
         self.cv = cv
         self.grid = grid
         self._periods = np.ascontiguousarray(grid.periods, dtype=np.float64)
@@ -317,7 +335,7 @@ class NativeEABF:
         a = np.exp(-friction * timestep)
         prm = np.array([kappa, mass, timestep, a, np.sqrt((1 - a * a) * self.kT / mass),
                         float(fullsamples), float(wall_kappa if wall_kappa is not None else kappa),
-                        1.0 if projection_interval and grid.dim == 2 else 0.0, 0.0])
+                        1.0 if projection_interval and grid.dim == 2 else 0.0, 0.0, float(self.stride)])
         self.seed = int(seed)
         self.report_interval = int(report_interval)
         nbins = int(np.prod(grid.bins))
@@ -391,8 +409,10 @@ class NativeEABF:
             if np.array_equal(self._scratch, self._pos):
                 return self._energy, self._forces
             # same step, new positions (a re-evaluation, e.g. after setPositions):
-            # forces at the current λ, without advancing λ or sampling
-            return self._evaluate(self._scratch.copy(), lam=self._lam_prev)
+            # forces at the current λ, without advancing λ or sampling (an impulse of stride
+            # times the force, as at any bias step)
+            energy, forces = self._evaluate(self._scratch.copy(), lam=self._lam_prev)
+            return energy, forces * self.stride
         state._getVectorAsNumpy(_POSITIONS, self._pos)
         self._last_step = step
         if not self.initialised:
