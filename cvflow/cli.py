@@ -147,7 +147,7 @@ def validate(config, verbose, quiet):
         from .transition_states import file_frames
         file_frames(ts.file, bundle)
     from .bias import resolve_engine
-    engine = resolve_engine(cfg.bias.engine)
+    engine = resolve_engine(cfg.bias.engine, stride=cfg.bias.stride)
     kind = "toy potential" if bundle.is_toy else f"{bundle.n_atoms} atoms, {cfg.system.solvent}"
     gen = "; a generator section for cvflow generate" if cfg.generator is not None else ""
     click.echo(f"{config}: OK ({kind}; engine {engine}{gen})")
@@ -188,7 +188,7 @@ def sample(config, cv_path, out, steps, grids, resume, verbose, quiet):
     bundle = build_system(cfg.system, cfg.features.atoms)
     choose_platform(cfg.md.platform, bundle.n_atoms, bundle.system)
     cv_dim = checked_cv(cv_path, bundle, key="--cv").dim  # (the evaluator itself is not kept: see cvflow.arena)
-    engine = resolve_engine(cfg.bias.engine, cfg.execution.walkers)
+    engine = resolve_engine(cfg.bias.engine, cfg.execution.walkers, cfg.bias.stride)
     if engine == "none":
         engine = "native"
     if grids:

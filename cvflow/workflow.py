@@ -253,7 +253,7 @@ class Workflow:
         self.frame_topology = top.subset(self.saved) if self.saved is not None else top
         self.beta = 1.0 / kT(cfg.md.temperature)
         from .bias import resolve_engine
-        self.engine = engine or resolve_engine(cfg.bias.engine, cfg.execution.walkers)
+        self.engine = engine or resolve_engine(cfg.bias.engine, cfg.execution.walkers, cfg.bias.stride)
         self.executor = None  # a Dask client, opened when walkers > 1
         self._pooled_features: dict[int, np.ndarray] = {}  # per earlier iteration (training_data: pooled)
         ts = cfg.model.transition_states

@@ -334,3 +334,14 @@ def test_a_strided_segment_resumes_bit_for_bit(tmp_path, es_config, x_cv, monkey
     stop_then_resume(monkeypatch, lambda: run_segment(cfg, bundle, tmp_path / "b", 6_000, seed=4, **kw), 50)
     assert np.array_equal(np.load(tmp_path / "b" / "traj.npy"), np.load(tmp_path / "ref" / "traj.npy"))
     assert (tmp_path / "b" / "colvar.csv").read_text() == (tmp_path / "ref" / "colvar.csv").read_text()
+
+
+def test_engine_auto_takes_native_for_a_bias_stride(monkeypatch):
+    """``bias.engine: auto`` would take PLUMED where a kernel is usable; with a bias stride above 1
+    it takes the native engine, the only one that applies the stride (as with walkers)."""
+    import cvflow.bias.plumed as plumed
+    from cvflow.bias import resolve_engine
+    monkeypatch.setattr(plumed, "plumed_status", lambda *a, **k: plumed.PlumedStatus(True, "", None))
+    assert resolve_engine("auto") == "plumed"
+    assert resolve_engine("auto", stride=2) == "native"
+    assert resolve_engine("auto", walkers=2) == "native"

@@ -7,16 +7,17 @@ a checkpoint), ``dim``, ``name`` and ``error`` (a message once a blow-up was see
 """
 
 
-def resolve_engine(name: str, walkers: int = 1) -> str:
+def resolve_engine(name: str, walkers: int = 1, stride: int = 1) -> str:
     """``auto`` → ``plumed`` when a PLUMED kernel with DRR and PyTorch is usable, else ``native``;
-    with several walkers, ``native`` (only its CZAR statistics merge exactly).
+    with several walkers, ``native`` (only its CZAR statistics merge exactly), and with a
+    ``bias.stride`` above 1, ``native`` (the only engine that applies it).
 
     ``plumed`` without a usable kernel is a :class:`~cvflow.config.ConfigError` that says
     what is missing and how to install it; it is raised before any MD runs.
     """
     if name in ("native", "none"):
         return name
-    if name == "auto" and walkers > 1:
+    if name == "auto" and (walkers > 1 or stride > 1):
         return "native"
     from .plumed import plumed_status
     status = plumed_status()
