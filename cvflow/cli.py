@@ -150,7 +150,9 @@ def validate(config, verbose, quiet):
     engine = resolve_engine(cfg.bias.engine, stride=cfg.bias.stride)
     kind = "toy potential" if bundle.is_toy else f"{bundle.n_atoms} atoms, {cfg.system.solvent}"
     gen = "; a generator section for cvflow generate" if cfg.generator is not None else ""
-    click.echo(f"{config}: OK ({kind}; engine {engine}{gen})")
+    stride = (f", the bias every {cfg.bias.stride} steps ({cfg.bias.stride * cfg.md.timestep * 1000:g} fs between "
+              "impulses)" if cfg.bias.stride > 1 and engine == "native" else "")
+    click.echo(f"{config}: OK ({kind}; engine {engine}{stride}{gen})")
 
 
 @main.command()

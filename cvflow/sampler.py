@@ -104,7 +104,8 @@ def make_bias(cfg: Config, bundle: SystemBundle, cv_path, grid: Grid, seed: int)
     cv = checked_cv(cv_path, bundle)
     b = cfg.bias
     kappa = coupling_kappa(cfg, bundle, cv_path, grid, cv.particles)
-    log.debug(f"eABF coupling: kappa {kappa:.4g} kJ/mol/cv^2 on {Path(cv_path).name}")
+    log.debug(f"eABF coupling: kappa {kappa:.4g} kJ/mol/cv^2 on {Path(cv_path).name}"
+              + (f"; the bias every {b.stride} steps" if b.stride > 1 else ""))
     return NativeEABF(cv, grid, kappa=kappa, mass=b.ext_mass(kappa), friction=b.friction,
                       temperature=cfg.md.temperature, timestep=cfg.md.timestep,
                       fullsamples=b.fullsamples, seed=seed, report_interval=cfg.md.report_interval,
