@@ -6,7 +6,12 @@ Alanine dipeptide in a TIP3P box (PME), padded to reach the wanted size; CVs: a 
 backbone plus water oxygens), standing in for a protein's backbone. Steps/s from
 interleaved rounds; every ratio is against unbiased MD on the same platform.
 
-    python scripts/gpu_scaling.py [--paddings 1.0,2.5,4.5] [--cv-atoms 480] [--platform CUDA] [--json FILE]
+    python scripts/gpu_scaling.py [--paddings 1.0,2.5,4.5] [--cv-atoms 480] [--platform CUDA]
+                                  [--strides 2] [--json FILE]
+
+``--strides`` adds, for the backbone CV, the bias at every k-th step only (``bias.stride``,
+multiple time stepping, stepped as the MD loop steps): on a GPU it removes the wait for the
+callback at k − 1 of every k steps.
 """
 from __future__ import annotations
 
@@ -29,12 +34,14 @@ def main() -> int:
     ap.add_argument("--platform", default="CUDA")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--strides", default="2", help="Comma-separated bias strides above 1 for the backbone CV.")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     import openmm as mm
     from bench import make_context, time_cases
     from conftest import ALA2_PDB, random_neural_cv
     from cvflow.bias.native import NativeEABF
+    from cvflow.sampler import BIAS_GROUP
     from cvflow.config import SystemConfig
     from cvflow.fastcv import load_cv
     from cvflow.fes import Grid
@@ -51,16 +58,20 @@ def main() -> int:
         ctx, integ = make_context(bundle.system, bundle.positions, args.platform, 1)
         cases.append({"row": {"atoms": bundle.n_atoms, "padding_nm": pad, "cv_atoms": 0}, "ctx": ctx,
                       "integ": integ, "steps": args.steps})
-        for sel in (bundle.feature_atoms, big):
+        strides = [int(k) for k in args.strides.split(",") if k.strip() and int(k) > 1]
+        for sel, stride in [(bundle.feature_atoms, 1), (big, 1)] + [(bundle.feature_atoms, k) for k in strides]:
             path = random_neural_cv(tmp / f"cv-{pad}-{len(sel)}.pt", bundle, atoms_sel=np.sort(sel))
             cv = load_cv(path, bundle.n_atoms)
             bias = NativeEABF(cv, Grid([-1.0, -1.0], [1.0, 1.0], [40, 40]), kappa=1000.0, mass=10.0, friction=1.0,
-                              temperature=300.0, timestep=0.002, fullsamples=100, seed=1, report_interval=500)
+                              temperature=300.0, timestep=0.002, fullsamples=100, seed=1, report_interval=1000,
+                              stride=stride)
             system = mm.XmlSerializer.deserialize(mm.XmlSerializer.serialize(bundle.system))
-            system.addForce(bias.make_force())
+            force = bias.make_force()
+            force.setForceGroup(BIAS_GROUP)  # as in the MD loop
+            system.addForce(force)
             ctx, integ = make_context(system, bundle.positions, args.platform, 1)
-            cases.append({"row": {"atoms": bundle.n_atoms, "padding_nm": pad, "cv_atoms": len(sel)}, "ctx": ctx,
-                          "integ": integ, "steps": args.steps})
+            cases.append({"row": {"atoms": bundle.n_atoms, "padding_nm": pad, "cv_atoms": len(sel), "stride": stride},
+                          "ctx": ctx, "integ": integ, "steps": args.steps, "stride": stride})
         rates = time_cases(cases, args.rounds)
         for r, c in zip(rates, cases):
             rows.append({**c["row"], "platform": args.platform, "steps_per_s": r, "ratio": r / rates[0],
@@ -68,10 +79,10 @@ def main() -> int:
         del cases
         if args.json:  # after each size, so that a run stopped at its time limit keeps what it measured
             Path(args.json).write_text(json.dumps(rows, indent=1))
-    print(f"{'atoms':>8} {'CV atoms':>9} {'steps/s':>9} {'us/step':>8} {'ratio':>6}")
+    print(f"{'atoms':>8} {'CV atoms':>9} {'stride':>6} {'steps/s':>9} {'us/step':>8} {'ratio':>6}")
     for r in rows:
-        print(f"{r['atoms']:>8} {r['cv_atoms'] or '-':>9} {r['steps_per_s']:>9,.0f} {r['us_per_step']:>8.1f} "
-              f"{r['ratio']:>6.2f}")
+        print(f"{r['atoms']:>8} {r['cv_atoms'] or '-':>9} {r.get('stride') or '-':>6} {r['steps_per_s']:>9,.0f} "
+              f"{r['us_per_step']:>8.1f} {r['ratio']:>6.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
