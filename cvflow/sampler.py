@@ -196,12 +196,12 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
     t0 = time.perf_counter()
     start_step = step
     last_ckpt = step
-    runaway = _runaway_distance(bundle)
+    runaway = runaway_distance(bundle)
     while step < steps:
         n = min(report - step % report, steps - step)
         reason = None
         try:
-            advance(sim.integrator, step, n, getattr(bias, "stride", 1))
+            advance(sim.integrator, step, n, 1 if bias is None else bias.stride)
         except Exception as e:  # an exception in a force (OpenMM, or a bias): a blow-up
             reason = f"{type(e).__name__} during steps {step + 1}-{step + n}: {one_line(e, 200)}"
         step += n
@@ -277,15 +277,6 @@ def advance(integrator, step: int, n: int, stride: int = 1) -> None:
     if stride == 1:
         integrator.step(n)
         return
-    if step % stride == 0 and n % stride == 0:  # the MD loop's case: whole blocks (the tight loop
-        setg, one = integrator.setIntegrationForceGroups, integrator.step  # costs ~1 µs per block)
-        for _ in range(n // stride):
-            setg(ALL_GROUPS)
-            one(1)
-            setg(FORCE_FIELD_GROUPS)
-            one(stride - 1)
-        setg(ALL_GROUPS)
-        return
     end = step + n
     while step < end:
         if step % stride == 0:
@@ -300,7 +291,7 @@ def advance(integrator, step: int, n: int, stride: int = 1) -> None:
     integrator.setIntegrationForceGroups(ALL_GROUPS)
 
 
-def _runaway_distance(bundle: SystemBundle) -> float:
+def runaway_distance(bundle: SystemBundle) -> float:
     """Distance from the centre (nm) past which an atom counts as runaway: far beyond any box
     or molecule (a blow-up sends atoms to 1e38 nm within a few steps)."""
     size = float(np.ptp(bundle.positions, axis=0).max()) if bundle.positions.size else 1.0

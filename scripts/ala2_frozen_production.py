@@ -34,35 +34,52 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
+def paper_config(seed: int, **sections):
+    """configs/ala2-paper.yaml for ``seed`` with ``sections`` updated (e.g. ``bias={"stride": 2}``),
+    validated (a pydantic ValidationError if the changes do not fit)."""
+    import yaml
+    from cvflow.config import Config
+    raw = yaml.safe_load((ROOT / "configs" / "ala2-paper.yaml").read_text())
+    raw["system"]["pdb"] = str(ROOT / "systems" / "alanine-dipeptide" / "ala2.pdb")
+    raw["seed"] = seed
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    return Config.model_validate(raw)
+
+
+def paper_setup(cv: Path, seed: int, **sections):
+    """:func:`paper_config`, its system, and the grid of the CV in ``cv``: periodic 40 × 40 for
+    a torsion CV (values in [−π, π)), else the loop's grid from its values on the frames it
+    was trained on (``md`` beside it). Returns (cfg, bundle, grid)."""
+    import torch
+    from cvflow.fastcv import cv_format
+    from cvflow.fes import Grid
+    from cvflow.sampler import load_frames
+    from cvflow.system import build_system
+    from cvflow.workflow import Workflow, cv_values
+    cfg = paper_config(seed, **sections)
+    bundle = build_system(cfg.system, cfg.features.atoms)
+    if cv_format(torch.jit.load(str(cv))) == "torsions/1":
+        d = cv_values(cv, bundle.positions[None]).shape[1]
+        grid = Grid([-np.pi] * d, [np.pi] * d, [40] * d, [True] * d)
+    else:
+        from types import SimpleNamespace
+        frames = load_frames(Path(cv).parent / "md", bundle)
+        grid = Grid.from_list(Workflow._grid_from_values(SimpleNamespace(cfg=cfg), cv_values(cv, frames)))
+    return cfg, bundle, grid
+
+
 def one_seed(out: Path, cv: Path, seed: int, adaptive_ns: float, frozen_ns: float, stride: int = 1) -> dict:
     """Both stages for one seed (resumed when a stage is unfinished) and their ΔF."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import mdtraj as md
-    import yaml
     from ala2_error_decomposition import crossings, quarter_delta_f
-    from cvflow.config import Config
     from cvflow.dataset import normalised_weights, stage_log_weights
-    from cvflow.fes import Grid
     from cvflow.sampler import derive_seed, last_positions, load_frames, run_segment
     from cvflow.states import state_free_energies
-    from cvflow.system import build_system
     from cvflow.units import kT as kT_of
-    from cvflow.workflow import Workflow, cv_values
-    raw = yaml.safe_load((ROOT / "configs" / "ala2-paper.yaml").read_text())
-    raw["system"]["pdb"] = str(ROOT / "systems" / "alanine-dipeptide" / "ala2.pdb")
-    raw["seed"] = seed
-    raw["bias"]["stride"] = stride
-    cfg = Config.model_validate(raw)
-    bundle = build_system(cfg.system, cfg.features.atoms)
-    import torch
-    from cvflow.fastcv import cv_format
-    if cv_format(torch.jit.load(str(cv))) == "torsions/1":
-        d = cv_values(cv, bundle.positions[None]).shape[1]
-        grid = Grid([-np.pi] * d, [np.pi] * d, [40] * d, [True] * d)
-    else:  # a learned CV: the loop's grid from its values on the frames it was trained on
-        from types import SimpleNamespace
-        frames = load_frames(cv.parent / "md", bundle)
-        grid = Grid.from_list(Workflow._grid_from_values(SimpleNamespace(cfg=cfg), cv_values(cv, frames)))
+    from cvflow.workflow import cv_values
+    cfg, bundle, grid = paper_setup(cv, seed, bias={"stride": stride})
     kT = kT_of(cfg.md.temperature)
     t0 = time.time()
 
@@ -100,6 +117,12 @@ def main() -> int:
     ap.add_argument("--stride", type=int, default=1, help="bias.stride of both stages")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    from pydantic import ValidationError
+    from cvflow.config import format_validation_error
+    try:
+        paper_config(args.seeds[0], bias={"stride": args.stride})
+    except ValidationError as e:
+        ap.error(f"--stride {args.stride}: " + format_validation_error(e, "configs/ala2-paper.yaml"))
     cv = Path(args.cv) if args.cv else Path(args.run) / json.loads((Path(args.run) / "summary.json").read_text())[
         "final_cv"]
     ref = json.loads((ROOT / "docs" / "measurements" / "ala2-reference.json").read_text())

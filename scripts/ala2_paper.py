@@ -36,21 +36,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-
-
-def apply_settings(cfg: dict, settings: list[str]) -> dict:
-    """``KEY=VALUE`` overrides (dotted keys into the config, YAML values) on a config dict."""
-    import yaml
-    for item in settings:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. bias.stride=2")
-        *path, leaf = key.split(".")
-        node = cfg
-        for part in path:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return cfg
+from overrides import apply_overrides  # noqa: E402
 
 
 def run_one(config: str, out: Path, seed: int, settings: list[str] = ()) -> float:
@@ -62,7 +48,7 @@ def run_one(config: str, out: Path, seed: int, settings: list[str] = ()) -> floa
     seeded = out.parent / f"{out.name}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
     import yaml
-    cfg = apply_settings(yaml.safe_load(cfg_text), list(settings))
+    cfg = apply_overrides(yaml.safe_load(cfg_text), settings)
     cfg["seed"] = seed
     base = Path(config).resolve().parent
     cfg["system"]["pdb"] = str((base / cfg["system"]["pdb"]).resolve())

@@ -39,6 +39,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+BENCH_REPORT = 1000  # steps between the bias's CV rows (the projection interval, 2000, is a multiple)
 
 
 def advance_case(c, n: int) -> None:
@@ -109,6 +110,8 @@ def main(argv=None):
                     help="Comma-separated: vacuum, implicit, explicit (TIP3P box, PME).")
     args = ap.parse_args(argv)
     args.strides = [int(k) for k in args.strides.split(",") if k.strip() and int(k) > 1]
+    if any(BENCH_REPORT % k for k in args.strides):
+        ap.error(f"--strides: each must divide {BENCH_REPORT}, the bias's report interval here")
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import openmm as mm
     import torch
@@ -170,7 +173,7 @@ def main(argv=None):
         for variant, path, g, fast, stride in variants:
             cv = load_cv(path, bundle.n_atoms, fast=fast)
             bias = NativeEABF(cv, g, kappa=1000.0, mass=10.0, friction=1.0, temperature=300.0,
-                              timestep=0.002, fullsamples=100, seed=1, report_interval=1000,
+                              timestep=0.002, fullsamples=100, seed=1, report_interval=BENCH_REPORT,
                               projection_interval=BiasConfig().projection_interval,  # the default's cost
                               stride=stride)
             system = mm.XmlSerializer.deserialize(mm.XmlSerializer.serialize(bundle.system))

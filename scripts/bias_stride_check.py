@@ -34,40 +34,21 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+REPORT, PROJECTION = 1200, 2400  # steps: multiples of every stride from 1 to 6, 8 and 10
 
 
 def one(cv: str, stride: int, seed: int, ps: float) -> dict:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import openmm as mm
-    import torch
-    import yaml
     from openmm import unit as u
-    from cvflow.config import Config
-    from cvflow.fastcv import cv_format
-    from cvflow.fes import Grid
-    from cvflow.sampler import BIAS_GROUP, FORCE_FIELD_GROUPS, _runaway_distance, advance, derive_seed, make_bias
-    from cvflow.system import build_system
-    from cvflow.workflow import cv_values
     import cvflow.config
+    from ala2_frozen_production import paper_setup
+    from cvflow.sampler import BIAS_GROUP, FORCE_FIELD_GROUPS, advance, derive_seed, make_bias, runaway_distance
     cvflow.config.MAX_BIAS_IMPULSE_INTERVAL = 1.0  # this script measures where that limit comes from
-    raw = yaml.safe_load((ROOT / "configs" / "ala2-paper.yaml").read_text())
-    raw["system"]["pdb"] = str(ROOT / "systems" / "alanine-dipeptide" / "ala2.pdb")
-    raw["seed"] = seed
-    raw["bias"]["stride"] = stride
-    raw["md"]["report_interval"] = 1200  # multiples of every stride from 1 to 6, 8 and 10
-    raw["bias"]["projection_interval"] = 2400
-    cfg = Config.model_validate(raw)
-    bundle = build_system(cfg.system, cfg.features.atoms)
     cv = Path(cv)
-    if cv_format(torch.jit.load(str(cv))) == "torsions/1":
-        d = cv_values(cv, bundle.positions[None]).shape[1]
-        grid = Grid([-np.pi] * d, [np.pi] * d, [40] * d, [True] * d)
-    else:
-        from types import SimpleNamespace
-        from cvflow.sampler import load_frames
-        from cvflow.workflow import Workflow
-        frames = load_frames(cv.parent / "md", bundle)
-        grid = Grid.from_list(Workflow._grid_from_values(SimpleNamespace(cfg=cfg), cv_values(cv, frames)))
+    cfg, bundle, grid = paper_setup(cv, seed, bias={"stride": stride, "projection_interval": PROJECTION},
+                                    md={"report_interval": REPORT})
     bias = make_bias(cfg, bundle, cv, grid, derive_seed(seed, 1))
     system = mm.XmlSerializer.deserialize(mm.XmlSerializer.serialize(bundle.system))
     force = bias.make_force()
@@ -85,7 +66,7 @@ def one(cv: str, stride: int, seed: int, ps: float) -> dict:
     ctx.setVelocitiesToTemperature(md_cfg.temperature * u.kelvin, derive_seed(seed, 2))
     steps = int(round(ps / md_cfg.timestep))
     every = 50
-    runaway = _runaway_distance(bundle)
+    runaway = runaway_distance(bundle)
     temps, blowup, step = [], None, 0
     t0 = time.perf_counter()
     while step < steps:
@@ -121,7 +102,12 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    jobs = [(cv, int(k), s) for cv in args.cv for k in args.strides.split(",") for s in args.seeds]
+    strides = [int(k) for k in args.strides.split(",")]
+    misfits = [k for k in strides if k < 1 or REPORT % k or PROJECTION % k]
+    if misfits:
+        ap.error(f"--strides {','.join(map(str, misfits))}: each must divide {REPORT} and {PROJECTION} "
+                 "(the report and projection intervals of this check)")
+    jobs = [(cv, k, s) for cv in args.cv for k in strides for s in args.seeds]
     with ProcessPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(one, *zip(*jobs), [args.ps] * len(jobs)))
     print(f"{'CV':<40} {'stride':>6} {'seed':>4} {'kappa':>8} {'T_kin (K)':>14} {'blow-up'}")

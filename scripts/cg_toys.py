@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
+from overrides import apply_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = {"p_right": (0.0056, 0.0125), "x_mean": (-2.44, 0.05), "x_std": (0.52, 0.05)}
@@ -70,13 +71,7 @@ def main() -> int:
     ap.add_argument("--json", default=str(ROOT / "docs" / "measurements" / "cg-double-well-cpu-vm.json"))
     args = ap.parse_args()
     base = yaml.safe_load(Path(args.config).read_text())
-    for item in args.sets:
-        key, value = item.split("=", 1)
-        node = base
-        parts = key.split(".")
-        for k in parts[:-1]:
-            node = node.setdefault(k, {})
-        node[parts[-1]] = yaml.safe_load(value)
+    apply_overrides(base, args.sets)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(2) as pool:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import yaml
+from overrides import apply_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -36,13 +37,7 @@ def main() -> int:
     out = Path(args.out or tempfile.mkdtemp(prefix="cvflow-es-"))
     if not (out / "summary.json").exists():
         d = yaml.safe_load(Path(args.config).read_text())
-        for item in args.sets:
-            key, value = item.split("=", 1)
-            if "." in key:
-                sec, name = key.split(".", 1)
-                d.setdefault(sec, {})[name] = yaml.safe_load(value)
-            else:
-                d[key] = yaml.safe_load(value)
+        apply_overrides(d, args.sets)
         cfg = out.parent / f"{out.name}.yaml"
         cfg.write_text(yaml.safe_dump(d))
         t0 = time.time()

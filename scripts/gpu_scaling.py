@@ -37,6 +37,9 @@ def main() -> int:
     ap.add_argument("--strides", default="2", help="Comma-separated bias strides above 1 for the backbone CV.")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    strides = [int(k) for k in args.strides.split(",") if k.strip() and int(k) > 1]
+    if any(1000 % k for k in strides):
+        ap.error("--strides: each must divide 1000, the bias's report interval here")
     import openmm as mm
     from bench import make_context, time_cases
     from conftest import ALA2_PDB, random_neural_cv
@@ -55,10 +58,14 @@ def main() -> int:
         waters = top.select("water and name O")
         big = np.concatenate([bundle.feature_atoms, waters[: max(0, args.cv_atoms - len(bundle.feature_atoms))]])
         cases = []
-        ctx, integ = make_context(bundle.system, bundle.positions, args.platform, 1)
+        try:
+            ctx, integ = make_context(bundle.system, bundle.positions, args.platform, 1)
+        except mm.OpenMMException as e:  # e.g. a box smaller than twice the cutoff
+            print(f"gpu_scaling.py: --paddings {pad:g} nm ({bundle.n_atoms} atoms): {str(e).splitlines()[0]}",
+                  file=sys.stderr)
+            return 2
         cases.append({"row": {"atoms": bundle.n_atoms, "padding_nm": pad, "cv_atoms": 0}, "ctx": ctx,
                       "integ": integ, "steps": args.steps})
-        strides = [int(k) for k in args.strides.split(",") if k.strip() and int(k) > 1]
         for sel, stride in [(bundle.feature_atoms, 1), (big, 1)] + [(bundle.feature_atoms, k) for k in strides]:
             path = random_neural_cv(tmp / f"cv-{pad}-{len(sel)}.pt", bundle, atoms_sel=np.sort(sel))
             cv = load_cv(path, bundle.n_atoms)

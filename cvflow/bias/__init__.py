@@ -3,7 +3,9 @@
 An engine object provides ``make_force()`` (an OpenMM Force to add to the System),
 ``take_colvar()`` (rows ``step, ξ…, λ…`` since the last call), ``czar()`` (additive
 :class:`~cvflow.fes.CZARStats`), ``state_arrays()``/``load_state_arrays()`` (its part of
-a checkpoint), ``dim``, ``name`` and ``error`` (a message once a blow-up was seen).
+a checkpoint), ``dim``, ``name``, ``error`` (a message once a blow-up was seen) and
+``stride`` (MD steps per bias evaluation; the MD loop steps by it, see
+:func:`cvflow.sampler.advance`).
 """
 
 

@@ -317,13 +317,13 @@ class NativeEABF:
                  fullsamples, seed, report_interval, wall_kappa=None, start_lambda=None,
                  projection_interval: int | None = None, stride: int = 1):
         from ..units import kT as _kT
-        self.stride = int(stride)
-        if self.stride < 1:
+        stride = int(stride)
+        if stride < 1:
             raise ValueError(f"stride must be at least 1, not {stride}")
         for name, n in (("report_interval", report_interval), ("projection_interval", projection_interval)):
-            if n and int(n) % self.stride:
-                raise ValueError(f"{name} ({n}) is not a multiple of the bias stride ({self.stride})")
-        timestep = timestep * self.stride  # λ's step: one per bias evaluation
+            if n and int(n) % stride:
+                raise ValueError(f"{name} ({n}) is not a multiple of the bias stride ({stride})")
+        timestep = timestep * stride  # λ's step: one per bias evaluation
         self.cv = cv
         self.grid = grid
         self._periods = np.ascontiguousarray(grid.periods, dtype=np.float64)
@@ -335,7 +335,7 @@ class NativeEABF:
         a = np.exp(-friction * timestep)
         prm = np.array([kappa, mass, timestep, a, np.sqrt((1 - a * a) * self.kT / mass),
                         float(fullsamples), float(wall_kappa if wall_kappa is not None else kappa),
-                        1.0 if projection_interval and grid.dim == 2 else 0.0, 0.0, float(self.stride)])
+                        1.0 if projection_interval and grid.dim == 2 else 0.0, 0.0, float(stride)])
         self.seed = int(seed)
         self.report_interval = int(report_interval)
         nbins = int(np.prod(grid.bins))
@@ -475,6 +475,11 @@ class NativeEABF:
         if self.dim > 1 and self._periods[1] > 0:
             est[..., 1] -= self._loop[1, :nb[0]][:, None] / nb[1]
         return est, main_region(connected_regions(count > 0, self.grid.periodic), count)
+
+    @property
+    def stride(self) -> int:
+        """MD steps per bias evaluation (multiple time stepping; the kernel's ``prm[9]``)."""
+        return int(self.prm[9])
 
     @property
     def is_frozen(self) -> bool:

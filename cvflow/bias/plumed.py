@@ -335,6 +335,7 @@ class PlumedEABF:
     """eABF through PLUMED's DRR, with the same interface as :class:`~cvflow.bias.native.NativeEABF`."""
 
     name = "plumed"
+    stride = 1  # the bias at every step (cvflow does not set PLUMED's own STRIDE)
 
     def __init__(self, spec: PlumedInputSpec, out_dir: Path, masses: np.ndarray, n_atoms: int, kernel: str,
                  timestep: float, kT: float, box: np.ndarray | None):
