@@ -307,7 +307,10 @@ class CGRun(GenerativeRun):
         if n is not None:
             if n > n_all:
                 raise ConfigError(f"cg.n_frames: {n} frames asked for; {self.from_run} has {n_all}")
-            pick = np.linspace(0, n_all - 1, n).round().astype(int)
+            if self.cgc.frame_offset == 0:
+                pick = np.linspace(0, n_all - 1, n).round().astype(int)
+            else:  # the same spacing, shifted by a fraction of it: another, disjoint subset
+                pick = np.floor((np.arange(n) + self.cgc.frame_offset) * n_all / n).astype(int)
             x, w = x[pick], w[pick]
         if w.sum() <= 0:
             raise ConfigError(f"cg.n_frames: the {len(w)} frames picked from {self.from_run} all have weight 0")

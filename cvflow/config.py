@@ -637,6 +637,9 @@ class CGConfig(Strict):
     frames: Literal["production", "all", "initial"] = "production"
     frame_weights: Literal["reweighted", "uniform"] = "reweighted"
     n_frames: Optional[PositiveInt] = None
+    # which evenly spaced frames: shifted by this fraction of their spacing (0: the first
+    # and the last frame included); other offsets give other, disjoint subsets (coverage checks)
+    frame_offset: float = Field(0.0, ge=0.0, lt=1.0)
     # the Laplace posterior counts the frames as their Kish ESS, independent (the papers'
     # treatment); with correlated_frames, divided by the statistical inefficiency of their
     # latent series: MD frames close in time are worth less (measured: the README)

@@ -3,7 +3,7 @@
 reweighted frames of a cvflow run of alanine dipeptide, against an independent reference.
 
     python scripts/cg_ala2.py --run runs/cg-ala2 [--n 50 200 500 5000] [--seeds 1 2 3]
-        [--ref-ns 5] [--json docs/measurements/cg-ala2-cpu-vm.json]
+        [--offsets 0 0.1 ...] [--jobs 2] [--ref-ns 25] [--json docs/measurements/cg-ala2-cpu-vm.json]
 
 1. The run: ``cvflow run configs/cg-ala2.yaml`` (made here if ``--run`` has none).
 2. The reference, without cvflow's sampling: plain OpenMM Langevin MD (the config's system
@@ -13,15 +13,19 @@ reweighted frames of a cvflow run of alanine dipeptide, against an independent r
    reference (docs/measurements/ala2-reference.json: ΔF(C7ax − C7eq) = 8.41 ± 0.28 kJ/mol).
    Its error: block standard errors (10 blocks) and the population's error, in quadrature.
    The (φ, ψ) reference histogram is the metadynamics free energy, on 36 × 36 bins.
-3. For each N and seed, ``cvflow cg --from RUN`` with ``cg.n_frames: N`` (evenly spaced
-   production frames and their weights): the Rg prediction with its 95 % credible interval
-   (over the decoder's Laplace posterior draws), whether it holds the reference, and the
-   Jensen–Shannon divergence of the generated (φ, ψ) histogram to the reference.
+3. For each N, offset and seed, ``cvflow cg --from RUN`` with ``cg.n_frames: N`` and
+   ``cg.frame_offset`` (evenly spaced frames of the config's ``cg.frames``, with their
+   weights; other offsets give disjoint subsets): the Rg prediction with its 95 % credible
+   interval (over the decoder's Laplace posterior draws), whether it holds the reference, the
+   Jensen–Shannon divergence of the generated (φ, ψ) histogram to the reference, and what
+   the training frames say by themselves (their weighted mean Rg, Kish ESS and the standard
+   error as if the ESS frames were independent).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -89,13 +93,25 @@ def _set_phi(pos, idx, top, target):
     return out
 
 
+def frames_rg(data: Path) -> dict:
+    """The training frames' own weighted mean Rg (all atoms), their Kish ESS, and the standard
+    error of that mean as if the ESS frames were independent: what the data say by themselves."""
+    d = np.load(data)
+    x, w = d["positions"], d["weights"] / d["weights"].sum()
+    c = x - x.mean(1, keepdims=True)
+    rg = np.sqrt((c ** 2).sum(-1).mean(-1))
+    m = float((w * rg).sum())
+    ess = float(1 / (w ** 2).sum())
+    return {"rg_nm": m, "ess": ess, "rg_se_nm": float(np.sqrt((w * (rg - m) ** 2).sum() / ess))}
+
+
 def block_sem(x: np.ndarray, blocks: int = 10) -> float:
     m = np.array([b.mean() for b in np.array_split(x, blocks)])
     return float(m.std(ddof=1) / np.sqrt(blocks))
 
 
 def reference(cfg_path: Path, ns: float, work: Path) -> dict:
-    cache = work / "reference.npz"
+    cache = work / f"reference-{ns:g}ns.npz"
     if cache.exists():
         d = np.load(cache)
         runs = {k: {"rg": d[f"{k}_rg"], "phi": d[f"{k}_phi"], "psi": d[f"{k}_psi"]} for k in ("C7eq", "C7ax")}
@@ -132,18 +148,21 @@ def plot_rg_against_n(rows: list[dict], ref: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     ns = sorted({r["n"] for r in rows})
-    seeds = sorted({r["seed"] for r in rows})
-    for k, seed in enumerate(seeds):
-        rs = sorted((r for r in rows if r["seed"] == seed), key=lambda r: r["n"])
-        n = np.array([r["n"] for r in rs]) * (1 + 0.06 * (k - (len(seeds) - 1) / 2))
+    runs = sorted({(r["seed"], r.get("offset", 0.0)) for r in rows})
+    step = 0.06 if len(runs) <= 4 else 0.25 / len(runs)
+    for k, (seed, off) in enumerate(runs):
+        rs = sorted((r for r in rows if r["seed"] == seed and r.get("offset", 0.0) == off), key=lambda r: r["n"])
+        n = np.array([r["n"] for r in rs]) * (1 + step * (k - (len(runs) - 1) / 2))
         m = np.array([r["rg_mean"] for r in rs])
         err = np.array([[r["rg_mean"] - r["rg_low"] for r in rs], [r["rg_high"] - r["rg_mean"] for r in rs]])
-        ax.errorbar(n, m, yerr=err, fmt="o", ms=4, capsize=3, label=f"training seed {seed}")
+        label = f"training seed {seed}" + (f", frame offset {off:g}" if len(runs) > 3 else "")
+        ax.errorbar(n, m, yerr=err, fmt="o", ms=4, capsize=3, label=label if len(runs) <= 6 else None)
     ax.axhspan(ref["rg_nm"] - 2 * ref["rg_error_nm"], ref["rg_nm"] + 2 * ref["rg_error_nm"], color="0.8",
                label="reference (plain MD + metadynamics populations, ±2σ)")
     ax.axhline(ref["rg_nm"], color="k", lw=0.8)
     ax.set_xscale("log")
     ax.set_xticks(ns)
+    ax.minorticks_off()
     ax.set_xticklabels([str(n) for n in ns])
     ax.set_xlabel("training frames N")
     ax.set_ylabel("Rg (nm), mean and 95% credible interval")
@@ -161,7 +180,11 @@ def main() -> int:
     ap.add_argument("--run", default=str(ROOT / "runs" / "cg-ala2"))
     ap.add_argument("--n", type=int, nargs="+", default=[50, 200, 500, 5000])
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    ap.add_argument("--ref-ns", type=float, default=5.0)
+    ap.add_argument("--offsets", type=float, nargs="+", default=[0.0],
+                    help="cg.frame_offset values: other, disjoint subsets of N frames (a coverage check)")
+    ap.add_argument("--jobs", type=int, default=1, help="cg runs at a time (one thread each when > 1)")
+    ap.add_argument("--ref-ns", type=float, default=25.0)
+    ap.add_argument("--note", default=None, help="a line for the JSON: what this sweep varied")
     ap.add_argument("--work", default=None, help="where the cg directories go (default: RUN/cg-sweep)")
     ap.add_argument("--json", default=str(ROOT / "docs" / "measurements" / "cg-ala2-cpu-vm.json"))
     ap.add_argument("--plot", default=str(ROOT / "docs" / "img" / "cg-ala2-rg-vs-n.png"))
@@ -178,37 +201,54 @@ def main() -> int:
     rows = []
     from cvflow.config import dump_config, load_config
     base = dump_config(load_config(args.config))  # every path resolved, so the copies may live anywhere
-    for n in args.n:
-        for seed in args.seeds:
-            out = work / f"n{n}-seed{seed}"
-            if not (out / "cg.json").exists():
-                d = dict(base, seed=seed)
-                d["cg"] = dict(base["cg"], n_frames=n)
-                cfg = work / f"n{n}-seed{seed}.yaml"
-                cfg.write_text(yaml.safe_dump(d))
-                t0 = time.time()
-                subprocess.run([sys.executable, "-m", "cvflow.cli", "cg", str(cfg), "--from", str(run), "--out", str(out),
-                                "-q"] + (["--resume"] if out.exists() else []), check=True)
-                print(f"N={n} seed={seed}: {time.time() - t0:.0f} s")
-            info = json.loads((out / "cg.json").read_text())
-            rg = info["observables"]["rg_nm"]
-            gen = np.array(info["phi_psi"]["generated"])
-            row = {"n": n, "seed": seed, "rg_mean": rg["mean"], "rg_low": rg["low"], "rg_high": rg["high"],
-                   "rg_width": rg["high"] - rg["low"], "holds_reference": rg["low"] <= ref["rg_nm"] <= rg["high"],
-                   "js_to_reference_nats": js_divergence(np.array(ref["phi_psi_histogram"]), gen),
-                   "js_to_frames_nats": info["phi_psi"].get("js_to_frames_nats"),
-                   "states": info.get("states")}
-            rows.append(row)
-            print(json.dumps({k: row[k] for k in ("n", "seed", "rg_mean", "rg_low", "rg_high", "holds_reference",
-                                                    "js_to_reference_nats")}))
+    jobs = [(n, off, seed) for n in args.n for off in args.offsets for seed in args.seeds]
+
+    def name(n, off, seed):
+        return f"n{n}-seed{seed}" + (f"-offset{off:g}" if off else "")
+
+    def cg_run(job):
+        n, off, seed = job
+        out = work / name(*job)
+        if (out / "cg.json").exists():
+            return
+        d = dict(base, seed=seed)
+        d["cg"] = dict(base["cg"], n_frames=n, frame_offset=off)
+        cfg = work / f"{name(*job)}.yaml"
+        cfg.write_text(yaml.safe_dump(d))
+        t0 = time.time()
+        env = dict(os.environ, **({"OMP_NUM_THREADS": "1"} if args.jobs > 1 else {}))
+        subprocess.run([sys.executable, "-m", "cvflow.cli", "cg", str(cfg), "--from", str(run), "--out", str(out),
+                        "-q"] + (["--resume"] if out.exists() else []), check=True, env=env, stdout=subprocess.DEVNULL)
+        print(f"{name(*job)}: {time.time() - t0:.0f} s", flush=True)
+
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(cg_run, jobs))
+    for job in jobs:
+        n, off, seed = job
+        out = work / name(*job)
+        info = json.loads((out / "cg.json").read_text())
+        rg = info["observables"]["rg_nm"]
+        gen = np.array(info["phi_psi"]["generated"])
+        frames = frames_rg(out / "data.npz")
+        row = {"n": n, "offset": off, "seed": seed, "rg_mean": rg["mean"], "rg_low": rg["low"], "rg_high": rg["high"],
+               "rg_width": rg["high"] - rg["low"], "holds_reference": rg["low"] <= ref["rg_nm"] <= rg["high"],
+               "js_to_reference_nats": js_divergence(np.array(ref["phi_psi_histogram"]), gen),
+               "js_to_frames_nats": info["phi_psi"].get("js_to_frames_nats"),
+               "frames": frames, "states": info.get("states")}
+        rows.append(row)
+        print(json.dumps({k: row[k] for k in ("n", "offset", "seed", "rg_mean", "rg_low", "rg_high",
+                                                "holds_reference", "js_to_reference_nats", "frames")}))
     summary = {"reference": {k: v for k, v in ref.items() if k != "phi_psi_histogram"}, "runs": rows,
                "per_n": {str(n): {"holds_reference": sum(r["holds_reference"] for r in rows if r["n"] == n),
                                   "of": sum(r["n"] == n for r in rows),
                                   "median_width_nm": float(np.median([r["rg_width"] for r in rows if r["n"] == n])),
+                                  "frames_within_1.96_se": sum(abs(r["frames"]["rg_nm"] - ref["rg_nm"])
+                                                               <= 1.96 * r["frames"]["rg_se_nm"] for r in rows if r["n"] == n),
                                   "js_to_reference_nats": [round(r["js_to_reference_nats"], 4) for r in rows
                                                            if r["n"] == n]}
                          for n in args.n},
-               "run": str(run), "config": str(args.config)}
+               "run": str(run), "config": str(args.config), **({"note": args.note} if args.note else {})}
     Path(args.json).write_text(json.dumps(summary, indent=1))
     plot_rg_against_n(rows, ref, Path(args.plot))
     for n, v in summary["per_n"].items():

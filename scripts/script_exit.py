@@ -1,5 +1,6 @@
 """How the measurement scripts end: main's status, or one line when a `cvflow` subprocess
-they started refused (cvflow has already printed its own one-line error)."""
+they started refused (cvflow has already printed its own one-line error) or a config they
+read is bad (exit status 2, as cvflow's own)."""
 from __future__ import annotations
 
 import subprocess
@@ -14,3 +15,9 @@ def run_main(main, script: str) -> None:
         print(f"{Path(script).name}: stopped: {' '.join(map(str, e.cmd[2:5]))} ... exited with status "
               f"{e.returncode}", file=sys.stderr)
         sys.exit(1)
+    except Exception as e:
+        from cvflow.config import ConfigError
+        if not isinstance(e, ConfigError):
+            raise
+        print(f"{Path(script).name}: {e}", file=sys.stderr)
+        sys.exit(2)

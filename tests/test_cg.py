@@ -412,3 +412,28 @@ def test_reverse_kl_double_well_weights_both_modes(tmp_path):
     print(p, mean, std, info["exact"]["kl_q_to_p_nats"])
     assert 0.0083 / 1.5 <= p <= 0.0083 * 1.5
     assert abs(mean - info["exact"]["x_mean"]) <= 0.05 and abs(std - info["exact"]["x_std"]) <= 0.05
+
+
+def test_frame_offsets_pick_disjoint_evenly_spaced_subsets(tmp_path, es_run):
+    """``cg.frame_offset`` shifts the evenly spaced frames by a fraction of their spacing:
+    offsets 0.25 and 0.75 each give N frames, one in each N-th of the run, and share none
+    (the coverage check of scripts/cg_ala2.py trains on such disjoint subsets)."""
+    from cvflow.config import config_from_dict
+    _, run_dir = es_run
+    base = yaml.safe_load((run_dir / "config.resolved.yaml").read_text())["config"]
+    picked = {}
+    for off in (None, 0.25, 0.75):
+        cg = {"latent": 1, "hidden": [8]} | ({} if off is None else {"n_frames": 20, "frame_offset": off})
+        cfg = config_from_dict({"seed": 1, "system": base["system"], "md": base["md"], "cg": cg})
+        out = tmp_path / f"offset{off}"
+        out.mkdir()
+        CGRun(cfg, out, from_run=run_dir)._data()
+        picked[off] = np.load(out / "data.npz")["positions"].reshape(-1, 2)
+    full = picked[None]
+    n_all = len(full)
+    assert len(np.unique(full, axis=0)) == n_all
+    idx = {off: [int(np.flatnonzero((full == x).all(1))[0]) for x in picked[off]] for off in (0.25, 0.75)}
+    for off, rows in idx.items():
+        assert len(rows) == 20
+        assert all(k * n_all / 20 <= j < (k + 1) * n_all / 20 for k, j in enumerate(rows)), (off, rows)
+    assert not set(idx[0.25]) & set(idx[0.75])
