@@ -15,7 +15,8 @@ them, evenly spaced) → **train** (the weighted ELBO, with an ARD prior on the 
 weights whose precisions are re-estimated every ``cg.ard_every`` steps) → **posterior** (a
 Laplace approximation of p(θ_out | data) for the output layer of the decoder mean, exact for
 a Gaussian likelihood given the hidden activations) → **sample** (``cg.posterior_draws``
-decoders drawn from it, each generating its share of ``cg.samples``) → **analysis**
+decoders drawn from it, or from its Student-t with ``cg.posterior_noise: marginal``, each
+generating its share of ``cg.samples``) → **analysis**
 (observables per draw → 95 % credible intervals).
 
 ``--no-data`` (reverse KL): **train** (minimise E_q[log q(x, z) − log r(z|x) + β_s U(x)],
@@ -596,7 +597,7 @@ class CGRun(GenerativeRun):
         alpha_out = (saved["alpha"][-1][: model.n_features] if self.cgc.ard and saved["alpha"] is not None
                      else torch.full((model.n_features, model.decoder.net[-2].in_features), 1e-2))
         rows, chol = laplace_output_layer(model, v, w, alpha_out.double(), derive_seed(self.seed, 3))
-        art.write_npz(self.out / "posterior.npz", rows=rows.numpy(), chol=chol.numpy())
+        art.write_npz(self.out / "posterior.npz", rows=rows.numpy(), chol=chol.numpy(), n_eff=np.float64(n_eff))
         sd = torch.sqrt(torch.diagonal(chol @ chol.transpose(1, 2), dim1=1, dim2=2))
         pruned = [float((a > 1e4).float().mean()) for a in saved["alpha"]] if saved["alpha"] else []
         return {"parameters": int(rows.numel()), "mean_posterior_sd": float(sd.mean()),
@@ -612,11 +613,19 @@ class CGRun(GenerativeRun):
         if self.mode == "data":
             p = np.load(self.out / "posterior.npz")
             rows, chol = torch.as_tensor(p["rows"]), torch.as_tensor(p["chol"])
+            # posterior_noise: marginal — the decoder's noise scale known only up to one common
+            # factor, which the frames determine as ν = their effective count: the output layer's
+            # posterior is then a Student-t with ν degrees of freedom (the normal–inverse-gamma
+            # result of Bayesian linear regression), a scale mixture of the Laplace Gaussian
+            nu = float(p["n_eff"]) if "n_eff" in p.files else math.inf
+            chi2 = np.random.default_rng(derive_seed(self.seed, 7))
         xs, draw_of, zs = [], [], []
         with torch.no_grad():
             for s in range(draws):
                 if self.mode == "data":
                     eps = torch.randn(rows.shape, generator=g, dtype=torch.float64)
+                    if c.posterior_noise == "marginal" and math.isfinite(nu):  # Student-t: × √(ν / χ²_ν)
+                        eps = eps * math.sqrt(nu / chi2.chisquare(nu))
                     set_output_rows(model, rows + (chol @ eps[..., None])[..., 0])
                 z = model.sample_prior(per, g)
                 xm, xlv = model.decode(z)

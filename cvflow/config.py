@@ -647,6 +647,10 @@ class CGConfig(Strict):
     ard: bool = True                       # an ARD (sparsity) prior on the decoder's weights
     ard_every: PositiveInt = 250           # steps between updates of its precisions
     posterior_draws: Annotated[int, Field(ge=2)] = 50   # decoder draws from the Laplace posterior
+    # map: the decoder's noise σ(z) at its MAP in the Laplace posterior (the papers'); marginal:
+    # σ known up to one common scale that the frames' effective count ν determines, so each
+    # draw is a Student-t with ν degrees of freedom (wider with few frames; measured: README)
+    posterior_noise: Literal["map", "marginal"] = "map"
     tempering: TemperingConfig = Field(default_factory=TemperingConfig)
     # --no-data: the entropy term E_q[log q(x)]. encoder_bound: the paper's upper bound
     # E_q[log q(x, z) − log r(z|x)]; importance_weighted: a tighter upper bound with

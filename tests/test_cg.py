@@ -437,3 +437,26 @@ def test_frame_offsets_pick_disjoint_evenly_spaced_subsets(tmp_path, es_run):
         assert len(rows) == 20
         assert all(k * n_all / 20 <= j < (k + 1) * n_all / 20 for k, j in enumerate(rows)), (off, rows)
     assert not set(idx[0.25]) & set(idx[0.75])
+
+
+def test_marginal_noise_widens_the_intervals_from_few_frames(tmp_path, es_run):
+    """``posterior_noise: marginal`` draws the output layer from a Student-t with the frames'
+    effective count as degrees of freedom: from 10 frames (ν of a few) the same trained model
+    gives a wider interval than with the noise at its MAP, around the same mean."""
+    _, run_dir = es_run
+    base = yaml.safe_load((run_dir / "config.resolved.yaml").read_text())["config"]
+    got = {}
+    for noise in ("map", "marginal"):
+        d = {"seed": 1, "system": base["system"], "md": base["md"],
+             "cg": {"latent": 1, "hidden": [16], "steps": 300, "batch_size": 128, "kl_warmup": 50,
+                    "ard_every": 50, "posterior_draws": 40, "samples": 8000, "n_frames": 10,
+                    "posterior_noise": noise}}
+        path = tmp_path / f"{noise}.yaml"
+        path.write_text(yaml.safe_dump(d))
+        res = invoke("cg", path, "--from", run_dir, "--out", tmp_path / noise)
+        assert res.exit_code == 0, res.output
+        got[noise] = json.loads((tmp_path / noise / "cg.json").read_text())["observables"]["y"]
+        nu = float(np.load(tmp_path / noise / "posterior.npz")["n_eff"])
+        assert 1 <= nu <= 10
+    assert got["marginal"]["high"] - got["marginal"]["low"] > 1.05 * (got["map"]["high"] - got["map"]["low"])
+    assert got["marginal"]["sd"] > got["map"]["sd"]
