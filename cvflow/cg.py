@@ -617,14 +617,14 @@ class CGRun(GenerativeRun):
             # factor, which the frames determine as ν = their effective count: the output layer's
             # posterior is then a Student-t with ν degrees of freedom (the normal–inverse-gamma
             # result of Bayesian linear regression), a scale mixture of the Laplace Gaussian
-            nu = float(p["n_eff"]) if "n_eff" in p.files else math.inf
+            nu = float(p["n_eff"]) if c.posterior_noise == "marginal" else None
             chi2 = np.random.default_rng(derive_seed(self.seed, 7))
         xs, draw_of, zs = [], [], []
         with torch.no_grad():
             for s in range(draws):
                 if self.mode == "data":
                     eps = torch.randn(rows.shape, generator=g, dtype=torch.float64)
-                    if c.posterior_noise == "marginal" and math.isfinite(nu):  # Student-t: × √(ν / χ²_ν)
+                    if nu is not None:  # Student-t: × √(ν / χ²_ν)
                         eps = eps * math.sqrt(nu / chi2.chisquare(nu))
                     set_output_rows(model, rows + (chol @ eps[..., None])[..., 0])
                 z = model.sample_prior(per, g)

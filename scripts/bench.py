@@ -42,6 +42,18 @@ sys.path.insert(0, str(ROOT))
 BENCH_REPORT = 1000  # steps between the bias's CV rows (the projection interval, 2000, is a multiple)
 
 
+def parse_strides(ap: argparse.ArgumentParser, text: str) -> list[int]:
+    """``--strides`` "2,4" → [2, 4] (strides above 1; each must divide BENCH_REPORT), or a
+    one-line argparse error."""
+    try:
+        strides = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        ap.error(f"--strides {text!r}: comma-separated integers, e.g. 2,4")
+    if any(k < 1 or BENCH_REPORT % k for k in strides):
+        ap.error(f"--strides {text!r}: each must divide {BENCH_REPORT}, the bias's report interval here")
+    return [k for k in strides if k > 1]
+
+
 def advance_case(c, n: int) -> None:
     """``n`` steps of a case, through the MD loop's stepping (a bias stride of k: the bias's
     force group at every k-th step only)."""
@@ -109,9 +121,7 @@ def main(argv=None):
     ap.add_argument("--solvents", default="vacuum,implicit",
                     help="Comma-separated: vacuum, implicit, explicit (TIP3P box, PME).")
     args = ap.parse_args(argv)
-    args.strides = [int(k) for k in args.strides.split(",") if k.strip() and int(k) > 1]
-    if any(BENCH_REPORT % k for k in args.strides):
-        ap.error(f"--strides: each must divide {BENCH_REPORT}, the bias's report interval here")
+    args.strides = parse_strides(ap, args.strides)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import openmm as mm
     import torch

@@ -37,11 +37,9 @@ def main() -> int:
     ap.add_argument("--strides", default="2", help="Comma-separated bias strides above 1 for the backbone CV.")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    strides = [int(k) for k in args.strides.split(",") if k.strip() and int(k) > 1]
-    if any(1000 % k for k in strides):
-        ap.error("--strides: each must divide 1000, the bias's report interval here")
+    from bench import BENCH_REPORT, make_context, parse_strides, time_cases
+    strides = parse_strides(ap, args.strides)
     import openmm as mm
-    from bench import make_context, time_cases
     from conftest import ALA2_PDB, random_neural_cv
     from cvflow.bias.native import NativeEABF
     from cvflow.sampler import BIAS_GROUP
@@ -70,8 +68,8 @@ def main() -> int:
             path = random_neural_cv(tmp / f"cv-{pad}-{len(sel)}.pt", bundle, atoms_sel=np.sort(sel))
             cv = load_cv(path, bundle.n_atoms)
             bias = NativeEABF(cv, Grid([-1.0, -1.0], [1.0, 1.0], [40, 40]), kappa=1000.0, mass=10.0, friction=1.0,
-                              temperature=300.0, timestep=0.002, fullsamples=100, seed=1, report_interval=1000,
-                              stride=stride)
+                              temperature=300.0, timestep=0.002, fullsamples=100, seed=1,
+                              report_interval=BENCH_REPORT, stride=stride)
             system = mm.XmlSerializer.deserialize(mm.XmlSerializer.serialize(bundle.system))
             force = bias.make_force()
             force.setForceGroup(BIAS_GROUP)  # as in the MD loop

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cvflow.config import ConfigError
+
 
 def run_main(main, script: str) -> None:
     try:
@@ -15,9 +17,6 @@ def run_main(main, script: str) -> None:
         print(f"{Path(script).name}: stopped: {' '.join(map(str, e.cmd[2:5]))} ... exited with status "
               f"{e.returncode}", file=sys.stderr)
         sys.exit(1)
-    except Exception as e:
-        from cvflow.config import ConfigError
-        if not isinstance(e, ConfigError):
-            raise
+    except ConfigError as e:
         print(f"{Path(script).name}: {e}", file=sys.stderr)
         sys.exit(2)
