@@ -650,12 +650,39 @@ class CGRun(GenerativeRun):
         member = self.membership(x, self.cgc.states)
         if member:
             info["states"] = {k: interval(m.astype(float), draw, self.mode) for k, m in member.items()}
+        if self.mode == "data":
+            self._frames_check(info)
         if self.bundle.is_toy:
             info["exact"] = self._toy_exact(x, member)
         else:
             info["phi_psi"] = self._phi_psi_check(x)
         art.write_json(self.out / "cg.json", info)
         return info
+
+    def _frames_check(self, info: dict) -> None:
+        """What the training frames say by themselves, beside each prediction (``frames``: the
+        frames' reweighted mean and its standard errors, :func:`weighted_mean_se`), with a
+        warning where the model's interval lies more than 3 delta-method errors from it: the
+        model does not reproduce its own data there (a minor state dropped, for example),
+        which no posterior draw of the output layer accounts for."""
+        d = np.load(self.out / "data.npz")
+        x, w = d["positions"], d["weights"]
+        per_frame = dict(self.observables(x))
+        member = self.membership(x, self.cgc.states) or {}
+        groups = [("observables", per_frame), ("states", {k: m.astype(float) for k, m in member.items()})]
+        for group, values in groups:
+            for k, v in values.items():
+                if k not in info.get(group, {}):
+                    continue
+                own = weighted_mean_se(v, w)
+                pred = info[group][k]
+                pred["frames"] = own
+                gap = max(pred["low"] - own["mean"], own["mean"] - pred["high"], 0.0)
+                if own["se"] > 0 and gap > 3 * own["se"]:  # se = 0: every frame alike, nothing to test
+                    label = f"P({k})" if group == "states" else k
+                    log.warning(f"cg: the model's {label} {pred['mean']:.4g} [{pred['low']:.4g}, {pred['high']:.4g}] "
+                                f"is {gap / own['se']:.1f} standard errors from its training frames' own "
+                                f"{own['mean']:.4g} ± {own['se']:.2g}: the model does not reproduce its data there")
 
     def observables(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Per-sample observables: x and y of a toy; a molecule's radius of gyration (nm,
@@ -760,6 +787,22 @@ def kish_ess(w) -> float:
     return float(w.sum() ** 2 / (w ** 2).sum())
 
 
+def weighted_mean_se(values, w) -> dict:
+    """The weighted (self-normalised) mean of per-frame ``values`` and two standard errors,
+    both for independent frames: ``se``, the delta-method error of a self-normalised
+    importance-sampling mean, √(Σ w̃ᵢ² (vᵢ − v̄)²) with w̃ = w / Σw (Owen, *Monte Carlo theory,
+    methods and examples*, eq. 9.8), right also where the values follow the weights (a
+    state's population, whose frames carry weights of their own); and ``se_kish``, the
+    weighted standard deviation over √ESS (the Kish ESS (Σw)²/Σw² counted as independent
+    frames), which assumes they do not."""
+    v, w = np.asarray(values, float), np.asarray(w, float)
+    w = w / w.sum()
+    m = float((w * v).sum())
+    ess = float(1 / (w ** 2).sum())
+    return {"mean": m, "se": float(np.sqrt((w ** 2 * (v - m) ** 2).sum())),
+            "se_kish": float(np.sqrt((w * (v - m) ** 2).sum() / ess)), "ess": ess}
+
+
 def _logmeanexp(a: np.ndarray) -> float:
     a = np.asarray(a, float)
     m = np.max(a)
@@ -850,10 +893,13 @@ def prepare_cg_dir(cfg: Config, out: Path, resume: bool) -> None:
 def format_cg(info: dict) -> list[str]:
     """Lines for the terminal."""
     lines = [f"{info['samples']:,} generated configurations ({info['mode']}); {info['intervals']}"]
+    def own(v):
+        f = v.get("frames")
+        return f"; frames {f['mean']:.4g} ± {f['se']:.2g}" if f else ""
     for k, v in info.get("observables", {}).items():
-        lines.append(f"{k}: {v['mean']:.4g} [{v['low']:.4g}, {v['high']:.4g}]")
+        lines.append(f"{k}: {v['mean']:.4g} [{v['low']:.4g}, {v['high']:.4g}]{own(v)}")
     for k, v in (info.get("states") or {}).items():
-        lines.append(f"P({k}): {v['mean']:.4g} [{v['low']:.4g}, {v['high']:.4g}]")
+        lines.append(f"P({k}): {v['mean']:.4g} [{v['low']:.4g}, {v['high']:.4g}]{own(v)}")
     ex = info.get("exact")
     if ex:
         lines.append(f"exact (quadrature): x mean {ex['x_mean']:.4g}, std {ex['x_std']:.4g}; "

@@ -96,13 +96,12 @@ def _set_phi(pos, idx, top, target):
 def frames_rg(data: Path) -> dict:
     """The training frames' own weighted mean Rg (all atoms), their Kish ESS, and the standard
     error of that mean as if the ESS frames were independent: what the data say by themselves."""
+    from cvflow.cg import weighted_mean_se
     d = np.load(data)
-    x, w = d["positions"], d["weights"] / d["weights"].sum()
+    x = d["positions"]
     c = x - x.mean(1, keepdims=True)
-    rg = np.sqrt((c ** 2).sum(-1).mean(-1))
-    m = float((w * rg).sum())
-    ess = float(1 / (w ** 2).sum())
-    return {"rg_nm": m, "ess": ess, "rg_se_nm": float(np.sqrt((w * (rg - m) ** 2).sum() / ess))}
+    own = weighted_mean_se(np.sqrt((c ** 2).sum(-1).mean(-1)), d["weights"])
+    return {"rg_nm": own["mean"], "ess": own["ess"], "rg_se_nm": own["se_kish"], "rg_se_delta_nm": own["se"]}
 
 
 def block_sem(x: np.ndarray, blocks: int = 10) -> float:
@@ -236,6 +235,9 @@ def main() -> int:
                "js_to_reference_nats": js_divergence(np.array(ref["phi_psi_histogram"]), gen),
                "js_to_frames_nats": info["phi_psi"].get("js_to_frames_nats"),
                "frames": frames, "states": info.get("states")}
+        ax = (info.get("states") or {}).get("C7ax")
+        if ax:  # the minor conformer's population against the metadynamics one
+            row["p_C7ax_holds_reference"] = ax["low"] <= ref["p_C7ax"] <= ax["high"]
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("n", "offset", "seed", "rg_mean", "rg_low", "rg_high",
                                                 "holds_reference", "js_to_reference_nats", "frames")}))
@@ -246,14 +248,19 @@ def main() -> int:
                                   "frames_within_1.96_se": sum(abs(r["frames"]["rg_nm"] - ref["rg_nm"])
                                                                <= 1.96 * r["frames"]["rg_se_nm"] for r in rows if r["n"] == n),
                                   "js_to_reference_nats": [round(r["js_to_reference_nats"], 4) for r in rows
-                                                           if r["n"] == n]}
+                                                           if r["n"] == n],
+                                  "p_C7ax": [round(r["states"]["C7ax"]["mean"], 4) for r in rows
+                                             if r["n"] == n and "p_C7ax_holds_reference" in r],
+                                  "p_C7ax_holds_reference": sum(r.get("p_C7ax_holds_reference", False)
+                                                                for r in rows if r["n"] == n)}
                          for n in args.n},
                "run": str(run), "config": str(args.config), **({"note": args.note} if args.note else {})}
     Path(args.json).write_text(json.dumps(summary, indent=1))
     plot_rg_against_n(rows, ref, Path(args.plot))
     for n, v in summary["per_n"].items():
         print(f"N={n}: reference inside the 95% interval in {v['holds_reference']} of {v['of']}; median width "
-              f"{v['median_width_nm']:.5f} nm; JS {v['js_to_reference_nats']}")
+              f"{v['median_width_nm']:.5f} nm; JS {v['js_to_reference_nats']}; P(C7ax) {v['p_C7ax']} "
+              f"(reference {ref['p_C7ax']:.3f} inside in {v['p_C7ax_holds_reference']})")
     return 0
 
 

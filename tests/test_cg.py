@@ -12,7 +12,8 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from cvflow.cg import CGRun, ard_update, laplace_output_layer, next_beta, prepare_cg_dir, tilt_kl
+from cvflow.cg import (CGRun, ard_update, laplace_output_layer, next_beta, prepare_cg_dir, tilt_kl,
+                       weighted_mean_se)
 from cvflow.cli import main
 from cvflow.models.vae import VAE, gaussian_log_prob
 from conftest import ROOT, es_loop_checks, quick_es
@@ -256,9 +257,35 @@ def test_cg_from_a_run_gives_credible_intervals(tmp_path, es_run):
         assert man["data"]["frames"] == (n or man["data"]["frames_available"])
         y = info["observables"]["y"]
         assert y["low"] <= y["mean"] <= y["high"] and y["high"] > y["low"]
+        # beside it, what the training frames say by themselves: their reweighted mean of y
+        d = np.load(out / "data.npz")
+        assert y["frames"]["mean"] == pytest.approx(np.average(d["positions"][:, 1], weights=d["weights"]))
+        assert 0 < y["frames"]["se"] and y["frames"]["ess"] <= len(d["weights"]) + 1e-9
         widths[n] = y["high"] - y["low"]
         assert (out / "report" / "latent.png").exists()
     assert widths[30] > widths[None]
+
+
+def test_weighted_mean_se_of_a_self_normalised_mean():
+    """Uniform weights: the plain mean, and both errors sd/√n. Weights that follow the values
+    (a rare state whose frames carry small weights): the delta-method error agrees with the
+    spread of the estimate over repeated draws, where the Kish error overstates it."""
+    v = np.arange(10.0)
+    r = weighted_mean_se(v, np.ones(10))
+    assert r["mean"] == pytest.approx(4.5) and r["ess"] == pytest.approx(10.0)
+    assert r["se"] == pytest.approx(v.std() / np.sqrt(10)) and r["se_kish"] == pytest.approx(r["se"])
+    # frames drawn half in a state A (weight 0.02 each) and half elsewhere (weight 1 each,
+    # exponentially spread): P(A) = 0.02 / 1.02 under the weights
+    rng = np.random.default_rng(0)
+    est, se, se_kish = [], [], []
+    for _ in range(2000):
+        a = rng.random(400) < 0.5
+        w = np.where(a, 0.02, rng.exponential(1.0, 400))
+        r = weighted_mean_se(a.astype(float), w)
+        est.append(r["mean"]), se.append(r["se"]), se_kish.append(r["se_kish"])
+    spread = np.std(est)
+    assert np.median(se) == pytest.approx(spread, rel=0.1)  # 2,000 repeats: ±3 % on the spread
+    assert np.median(se_kish) > 3 * spread
 
 
 @pytest.mark.parametrize("args, needle", [
