@@ -47,6 +47,8 @@ def main() -> int:
     from cvflow.config import ConfigError, load_config
     ref = reference_phi_psi()
     for d in map(Path, args.dirs):
+        if not ((d / "cg.json").exists() and (d / "data.npz").exists()):
+            raise ConfigError(f"{d}: not a finished `cvflow cg --from` directory (no cg.json or data.npz)")
         cfg = load_config(args.config or d.with_suffix(".yaml"))
         if not cfg.states or args.state not in cfg.states:
             raise ConfigError(f"--state {args.state}: not a state of {args.config or d.with_suffix('.yaml')}")
