@@ -50,7 +50,7 @@ from .stop import StopRequested, stop_requested
 from .train import TrainingError
 
 LAPLACE_Z_DRAWS = 8          # z per frame in the Laplace precision (a Monte Carlo over r(z|x))
-GAMMA_A0 = GAMMA_B0 = 1e-6   # the ARD precisions' Gamma hyperprior (nearly flat in log α)
+GAMMA_A0 = GAMMA_B0 = 1e-6   # the ARD precisions' Gamma hyperprior (nearly flat in log α; cg.ard_b0)
 
 
 # -- the VAE's space ---------------------------------------------------------------------------
@@ -212,10 +212,10 @@ def decoder_weights(model: VAE) -> list[torch.nn.Parameter]:
     return [m.weight for m in model.decoder.net if isinstance(m, torch.nn.Linear)]
 
 
-def ard_update(weights: list[torch.Tensor]) -> list[torch.Tensor]:
+def ard_update(weights: list[torch.Tensor], b0: float = GAMMA_B0) -> list[torch.Tensor]:
     """Each weight's precision α = (a₀ + ½) / (b₀ + ½ θ²), the mode of its Gamma posterior
-    given θ (MAP-II, a Student-t prior on θ: sparsity)."""
-    return [(GAMMA_A0 + 0.5) / (GAMMA_B0 + 0.5 * w.detach() ** 2) for w in weights]
+    given θ (MAP-II, a Student-t prior on θ: sparsity; ``b0`` caps α at (a₀ + ½)/b₀)."""
+    return [(GAMMA_A0 + 0.5) / (b0 + 0.5 * w.detach() ** 2) for w in weights]
 
 
 def laplace_output_layer(model: VAE, v: torch.Tensor, w: torch.Tensor, alpha_out: torch.Tensor,
@@ -449,7 +449,7 @@ class CGRun(GenerativeRun):
             opt.step()
             state["step"] = step + 1
             if c.ard and state["step"] % c.ard_every == 0:
-                alpha = ard_update(weights)
+                alpha = ard_update(weights, c.ard_b0)
             state["alpha"] = [a.clone() for a in alpha]
             state["history"].append((step, float(nll.detach()), kl_w))
             self._after_step(model, opt, state, c.steps, report, f"-ELBO {float(nll.detach()):.3f}")

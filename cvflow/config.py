@@ -646,6 +646,10 @@ class CGConfig(Strict):
     correlated_frames: bool = False
     ard: bool = True                       # an ARD (sparsity) prior on the decoder's weights
     ard_every: PositiveInt = 250           # steps between updates of its precisions
+    # the rate b₀ of the precisions' Gamma hyperprior: 10⁻⁶ (nearly flat in log α, the
+    # papers') prunes any weight the data do not hold up; larger, a weight under about
+    # √(2 b₀) is shrunk as by a Gaussian of precision ≤ (a₀ + ½)/b₀ instead (measured: README)
+    ard_b0: float = Field(1e-6, gt=0.0)
     posterior_draws: Annotated[int, Field(ge=2)] = 50   # decoder draws from the Laplace posterior
     # map: the decoder's noise σ(z) at its MAP in the Laplace posterior (the papers'); marginal:
     # σ known up to one common scale that the frames' effective count ν determines, so each

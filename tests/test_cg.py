@@ -165,6 +165,9 @@ def test_laplace_posterior_narrows_as_one_over_root_n():
     assert torch.allclose(sds[1] / sds[0], torch.full_like(sds[0], 0.5), rtol=1e-3)
     a = ard_update([torch.tensor([1.0, 1e-3])])[0]
     assert a[1] > 1e5 * a[0]  # the ARD prior pins a weight near zero
+    # a larger b₀ caps the precision at (a₀ + ½)/b₀: the small weight is shrunk, not pinned
+    a = ard_update([torch.tensor([1.0, 1e-3, 0.0])], b0=1e-3)[0]
+    assert a[2] == pytest.approx(0.5 / 1e-3, rel=1e-4) and a[1] < a[2] and a[1] < 1e3 * a[0]
 
 
 def test_reverse_kl_toy_writes_outputs_with_ordered_bounds(tmp_path):
