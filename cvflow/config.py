@@ -942,3 +942,14 @@ def check_input_files(cfg: Config) -> None:
 def dump_config(cfg: Config) -> dict:
     """The config as plain YAML-able data (paths as strings, quantities in internal units)."""
     return cfg.model_dump(mode="json")
+
+
+def recorded_config(data: dict) -> dict:
+    """A config that an earlier run recorded (``config.resolved.yaml``), read through today's
+    schema: keys added since then take their defaults, which keep the old behaviour, so that
+    ``--resume`` after an upgrade does not count them as changes. A record that today's schema
+    refuses (a key since removed) is returned as it is, and its differences show."""
+    try:
+        return dump_config(Config.model_validate(data))
+    except ValidationError:
+        return data

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import artifacts as art
-from .config import Config, ConfigError, dump_config
+from .config import Config, ConfigError, dump_config, recorded_config
 from .energy import OpenMMEnergy
 from .internal import ZMatrix
 from .sampler import derive_seed, load_frames
@@ -178,7 +178,7 @@ def prepare_output_dir(cfg: Config, out: Path, resume: bool, section: str, packa
     if has and not resume:
         raise ConfigError(f"--out: {out} is not empty; use --resume to continue it or choose another directory")
     if resume and resolved.exists():
-        recorded = yaml.safe_load(resolved.read_text())["config"]
+        recorded = recorded_config(yaml.safe_load(resolved.read_text())["config"])
         for key in ("seed", "system", section, "md"):
             if recorded.get(key) != current.get(key):
                 raise ConfigError(f"--resume: {key} differs from the one recorded in {resolved}")

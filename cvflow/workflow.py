@@ -16,7 +16,7 @@ import yaml
 
 from . import __version__
 from . import artifacts as art
-from .config import Config, ConfigError, check_loop_config, dump_config
+from .config import Config, ConfigError, check_loop_config, dump_config, recorded_config
 from .convergence import SCORES, bootstrap_threshold
 from .dataset import (effective_sample_size, expand_frames, make_features, normalised_weights,
                       stage_log_weights)
@@ -210,7 +210,7 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> dict:
             raise ConfigError(f"output: run directory {run_dir} is not empty; use --resume to continue it "
                               f"or choose another output directory")
         if resolved_path.exists():
-            recorded = yaml.safe_load(resolved_path.read_text())["config"]
+            recorded = recorded_config(yaml.safe_load(resolved_path.read_text())["config"])
             diffs = config_differences(recorded, current)
             if diffs:
                 raise ConfigError(f"--resume: the config differs from the one recorded in {resolved_path}: "

@@ -53,6 +53,19 @@ def test_resume_refuses_changed_config(tmp_path):
     changed = quick_es(tmp_path, tmp_path / "run", convergence={"max_iterations": 1}, bias={"fullsamples": 50})
     res = CliRunner().invoke(main, ["run", str(changed), "--resume"])
     assert res.exit_code == 2 and "bias.fullsamples" in res.output
+    # a record from an older cvflow, without a key added since (at its default): no change
+    resolved = tmp_path / "run" / "config.resolved.yaml"
+    rec = yaml.safe_load(resolved.read_text())
+    del rec["config"]["model"]["restarts"]
+    resolved.write_text(yaml.safe_dump(rec))
+    cfg = quick_es(tmp_path, tmp_path / "run", convergence={"max_iterations": 1})  # the first config again
+    res = CliRunner().invoke(main, ["run", str(cfg), "--resume", "-q"])
+    assert res.exit_code == 0, res.output
+    # a recorded key that today's schema does not know is a difference
+    rec["config"]["bias"]["retired_key"] = 1
+    resolved.write_text(yaml.safe_dump(rec))
+    res = CliRunner().invoke(main, ["run", str(cfg), "--resume"])
+    assert res.exit_code == 2 and "bias.retired_key" in res.output
 
 
 def _wait_for(path_fn, timeout=300):
