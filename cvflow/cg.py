@@ -798,7 +798,7 @@ def weighted_mean_se(values, w) -> dict:
     v, w = np.asarray(values, float), np.asarray(w, float)
     w = w / w.sum()
     m = float((w * v).sum())
-    ess = float(1 / (w ** 2).sum())
+    ess = kish_ess(w)
     return {"mean": m, "se": float(np.sqrt((w ** 2 * (v - m) ** 2).sum())),
             "se_kish": float(np.sqrt((w * (v - m) ** 2).sum() / ess)), "ess": ess}
 

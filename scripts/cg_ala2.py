@@ -132,9 +132,8 @@ def reference(cfg_path: Path, ns: float, work: Path) -> dict:
     dp = p_ax * (1 - p_ax) * dF_err / kT
     err = float(np.sqrt(((1 - p_ax) * block_sem(eq)) ** 2 + (p_ax * block_sem(ax)) ** 2
                         + (dp * (ax.mean() - eq.mean())) ** 2))
-    f = np.load(ROOT / "docs/measurements/ala2-reference.npz")["free_energy"]
-    p = np.exp(-(f - f.min()) / kT)
-    h = p.reshape(36, 2, 36, 2).sum((1, 3))  # 72 × 72 grid → 36 × 36 bins of 10°
+    from cg_ala2_energy import reference as metadynamics  # its (φ, ψ) histogram, 36 × 36 bins of 10°
+    h = metadynamics()["histogram"]
     return {"rg_nm": float(mean), "rg_error_nm": err, "rg_C7eq_nm": float(eq.mean()), "rg_C7ax_nm": float(ax.mean()),
             "frames": {"C7eq_basin": int(len(eq)), "C7ax_basin": int(len(ax))}, "p_C7ax": float(p_ax),
             "md_ns_per_start": ns, "phi_psi_histogram": (h / h.sum()).tolist()}

@@ -23,17 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-KB = 0.0083144626  # kJ/mol/K
-
-
-def reference_phi_psi(temperature: float = 300.0) -> np.ndarray:
-    """The metadynamics (φ, ψ) distribution of scripts/ala2_reference.py on 36 × 36 bins."""
-    f = np.load(ROOT / "docs/measurements/ala2-reference.npz")["free_energy"]
-    p = np.exp(-(f - f.min()) / (KB * temperature))
-    h = p.reshape(36, 2, 36, 2).sum((1, 3))
-    return h / h.sum()
-
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -45,7 +34,8 @@ def main() -> int:
     import torch
     from cvflow.cg import CGRun, js_divergence, weighted_mean_se
     from cvflow.config import ConfigError, load_config
-    ref = reference_phi_psi()
+    from cg_ala2_energy import reference  # the metadynamics (φ, ψ) histogram, 36 × 36 bins
+    ref = reference()["histogram"]
     for d in map(Path, args.dirs):
         if not ((d / "cg.json").exists() and (d / "data.npz").exists()):
             raise ConfigError(f"{d}: not a finished `cvflow cg --from` directory (no cg.json or data.npz)")
