@@ -11,12 +11,15 @@ Two ways to learn it, two sets of stages (recorded in ``manifest.json``; ``--res
 continues at the first missing stage, and training from ``checkpoint.pt``):
 
 ``--from RUN_DIR`` (forward KL): **data** (the run's frames and weights, ``cg.n_frames`` of
-them, evenly spaced) → **train** (the weighted ELBO, with an ARD prior on the decoder's
+them, evenly spaced; with ``cg.frame_weights: biased``, also each stage's reweighting factor
+as a function of its CV, :mod:`cvflow.stage_weights`) → **train** (the ELBO of the frames as
+sampled, or weighted by their factors, with an ARD prior on the decoder's
 weights whose precisions are re-estimated every ``cg.ard_every`` steps) → **posterior** (a
 Laplace approximation of p(θ_out | data) for the output layer of the decoder mean, exact for
 a Gaussian likelihood given the hidden activations) → **sample** (``cg.posterior_draws``
 decoders drawn from it, or from its Student-t with ``cg.posterior_noise: marginal``, each
-generating its share of ``cg.samples``) → **analysis**
+generating its share of ``cg.samples``; with ``biased``, ``cg.oversample`` times as many,
+resampled by the factors) → **analysis**
 (observables per draw → 95 % credible intervals).
 
 ``--no-data`` (reverse KL): **train** (minimise E_q[log q(x, z) − log r(z|x) + β_s U(x)],
@@ -37,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import artifacts as art
+from . import artifacts as art, stage_weights
 from .config import Config, ConfigError, dump_config
 from .energy import energy, regularised
 from .generative import GenerativeRun, prepare_output_dir
@@ -295,14 +298,16 @@ class CGRun(GenerativeRun):
 
     # -- data ----------------------------------------------------------------------------------
     def _data(self) -> dict:
-        parts, weights, sources = [], [], []
-        for stage, x, w in self._run_frames(self.from_run, self.cgc.frames):
+        parts, weights, sources, stage_of = [], [], [], []
+        stages = self._run_frames(self.from_run, self.cgc.frames)
+        for k, (stage, x, w) in enumerate(stages):
             if self.cgc.frame_weights == "uniform":
                 w = np.ones(len(w))
             parts.append(x)
             weights.append(w / w.sum() * len(w))
             sources.append(f"{self.from_run.name}/{stage}")
-        x, w = np.concatenate(parts), np.concatenate(weights)
+            stage_of.append(np.full(len(w), k))
+        x, w, stage_of = np.concatenate(parts), np.concatenate(weights), np.concatenate(stage_of)
         n_all = len(x)
         n = self.cgc.n_frames
         if n is not None:
@@ -312,21 +317,47 @@ class CGRun(GenerativeRun):
                 pick = np.linspace(0, n_all - 1, n).round().astype(int)
             else:  # the same spacing, shifted by a fraction of it: another, disjoint subset
                 pick = np.floor((np.arange(n) + self.cgc.frame_offset) * n_all / n).astype(int)
-            x, w = x[pick], w[pick]
+            x, w, stage_of = x[pick], w[pick], stage_of[pick]
         if w.sum() <= 0:
             raise ConfigError(f"cg.n_frames: the {len(w)} frames picked from {self.from_run} all have weight 0")
         w = w / w.sum() * len(w)
-        art.write_npz(self.out / "data.npz", positions=x, weights=w)
+        training = w
+        info = {}
+        if self.cgc.frame_weights == "biased":  # the model learns the frames as sampled; its samples get w
+            training = np.ones(len(w))
+            info["stage_factors"] = self._stage_factors(stages, np.bincount(stage_of, minlength=len(stages)))
+        art.write_npz(self.out / "data.npz", positions=x, weights=w, training_weights=training)
         from .dataset import effective_sample_size
         ess = effective_sample_size(w / w.sum())
         log.info(f"cg data: {len(x)} of {n_all} frames from {'; '.join(sources)} (ESS {ess:.0f})")
-        return {"frames": int(len(x)), "frames_available": int(n_all), "ess": float(ess), "sources": sources}
+        return {"frames": int(len(x)), "frames_available": int(n_all), "ess": float(ess), "sources": sources, **info}
+
+    def _stage_factors(self, stages, picked: np.ndarray) -> list[dict]:
+        """frame_weights: biased — each stage's reweighting factor as a function of its CV
+        (:mod:`cvflow.stage_weights`), from all of the stage's frames, with the stage's share
+        of the picked frames; written to ``reweighting.npz``."""
+        from .fes import CZARStats
+        from .workflow import cv_values, production_md_dir
+        factors, info = [], []
+        for (stage, x, w), count in zip(stages, picked):
+            cv = self.stage_cv(self.from_run, stage)
+            md_dir = production_md_dir(self.from_run) if stage == "production" else self.from_run / stage / "md"
+            czar = md_dir / "czar.npz"
+            grid = CZARStats.load(czar).grid if cv is not None and czar.exists() else None
+            xi = None if cv is None else cv_values(cv, self.cv_input(x))
+            f = stage_weights.stage_factor(cv, xi, w, count / picked.sum(), grid)
+            factors.append(f)
+            info.append({"stage": stage, "cv": None if cv is None else str(cv), "share": f.share,
+                         "bins_visited": None if f.ratio is None else int((f.ratio > 0).sum()),
+                         "bins": None if f.grid is None else int(np.prod(f.grid.bins))})
+        stage_weights.save(factors, self.out)
+        return info
 
     # -- the model ---------------------------------------------------------------------------------
     def space(self) -> CGSpace:
         if self.mode == "data":
             d = np.load(self.out / "data.npz")
-            return CGSpace.fit(d["positions"], d["weights"], self.bundle.is_toy)
+            return CGSpace.fit(d["positions"], training_weights(d), self.bundle.is_toy)
         if not self.bundle.is_toy:
             return InternalSpace(self.zmatrix, self.bundle.positions, self.constraints())
         return CGSpace.fit(None, None, True)
@@ -426,7 +457,7 @@ class CGRun(GenerativeRun):
         c = self.cgc
         d = np.load(self.out / "data.npz")
         v = torch.as_tensor(space.to_v(d["positions"]))
-        w = torch.as_tensor(d["weights"], dtype=torch.float64)
+        w = torch.as_tensor(training_weights(d), dtype=torch.float64)
         n = kish_ess(w)  # the prior's weight against the data: uneven weights are worth fewer frames
         weights = decoder_weights(model)
         alpha = state["alpha"] or [torch.full_like(p, 1e-2) for p in weights]
@@ -584,15 +615,18 @@ class CGRun(GenerativeRun):
         model, space, saved = self.load_model()
         d = np.load(self.out / "data.npz")
         v = torch.as_tensor(space.to_v(d["positions"]))
-        w = torch.as_tensor(d["weights"], dtype=torch.float64)
+        w = torch.as_tensor(training_weights(d), dtype=torch.float64)
         # the likelihood of the frames the data are worth: the Kish ESS of the weights and,
         # with cg.correlated_frames, divided by the statistical inefficiency of the frames'
-        # latent series (consecutive MD frames are correlated)
+        # latent series (consecutive MD frames are correlated). With frame_weights: biased
+        # the model fits every frame, but its predictions are weighted means (its samples
+        # carry the reweighting factors), which the reweighting factors' ESS limits: the
+        # same count
         g = 1.0
         if self.cgc.correlated_frames:
             with torch.no_grad():
                 g = statistical_inefficiency(model.encoder(v).numpy())
-        n_eff = kish_ess(w) / g
+        n_eff = kish_ess(d["weights"]) / g
         w = w / w.sum() * n_eff
         alpha_out = (saved["alpha"][-1][: model.n_features] if self.cgc.ard and saved["alpha"] is not None
                      else torch.full((model.n_features, model.decoder.net[-2].in_features), 1e-2))
@@ -619,7 +653,11 @@ class CGRun(GenerativeRun):
             # result of Bayesian linear regression), a scale mixture of the Laplace Gaussian
             nu = float(p["n_eff"]) if c.posterior_noise == "marginal" else None
             chi2 = np.random.default_rng(derive_seed(self.seed, 7))
-        xs, draw_of, zs = [], [], []
+        biased = self.mode == "data" and c.frame_weights == "biased"
+        drawn = per * (c.oversample if biased else 1)
+        factors = stage_weights.load(self.out) if biased else None
+        resample_rng = np.random.default_rng(derive_seed(self.seed, 8))
+        xs, draw_of, zs, kept = [], [], [], []
         with torch.no_grad():
             for s in range(draws):
                 if self.mode == "data":
@@ -627,16 +665,42 @@ class CGRun(GenerativeRun):
                     if nu is not None:  # Student-t: × √(ν / χ²_ν)
                         eps = eps * math.sqrt(nu / chi2.chisquare(nu))
                     set_output_rows(model, rows + (chol @ eps[..., None])[..., 0])
-                z = model.sample_prior(per, g)
+                z = model.sample_prior(drawn, g)
                 xm, xlv = model.decode(z)
                 vs = xm + torch.exp(0.5 * xlv) * torch.randn(xm.shape, generator=g, dtype=torch.float64)
-                xs.append(space.to_x(vs.numpy()))
-                zs.append(z.numpy())
+                x, z = space.to_x(vs.numpy()), z.numpy()
+                if biased:  # the model draws the frames' (biased) ensemble: resample by the run's weights
+                    x, z, stats = self._reweight_samples(x, z, factors, per, resample_rng)
+                    kept.append(stats)
+                xs.append(x)
+                zs.append(z)
                 draw_of.append(np.full(per, s))
         x = np.concatenate(xs)
         f = self.write_samples(x)
         art.write_npz(self.out / "samples_latent.npz", z=np.concatenate(zs), draw=np.concatenate(draw_of))
-        return {"samples": int(len(x)), "draws": draws, "files": [f, "samples_latent.npz"]}
+        info = {"samples": int(len(x)), "draws": draws, "files": [f, "samples_latent.npz"]}
+        if biased:
+            info["reweighting"] = {"drawn_per_draw": drawn, "kept_per_draw": per,
+                                   "ess_fraction": float(np.mean([k[0] for k in kept])),
+                                   "unreached_fraction": float(np.mean([k[1] for k in kept]))}
+            log.info(f"cg samples: {drawn} per posterior draw resampled to {per} by the run's weights (ESS "
+                     f"{info['reweighting']['ess_fraction']:.1%} of them; "
+                     f"{info['reweighting']['unreached_fraction']:.1%} in bins no frame reached, dropped)")
+        return info
+
+    def _reweight_samples(self, x: np.ndarray, z: np.ndarray, factors, n: int, rng) -> tuple:
+        """n of the samples x (and their latents z), resampled by p/p_pool
+        (:func:`cvflow.stage_weights.log_factor`); and (their ESS fraction, the fraction
+        in bins no stage reached)."""
+        from .workflow import cv_values
+        frames = self.cv_input(x)
+        log_w, unreached = stage_weights.log_factor(factors, lambda cv: cv_values(cv, frames), len(x))
+        if unreached.all():
+            raise TrainingError(f"cg sampling: none of {len(x)} samples lies in a bin of the CV that the run's "
+                                f"frames reached; the model does not describe the frames")
+        w = np.exp(log_w - log_w.max())
+        pick = stage_weights.systematic_resample(log_w, n, rng)
+        return x[pick], z[pick], (float(w.sum() ** 2 / (w ** 2).sum() / len(w)), float(unreached.mean()))
 
     # -- analysis ------------------------------------------------------------------------------------
     def _analyse(self) -> dict:
@@ -778,6 +842,12 @@ def statistical_inefficiency(series: np.ndarray) -> float:
                 break
         best = max(best, min(tau, n / 2))
     return float(best)
+
+
+def training_weights(data) -> np.ndarray:
+    """The frames' weights in the likelihood: ``training_weights`` of ``data.npz`` (all 1
+    with frame_weights: biased), or, in a directory written before it, the weights."""
+    return data["training_weights"] if "training_weights" in data.files else data["weights"]
 
 
 def kish_ess(w) -> float:

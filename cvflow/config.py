@@ -635,7 +635,13 @@ class CGConfig(Strict):
     # 0 alone, biased on bias.cv), and how many of them, evenly spaced (null: all): the
     # predictions' credible intervals widen when they are few
     frames: Literal["production", "all", "initial"] = "production"
-    frame_weights: Literal["reweighted", "uniform"] = "reweighted"
+    # biased: every frame counts once in the ELBO, so the model learns the biased ensemble,
+    # and its samples are resampled by the run's factor as a function of each stage's CV
+    # (cvflow.stage_weights), oversample times as many drawn as kept; reweighted: the ELBO
+    # weighs each frame by its reweighting factor; uniform: every frame alike, no factor
+    # (unbiased frames). Measured on alanine dipeptide: README
+    frame_weights: Literal["biased", "reweighted", "uniform"] = "biased"
+    oversample: PositiveInt = 10
     n_frames: Optional[PositiveInt] = None
     # which evenly spaced frames: shifted by this fraction of their spacing (0: the first
     # and the last frame included); other offsets give other, disjoint subsets (coverage checks)

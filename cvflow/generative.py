@@ -115,6 +115,33 @@ class GenerativeRun:
             out.append((name, self._as_config(x), w))
         return out
 
+    def stage_cv(self, run_dir: Path, stage: str) -> Path | None:
+        """The CV that biased a stage of a finished run (None: the stage was unbiased):
+        production's is the run's final CV; an iteration's is recorded in the manifest
+        (``cv_used``), looked for in the run directory itself if the run was moved."""
+        if stage == "production":
+            summary = art.read_json(run_dir / "summary.json")
+            return run_dir / summary["final_cv"]
+        info = art.Manifest(run_dir).get(f"{stage}/md") or {}
+        used = info.get("cv_used")
+        if used is None:
+            return None
+        path = Path(used)
+        for candidate in (path if path.is_absolute() else run_dir / path, run_dir / path.parent.name / path.name,
+                          run_dir / stage / path.name):
+            if candidate.exists():
+                return candidate
+        raise ConfigError(f"--from: {run_dir}/{stage} was biased on {used}, which is gone; the samples' "
+                          f"weights (frame_weights: biased) need that CV file")
+
+    def cv_input(self, x: np.ndarray) -> np.ndarray:
+        """Configurations as a CV file takes them: a toy's (n, 2) → (n, 1, 3), z = 0."""
+        if not self.bundle.is_toy:
+            return x
+        out = np.zeros((len(x), 1, 3))
+        out[:, 0, :2] = x
+        return out
+
     def constraints(self) -> dict:
         """The system's constraints {(i, j): length in nm}."""
         from openmm import unit as u

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Issue 21, data-driven: the VAE of ``cvflow cg`` trained on N = 50, 200, 500 and 5,000
-reweighted frames of a cvflow run of alanine dipeptide, against an independent reference.
+frames of a cvflow run of alanine dipeptide, with their reweighting factors (as the config's
+``cg.frame_weights`` uses them), against an independent reference.
 
     python scripts/cg_ala2.py --run runs/cg-ala2 [--n 50 200 500 5000] [--seeds 1 2 3]
         [--offsets 0 0.1 ...] [--jobs 2] [--ref-ns 25] [--json docs/measurements/cg-ala2-cpu-vm.json]

@@ -269,6 +269,45 @@ def test_cg_from_a_run_gives_credible_intervals(tmp_path, es_run):
     assert widths[30] > widths[None]
 
 
+def test_cg_from_biased_frames_resamples_by_the_run_weights(tmp_path, es_run, monkeypatch):
+    """``frame_weights: biased``: the VAE learns the production's frames as sampled, and its
+    samples are resampled by the run's factor as a function of the final CV. The prediction
+    of y then follows the frames' reweighted mean, not their plain one (the bias moves y's
+    mean by about 5 standard errors in this run); the directory keeps the CV and factors,
+    and a run stopped in training resumes to the same samples."""
+    _, run_dir = es_run
+    base = yaml.safe_load((run_dir / "config.resolved.yaml").read_text())["config"]
+    d = {"seed": 1, "system": base["system"], "md": base["md"],
+         "cg": {"latent": 1, "hidden": [16], "steps": 300, "batch_size": 128, "kl_warmup": 50, "ard_every": 50,
+                "posterior_draws": 20, "samples": 4000, "frame_weights": "biased"}}
+    path = tmp_path / "cg.yaml"
+    path.write_text(yaml.safe_dump(d))
+    out = tmp_path / "cg"
+    res = invoke("cg", path, "--from", run_dir, "--out", out)
+    assert res.exit_code == 0, res.output
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    final_cv = run_dir / json.loads((run_dir / "summary.json").read_text())["final_cv"]
+    assert [s["share"] for s in stages["data"]["stage_factors"]] == [1.0]
+    assert (out / "stage_cv_0.pt").read_bytes() == final_cv.read_bytes()
+    rw = stages["sample"]["reweighting"]
+    assert rw["drawn_per_draw"] == 10 * rw["kept_per_draw"] and 0 < rw["ess_fraction"] <= 1
+    data = np.load(out / "data.npz")
+    assert np.all(data["training_weights"] == 1.0)
+    y = json.loads((out / "cg.json").read_text())["observables"]["y"]
+    reweighted = np.average(data["positions"][:, 1], weights=data["weights"])
+    plain = data["positions"][:, 1].mean()
+    assert abs(reweighted - plain) > 4 * y["frames"]["se"]   # the test discriminates
+    assert y["low"] <= reweighted <= y["high"] and not y["low"] <= plain <= y["high"]
+    import functools
+    import cvflow.cg as cg_mod
+    from cvflow.config import load_config
+    from conftest import interrupted_and_resumed
+    cut = tmp_path / "cut"
+    interrupted_and_resumed(monkeypatch, cg_mod, functools.partial(CGRun, from_run=run_dir), prepare_cg_dir,
+                            load_config(path), cut, 123)
+    assert np.array_equal(np.load(cut / "samples.npy"), np.load(out / "samples.npy"))
+
+
 def test_weighted_mean_se_of_a_self_normalised_mean():
     """Uniform weights: the plain mean, and both errors sd/√n. Weights that follow the values
     (a rare state whose frames carry small weights): the delta-method error agrees with the
@@ -479,7 +518,7 @@ def test_marginal_noise_widens_the_intervals_from_few_frames(tmp_path, es_run):
     for noise in ("map", "marginal"):
         d = {"seed": 1, "system": base["system"], "md": base["md"],
              "cg": {"latent": 1, "hidden": [16], "steps": 300, "batch_size": 128, "kl_warmup": 50,
-                    "ard_every": 50, "posterior_draws": 40, "samples": 8000, "n_frames": 10,
+                    "ard_every": 50, "posterior_draws": 40, "samples": 40000, "n_frames": 10,
                     "posterior_noise": noise}}
         path = tmp_path / f"{noise}.yaml"
         path.write_text(yaml.safe_dump(d))
