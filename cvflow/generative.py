@@ -116,23 +116,24 @@ class GenerativeRun:
         return out
 
     def stage_cv(self, run_dir: Path, stage: str) -> Path | None:
-        """The CV that biased a stage of a finished run (None: the stage was unbiased):
-        production's is the run's final CV; an iteration's is recorded in the manifest
-        (``cv_used``), looked for in the run directory itself if the run was moved."""
+        """The CV that biased a stage of a finished run (None: the stage was unbiased), as
+        the loop chose it: production's is the run's final CV, iteration k's (k ≥ 1) is
+        ``iter_{k-1}/cv.pt``, iteration 0's the initial CV recorded in the manifest
+        (``cv_used``: ``bias.cv``, or a composed one written into ``iter_000``)."""
         if stage == "production":
-            summary = art.read_json(run_dir / "summary.json")
-            return run_dir / summary["final_cv"]
-        info = art.Manifest(run_dir).get(f"{stage}/md") or {}
-        used = info.get("cv_used")
-        if used is None:
-            return None
-        path = Path(used)
-        for candidate in (path if path.is_absolute() else run_dir / path, run_dir / path.parent.name / path.name,
-                          run_dir / stage / path.name):
+            candidates = [run_dir / art.read_json(run_dir / "summary.json")["final_cv"]]
+        else:
+            used = (art.Manifest(run_dir).get(f"{stage}/md") or {}).get("cv_used")
+            if used is None:
+                return None
+            k, used = int(stage.split("_")[1]), Path(used)
+            candidates = ([run_dir / f"iter_{k - 1:03d}" / "cv.pt"] if k > 0
+                          else [used] * used.is_absolute() + [run_dir / stage / used.name])
+        for candidate in candidates:
             if candidate.exists():
                 return candidate
-        raise ConfigError(f"--from: {run_dir}/{stage} was biased on {used}, which is gone; the samples' "
-                          f"weights (frame_weights: biased) need that CV file")
+        raise ConfigError(f"--from: {run_dir}/{stage} was biased on {candidates[0]}, which is gone; the "
+                          f"samples' weights (frame_weights: biased) need that CV file")
 
     def cv_input(self, x: np.ndarray) -> np.ndarray:
         """Configurations as a CV file takes them: a toy's (n, 2) → (n, 1, 3), z = 0."""

@@ -308,6 +308,29 @@ def test_cg_from_biased_frames_resamples_by_the_run_weights(tmp_path, es_run, mo
     assert np.array_equal(np.load(cut / "samples.npy"), np.load(out / "samples.npy"))
 
 
+def test_cg_biased_frames_need_the_stage_cv(tmp_path, es_run):
+    """Each stage's CV as the loop chose it (iteration 0 unbiased here, iteration k on
+    iteration k − 1's CV, production on the final one), found in a moved copy of the run
+    too; a copy that lacks the CV its production was biased on: one line, exit 2."""
+    import shutil
+    from cvflow.config import load_config
+    _, run_dir = es_run
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(run_dir, moved)
+    run = CGRun(load_config(toy_config(tmp_path)), tmp_path / "unused", from_run=moved)
+    iterations = sorted(p.name for p in moved.glob("iter_[0-9][0-9][0-9]"))
+    assert len(iterations) >= 2
+    final = moved / json.loads((moved / "summary.json").read_text())["final_cv"]
+    assert [run.stage_cv(moved, s) for s in iterations + ["production"]] == (
+        [None] + [moved / f"iter_{k - 1:03d}" / "cv.pt" for k in range(1, len(iterations))] + [final])
+    copy = tmp_path / "moved"
+    shutil.copytree(run_dir, copy)
+    final_cv = json.loads((copy / "summary.json").read_text())["final_cv"]
+    (copy / final_cv).unlink()
+    res = invoke("cg", toy_config(tmp_path, frame_weights="biased"), "--from", copy, "--out", tmp_path / "cg")
+    assert res.exit_code == 2 and final_cv in res.output and "Traceback" not in res.output, res.output
+
+
 def test_weighted_mean_se_of_a_self_normalised_mean():
     """Uniform weights: the plain mean, and both errors sd/√n. Weights that follow the values
     (a rare state whose frames carry small weights): the delta-method error agrees with the
