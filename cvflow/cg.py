@@ -324,21 +324,23 @@ class CGRun(GenerativeRun):
         training = w
         info = {}
         if self.cgc.frame_weights == "biased":  # the model learns the frames as sampled; its samples get w
-            training = np.ones(len(w))
-            info["stage_factors"] = self._stage_factors(stages, np.bincount(stage_of, minlength=len(stages)))
+            info["stage_factors"], per_frame = self._stage_factors(stages, np.bincount(stage_of, minlength=len(stages)))
+            training = per_frame[pick] if n is not None else per_frame
+            training = training / training.mean()
         art.write_npz(self.out / "data.npz", positions=x, weights=w, training_weights=training)
         from .dataset import effective_sample_size
         ess = effective_sample_size(w / w.sum())
         log.info(f"cg data: {len(x)} of {n_all} frames from {'; '.join(sources)} (ESS {ess:.0f})")
         return {"frames": int(len(x)), "frames_available": int(n_all), "ess": float(ess), "sources": sources, **info}
 
-    def _stage_factors(self, stages, picked: np.ndarray) -> list[dict]:
+    def _stage_factors(self, stages, picked: np.ndarray) -> tuple[list[dict], np.ndarray]:
         """frame_weights: biased — each stage's reweighting factor as a function of its CV
         (:mod:`cvflow.stage_weights`), from all of the stage's frames, with the stage's share
-        of the picked frames; written to ``reweighting.npz``."""
+        of the picked frames, written to ``reweighting.npz``; and every frame's likelihood
+        weight (1, or tempered by ``cg.weight_exponent``)."""
         from .fes import CZARStats
         from .workflow import cv_values, production_md_dir
-        factors, info = [], []
+        factors, info, per_frame = [], [], []
         for (stage, x, w), count in zip(stages, picked):
             cv = self.stage_cv(self.from_run, stage)
             md_dir = production_md_dir(self.from_run) if stage == "production" else self.from_run / stage / "md"
@@ -346,12 +348,13 @@ class CGRun(GenerativeRun):
             grid = CZARStats.load(czar).grid if cv is not None and czar.exists() else None
             xi = None if cv is None else cv_values(cv, self.cv_input(x))
             f = stage_weights.stage_factor(cv, xi, w, count / picked.sum(), grid)
+            per_frame.append(stage_weights.tempered_weights(f, xi, len(w), self.cgc.weight_exponent))
             factors.append(f)
             info.append({"stage": stage, "cv": None if cv is None else str(cv), "share": f.share,
                          "bins_visited": None if f.ratio is None else int((f.ratio > 0).sum()),
                          "bins": None if f.grid is None else int(np.prod(f.grid.bins))})
         stage_weights.save(factors, self.out)
-        return info
+        return info, np.concatenate(per_frame)
 
     # -- the model ---------------------------------------------------------------------------------
     def space(self) -> CGSpace:
@@ -694,7 +697,8 @@ class CGRun(GenerativeRun):
         in bins no stage reached)."""
         from .workflow import cv_values
         frames = self.cv_input(x)
-        log_w, unreached = stage_weights.log_factor(factors, lambda cv: cv_values(cv, frames), len(x))
+        log_w, unreached = stage_weights.log_factor(factors, lambda cv: cv_values(cv, frames), len(x),
+                                                    self.cgc.weight_exponent)
         if unreached.all():
             raise TrainingError(f"cg sampling: none of {len(x)} samples lies in a bin of the CV that the run's "
                                 f"frames reached; the model does not describe the frames")

@@ -642,6 +642,9 @@ class CGConfig(Strict):
     # (unbiased frames). Measured on alanine dipeptide: README
     frame_weights: Literal["biased", "reweighted", "uniform"] = "biased"
     oversample: PositiveInt = 10
+    # biased: the frames' likelihood weights are the run's factor to this power (0: every
+    # frame once; towards 1, the reweighted likelihood), the samples' the rest of it
+    weight_exponent: float = Field(0.0, ge=0.0, lt=1.0)
     n_frames: Optional[PositiveInt] = None
     # which evenly spaced frames: shifted by this fraction of their spacing (0: the first
     # and the last frame included); other offsets give other, disjoint subsets (coverage checks)

@@ -16,6 +16,11 @@ p_pool = Σ_s π_s p_s (π_s: the stage's share of the frames). Its samples are 
 with r_s = 0 in a bin that the stage's frames never reached (it put no density there), and
 the factor undefined (the sample dropped, and counted) where no stage did. An unbiased
 stage has r_s = 1. ``cvflow cg`` uses it with ``cg.frame_weights: biased``.
+
+Tempered (``cg.weight_exponent`` α, 0 ≤ α < 1): the frames enter the likelihood with weights
+W_s^α / c_s at their bin (c_s: the mean of W_s^α over the stage's frames), so the model
+learns Σ_s π_s p r_s^{1−α} / c_s, and the factor is 1 / Σ_s (π_s / c_s) r_s^{1−α}. α = 0 is
+the frames as sampled; towards 1 it approaches the reweighted likelihood.
 """
 from __future__ import annotations
 
@@ -32,11 +37,13 @@ FALLBACK_BINS = 36   # per dimension, over the frames' range, for a stage withou
 
 @dataclass
 class StageFactor:
-    """One stage: its CV (None: unbiased), grid, r_s per bin (flattened) and share π_s."""
+    """One stage: its CV (None: unbiased), grid, r_s per bin (flattened), share π_s and the
+    tempered weights' normalisation c_s (1 untempered)."""
     cv: Path | None
     grid: Grid | None
     ratio: np.ndarray | None
     share: float
+    norm: float = 1.0
 
 
 def stage_factor(cv_path: Path | None, xi: np.ndarray | None, weights: np.ndarray, share: float,
@@ -69,16 +76,34 @@ def _flat_bins(grid: Grid, xi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return flat, inside
 
 
-def log_factor(stages: list[StageFactor], xi_of, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """log p/p_pool of ``n`` configurations, and the mask of those that no stage reached
-    (their log factor is −inf). ``xi_of(cv_path)`` gives the configurations' values of a CV."""
+def ratio_at(s: StageFactor, xi: np.ndarray) -> np.ndarray:
+    """r_s at CV values ``xi`` (n, d); 0 outside the grid and in bins the frames never reached."""
+    flat, inside = _flat_bins(s.grid, xi)
+    return np.where(inside, s.ratio[flat], 0.0)
+
+
+def tempered_weights(s: StageFactor, xi: np.ndarray | None, n: int, alpha: float) -> np.ndarray:
+    """The stage's ``n`` frames' likelihood weights W_s^α / c_s (mean 1), from their CV
+    values ``xi``; sets the stage's c_s. All 1 for an unbiased stage or α = 0."""
+    if s.cv is None or alpha == 0:
+        s.norm = 1.0
+        return np.ones(n)
+    r = ratio_at(s, xi)
+    t = np.where(r > 0, np.where(r > 0, r, 1.0) ** -alpha, 0.0)
+    s.norm = float(t.mean())
+    return t / s.norm
+
+
+def log_factor(stages: list[StageFactor], xi_of, n: int, alpha: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """log p/p_model of ``n`` configurations (p_model: the pool of stages, tempered by
+    ``alpha``), and the mask of those that no stage reached (their log factor is −inf).
+    ``xi_of(cv_path)`` gives the configurations' values of a CV."""
     denom = np.zeros(n)
     for s in stages:
         if s.cv is None:
             denom += s.share
             continue
-        flat, inside = _flat_bins(s.grid, xi_of(s.cv))
-        denom += s.share * np.where(inside, s.ratio[flat], 0.0)
+        denom += s.share / s.norm * ratio_at(s, xi_of(s.cv)) ** (1.0 - alpha)
     unreached = denom <= 0
     return -np.log(np.where(unreached, np.inf, denom)), unreached
 
@@ -87,7 +112,8 @@ def save(stages: list[StageFactor], out_dir: Path) -> None:
     """``reweighting.npz`` and each stage's CV, copied beside it (``stage_cv_K.pt``), so that
     the directory keeps what its samples were weighted by."""
     from . import artifacts as art
-    arrays = {"shares": np.array([s.share for s in stages]), "stages": np.int64(len(stages))}
+    arrays = {"shares": np.array([s.share for s in stages]), "stages": np.int64(len(stages)),
+              "norms": np.array([s.norm for s in stages])}
     for k, s in enumerate(stages):
         if s.cv is None:
             continue
@@ -109,7 +135,7 @@ def load(out_dir: Path) -> list[StageFactor]:
             out.append(StageFactor(None, None, None, share))
             continue
         g = Grid(d[f"mins_{k}"], d[f"maxs_{k}"], d[f"bins_{k}"], d[f"periodic_{k}"])
-        out.append(StageFactor(out_dir / f"stage_cv_{k}.pt", g, d[f"ratio_{k}"], share))
+        out.append(StageFactor(out_dir / f"stage_cv_{k}.pt", g, d[f"ratio_{k}"], share, float(d["norms"][k])))
     return out
 
 

@@ -11,35 +11,18 @@ bins that the frames reached (Rg_frames(b): the frames' plain mean in the bin).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cg_reweight_trial import BINS, flat_bin, phi_psi  # noqa: E402
-
-
-def rg(traj) -> np.ndarray:
-    c = traj.xyz - traj.xyz.mean(1, keepdims=True)
-    return np.sqrt((c ** 2).sum(-1).mean(-1))
+from cg_reweight_trial import BINS, cg_samples, flat_bin, iteration0, parse_args, phi_psi, report, rg  # noqa: E402
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("cg_dirs", nargs="+")
-    ap.add_argument("--run", required=True)
-    ap.add_argument("--jsonl", default=None)
-    args = ap.parse_args()
-    from cvflow.config import ConfigError
-    from cvflow.sampler import read_dcd
-    it0 = Path(args.run) / "iter_000"
-    if not (it0 / "md" / "traj.dcd").exists() or not (it0 / "weights.npy").exists():
-        raise ConfigError(f"--run: {args.run} has no finished iteration 0 (iter_000/md/traj.dcd, iter_000/weights.npy)")
-    frames = read_dcd(it0 / "md" / "traj.dcd", it0 / "md" / "topology.pdb")
-    w = np.load(it0 / "weights.npy")
+    args = parse_args(__doc__)
+    frames, w = iteration0(args.run)
     fb, n = flat_bin(*phi_psi(frames)), BINS * BINS
     count = np.bincount(fb, minlength=n)
     p_frames = np.bincount(fb, weights=w, minlength=n) / w.sum()
@@ -47,23 +30,17 @@ def main() -> int:
     reached = count > 0
     rows = []
     for d in map(Path, args.cg_dirs):
-        if not (d / "samples.dcd").exists():
-            raise ConfigError(f"{d}: no samples.dcd (not a finished cvflow cg directory of a molecule)")
-        s = read_dcd(d / "samples.dcd", d / "topology.pdb")
+        s = cg_samples(d)
         sb, srg = flat_bin(*phi_psi(s)), rg(s)
         sc = np.bincount(sb, minlength=n)
         p_model = sc / sc.sum()
         rg_model = np.bincount(sb, weights=srg, minlength=n) / np.maximum(sc, 1)
-        row = {"cg_dir": str(d), "rg_model_nm": float(srg.mean()),
-               "rg_frames_nm": float((p_frames * rg_frames)[reached].sum()),
-               "within_bins_nm": float((p_model * (rg_model - rg_frames))[reached].sum()),
-               "between_bins_nm": float(((p_model - p_frames) * rg_frames)[reached].sum()),
-               "model_outside_reached_bins": float(p_model[~reached].sum())}
-        rows.append(row)
-        print(json.dumps(row))
-    if args.jsonl:
-        Path(args.jsonl).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return 0
+        rows.append({"cg_dir": str(d), "rg_model_nm": float(srg.mean()),
+                     "rg_frames_nm": float((p_frames * rg_frames)[reached].sum()),
+                     "within_bins_nm": float((p_model * (rg_model - rg_frames))[reached].sum()),
+                     "between_bins_nm": float(((p_model - p_frames) * rg_frames)[reached].sum()),
+                     "model_outside_reached_bins": float(p_model[~reached].sum())})
+    return report(rows, args.jsonl)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,22 @@ def test_resampled_biased_samples_follow_the_unbiased_density():
     assert unreached.mean() < 0.001
 
 
+def test_tempered_weights_split_the_factor_between_frames_and_samples():
+    """weight_exponent α = 0.5: the frames weighted by W^α follow p_s W^α = N(0, 2/(3 − α))
+    = N(0, 0.8); samples of that, resampled by the rest of the factor, follow p = N(0, 1)."""
+    rng = np.random.default_rng(5)
+    x, w = biased_frames(rng, 40_000)
+    stage = sw.stage_factor(CV, x[:, None], w, 1.0)
+    t = sw.tempered_weights(stage, x[:, None], len(x), 0.5)
+    assert t.mean() == pytest.approx(1.0) and 0 < stage.norm < 1.0   # Jensen: W has mean 1
+    assert np.average(x ** 2, weights=t) == pytest.approx(0.8, abs=0.03)
+    fresh = rng.normal(0.0, np.sqrt(0.8), 40_000)
+    log_w, _ = sw.log_factor([stage], lambda cv: fresh[:, None], len(fresh), alpha=0.5)
+    y = fresh[sw.systematic_resample(log_w, len(fresh), rng)]
+    assert y.var() == pytest.approx(1.0, abs=0.05)
+    assert np.all(sw.tempered_weights(stage, x[:, None], len(x), 0.0) == 1.0) and stage.norm == 1.0
+
+
 def test_the_binned_factor_gives_each_bin_its_frames_weight():
     """On the frames themselves, p/p_pool summed over a bin is the bin's share of the weight."""
     rng = np.random.default_rng(2)
