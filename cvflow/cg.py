@@ -43,7 +43,7 @@ import torch
 from . import artifacts as art, stage_weights
 from .config import Config, ConfigError, dump_config
 from .energy import energy, regularised
-from .generative import GenerativeRun, prepare_output_dir
+from .generative import GenerativeRun, prepare_output_dir, stage_md_dir
 from .internal import wrap_angle
 from .models.vae import VAE
 from .progress import log
@@ -339,12 +339,11 @@ class CGRun(GenerativeRun):
         of the picked frames, written to ``reweighting.npz``; and every frame's likelihood
         weight (1, or tempered by ``cg.weight_exponent``)."""
         from .fes import CZARStats
-        from .workflow import cv_values, production_md_dir
+        from .workflow import cv_values
         factors, info, per_frame = [], [], []
         for (stage, x, w), count in zip(stages, picked):
             cv = self.stage_cv(self.from_run, stage)
-            md_dir = production_md_dir(self.from_run) if stage == "production" else self.from_run / stage / "md"
-            czar = md_dir / "czar.npz"
+            czar = stage_md_dir(self.from_run, stage) / "czar.npz"
             grid = CZARStats.load(czar).grid if cv is not None and czar.exists() else None
             xi = None if cv is None else cv_values(cv, self.cv_input(x))
             f = stage_weights.stage_factor(cv, xi, w, count / picked.sum(), grid)
@@ -702,9 +701,8 @@ class CGRun(GenerativeRun):
         if unreached.all():
             raise TrainingError(f"cg sampling: none of {len(x)} samples lies in a bin of the CV that the run's "
                                 f"frames reached; the model does not describe the frames")
-        w = np.exp(log_w - log_w.max())
         pick = stage_weights.systematic_resample(log_w, n, rng)
-        return x[pick], z[pick], (float(w.sum() ** 2 / (w ** 2).sum() / len(w)), float(unreached.mean()))
+        return x[pick], z[pick], (kish_ess(np.exp(log_w - log_w.max())) / len(x), float(unreached.mean()))
 
     # -- analysis ------------------------------------------------------------------------------------
     def _analyse(self) -> dict:
@@ -857,8 +855,8 @@ def training_weights(data) -> np.ndarray:
 def kish_ess(w) -> float:
     """Kish's effective sample size (Σw)² / Σw² of frame weights: what a weighted data set
     is worth in the Bayesian treatment (the ARD prior's scale, the Laplace precision)."""
-    w = torch.as_tensor(w, dtype=torch.float64)
-    return float(w.sum() ** 2 / (w ** 2).sum())
+    from .dataset import effective_sample_size
+    return effective_sample_size(torch.as_tensor(w, dtype=torch.float64).numpy())
 
 
 def weighted_mean_se(values, w) -> dict:

@@ -17,7 +17,7 @@ from .config import Config, ConfigError, dump_config, recorded_config
 from .energy import OpenMMEnergy
 from .internal import ZMatrix
 from .sampler import derive_seed, load_frames
-from .system import build_system
+from .system import build_system, toy_positions
 from .units import KB as KB_KJ_PER_MOL_K
 
 
@@ -88,17 +88,15 @@ class GenerativeRun:
         every iteration and production; or (``initial``) iteration 0 alone, the stage biased
         on the config's initial CV (``bias.cv``); each with its ``weights.npy``."""
         from .sampler import saved_atoms_of
-        from .workflow import production_md_dir
-        stages = [("production", production_md_dir(run_dir), run_dir / "production" / "weights.npy")]
+        stages = [("production", stage_md_dir(run_dir, "production"), run_dir / "production" / "weights.npy")]
         if not (stages[0][1] / "segment.json").exists() or not stages[0][2].exists():
             raise ConfigError(f"--from: {run_dir} has no finished production (production/weights.npy); "
                               f"finish the run with cvflow run --resume first")
         if frames == "initial":
-            it0 = run_dir / "iter_000"
-            stages = [("iter_000", it0 / "md", it0 / "weights.npy")]
+            stages = [("iter_000", stage_md_dir(run_dir, "iter_000"), run_dir / "iter_000" / "weights.npy")]
         elif frames == "all":
             its = sorted(p for p in run_dir.glob("iter_[0-9][0-9][0-9]") if (p / "weights.npy").exists())
-            stages = [(p.name, p / "md", p / "weights.npy") for p in its] + stages
+            stages = [(p.name, stage_md_dir(run_dir, p.name), p / "weights.npy") for p in its] + stages
         out = []
         for name, md_dir, wpath in stages:
             if not wpath.exists():
@@ -137,11 +135,7 @@ class GenerativeRun:
 
     def cv_input(self, x: np.ndarray) -> np.ndarray:
         """Configurations as a CV file takes them: a toy's (n, 2) → (n, 1, 3), z = 0."""
-        if not self.bundle.is_toy:
-            return x
-        out = np.zeros((len(x), 1, 3))
-        out[:, 0, :2] = x
-        return out
+        return toy_positions(x) if self.bundle.is_toy else x
 
     def constraints(self) -> dict:
         """The system's constraints {(i, j): length in nm}."""
@@ -189,6 +183,13 @@ class GenerativeRun:
         from .states import state_membership
         traj = md.Trajectory(np.asarray(x, np.float32), self.bundle.mdtraj_topology())
         return state_membership(traj, self.cfg.states)
+
+
+def stage_md_dir(run_dir: Path, stage: str) -> Path:
+    """The MD directory of a finished run's stage: ``iter_NNN/md``, or production's
+    (:func:`cvflow.workflow.production_md_dir`: the frozen stage when there is one)."""
+    from .workflow import production_md_dir
+    return production_md_dir(run_dir) if stage == "production" else Path(run_dir) / stage / "md"
 
 
 def prepare_output_dir(cfg: Config, out: Path, resume: bool, section: str, packages: tuple[str, ...] = ()) -> None:

@@ -349,7 +349,7 @@ def _plot_cv_map(run: RunRecord, out: Path) -> Path | None:
     """Molecules: the Ramachandran plane coloured by each CV component. Toys: the CV's
     contours over the potential."""
     from .config import config_from_dict
-    from .system import build_system
+    from .system import build_system, toy_positions
     from .workflow import cv_values
     final_cv = run.dir / run.summary["final_cv"] if run.summary else next(
         (r.cv for r in reversed(run.iterations) if r.cv is not None and r.cv.exists()), None)
@@ -364,8 +364,7 @@ def _plot_cv_map(run: RunRecord, out: Path) -> Path | None:
         hi = np.array([2.0, 2.5]) if frames is None else frames[:, 0, :2].max(0) + 0.3
         xs, ys = np.linspace(lo[0], hi[0], 120), np.linspace(lo[1], hi[1], 120)
         X, Y = np.meshgrid(xs, ys)
-        pts = np.zeros((X.size, 1, 3))
-        pts[:, 0, 0], pts[:, 0, 1] = X.ravel(), Y.ravel()
+        pts = toy_positions(np.column_stack([X.ravel(), Y.ravel()]))
         v = _toy_energies(bundle, pts[:, 0])
         z = cv_values(final_cv, pts)
         fig, axes = plt.subplots(1, z.shape[1], figsize=(5.2 * z.shape[1], 4.2), squeeze=False)

@@ -74,6 +74,15 @@ def _build_toy(cfg: SystemConfig) -> SystemBundle:
     return SystemBundle(system, top, start, True, cfg.potential, feature_atoms=np.array([0]))
 
 
+def toy_positions(xy: np.ndarray) -> np.ndarray:
+    """A toy's points, rows of (x, y) or (x, y, z) in nm, as positions (n, 1, 3) of its one
+    particle (z = 0 where not given): what its CV files and energies take."""
+    xy = np.asarray(xy, float)
+    pos = np.zeros((len(xy), 1, 3))
+    pos[:, 0, :xy.shape[1]] = xy
+    return pos
+
+
 def toy_z_stiffness(mass_amu: float, timestep_ps: float) -> float:
     """kJ/mol/nm² of the z restraint of a toy: m/Δt², so that ω Δt = 1 (stable; the thermal
     spread of z is then √(kT/m) Δt, e.g. 0.01 nm at kT = 1 kJ/mol, 1 amu and 10 fs)."""

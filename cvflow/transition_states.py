@@ -14,6 +14,7 @@ import numpy as np
 
 from .config import ConfigError, one_line
 from .fes import read_fes
+from .system import toy_positions
 
 
 def barrier_regions(centres: np.ndarray, f: np.ndarray, beta: float, window_kT: float,
@@ -90,9 +91,7 @@ def file_frames(path: Path, bundle) -> np.ndarray:
         xy = np.asarray(xy, float)
         if xy.ndim != 2 or xy.shape[1] not in (2, 3) or not len(xy):
             raise ConfigError(f"{key}: {path} must hold rows of x, y in nm (got shape {xy.shape})")
-        pos = np.zeros((len(xy), 1, 3))
-        pos[:, 0, :xy.shape[1]] = xy
-        return pos
+        return toy_positions(xy)
     import mdtraj as md
     try:
         if path.suffix.lower() in (".pdb", ".h5", ".gro", ".mol2"):
