@@ -52,6 +52,15 @@ class GenerativeRun:
                               f"this system has {self.bundle.n_atoms:,} atoms in a periodic box")
         self.kT = KB_KJ_PER_MOL_K * cfg.md.temperature
         self.manifest = art.Manifest(self.out)
+        # where the training data come from (--from RUN, or none), written with the first
+        # stage: a --resume from another source would mix two models' stages
+        source = str(self.from_run.resolve()) if self.from_run is not None else None
+        recorded = self.manifest.data.get("source", source)
+        if recorded != source:
+            def text(s):
+                return f"--from {s}" if s else "without --from"
+            raise ConfigError(f"--out: {self.out} was made {text(recorded)}; this command runs {text(source)}")
+        self.manifest.data["source"] = source
         self.bridge = OpenMMEnergy(self.bundle, platform=platform)
         self.zmatrix = None if self.bundle.is_toy else ZMatrix.from_topology(self.bundle.mdtraj_topology())
         self.seed = derive_seed(cfg.seed, seed_key)
@@ -121,7 +130,7 @@ class GenerativeRun:
         if stage == "production":
             candidates = [run_dir / art.read_json(run_dir / "summary.json")["final_cv"]]
         else:
-            used = (art.Manifest(run_dir).get(f"{stage}/md") or {}).get("cv_used")
+            used = art.Manifest(run_dir).data["stages"].get(f"{stage}/md", {}).get("cv_used")
             if used is None:
                 return None
             k, used = int(stage.split("_")[1]), Path(used)

@@ -308,6 +308,20 @@ def test_cg_from_biased_frames_resamples_by_the_run_weights(tmp_path, es_run, mo
     assert np.array_equal(np.load(cut / "samples.npy"), np.load(out / "samples.npy"))
 
 
+def test_resume_keeps_the_source_of_the_data(tmp_path, es_run):
+    """A directory made with --no-data does not resume --from a run (nor the reverse): one
+    line, exit 2, and its results stay as they were."""
+    out = tmp_path / "energy"
+    cfg = toy_config(tmp_path, tempering={"beta_start": 0.05, "steps_per_level": 10, "final_steps": 20,
+                                          "estimate_samples": 300}, samples=500)
+    assert invoke("cg", cfg, "--no-data", "--out", out).exit_code == 0
+    before = (out / "cg.json").read_text()
+    res = invoke("cg", cfg, "--from", es_run[1], "--out", out, "--resume")
+    assert res.exit_code == 2 and "without --from" in res.output and "Traceback" not in res.output, res.output
+    assert (out / "cg.json").read_text() == before
+    assert invoke("cg", cfg, "--no-data", "--out", out, "--resume").exit_code == 0
+
+
 def test_cg_biased_frames_need_the_stage_cv(tmp_path, es_run):
     """Each stage's CV as the loop chose it (iteration 0 unbiased here, iteration k on
     iteration k − 1's CV, production on the final one), found in a moved copy of the run
