@@ -284,6 +284,10 @@ class CGRun(GenerativeRun):
         if self.mode == "data" and self.cgc is not None and self.cgc.prior_components > 1:
             raise ConfigError(f"cg.prior_components: {self.cgc.prior_components} (a mixture prior) is for "
                               f"--no-data; training on frames (--from) uses N(0, I)")
+        if self.mode == "energy" and self.cgc is not None and self.cgc.ensemble > 1:
+            raise ConfigError(f"cg.ensemble: {self.cgc.ensemble} (bootstrap members on the frames) is for "
+                              f"--from; --no-data trains one model on the energy")
+        self._member = 0  # the ensemble member being trained (cg.ensemble)
 
     def run(self) -> dict:
         if self.mode == "data":
@@ -355,6 +359,29 @@ class CGRun(GenerativeRun):
         stage_weights.save(factors, self.out)
         return info, np.concatenate(per_frame)
 
+    # -- the ensemble (cg.ensemble) ------------------------------------------------------------------
+    def member_path(self, name: str, k: int = 0) -> Path:
+        """Member k's file: ``name`` for the first (the only one without an ensemble), and
+        ``stem_k.suffix`` for the others (``cg_1.pt``, ``posterior_1.npz``, ...)."""
+        if k == 0:
+            return self.out / name
+        p = Path(name)
+        return self.out / f"{p.stem}_{k}{p.suffix}"
+
+    def member_weights(self, d, k: int) -> np.ndarray:
+        """Member k's likelihood weights, mean 1: the frames' training weights, each times an
+        Exp(1) draw of the member's own when ``cg.ensemble`` > 1 (the Bayesian bootstrap: a
+        draw of the frames' Dirichlet posterior weights, so that the members differ as data
+        sets of the same size could)."""
+        w = np.asarray(training_weights(d), np.float64)
+        if self.cgc.ensemble > 1:
+            w = w * np.random.default_rng(derive_seed(self.seed, 9, k)).exponential(size=len(w))
+        return w / w.mean()
+
+    def _member_seed(self, k: int, *keys: int) -> int:
+        """A seed of member k: member 0's are the single model's."""
+        return derive_seed(self.seed, *keys) if k == 0 else derive_seed(self.seed, *keys, 1000 + k)
+
     # -- the model ---------------------------------------------------------------------------------
     def space(self) -> CGSpace:
         if self.mode == "data":
@@ -365,7 +392,7 @@ class CGRun(GenerativeRun):
         return CGSpace.fit(None, None, True)
 
     def build_model(self, space: CGSpace) -> VAE:
-        torch.manual_seed(derive_seed(self.seed, 0))
+        torch.manual_seed(self._member_seed(self._member, 0))
         c = self.cgc
         # the decoder gain (see VAE) serves the reverse KL, whose mode boundaries must sharpen
         energy_mode = self.mode == "energy"
@@ -377,30 +404,49 @@ class CGRun(GenerativeRun):
 
     # -- training ------------------------------------------------------------------------------------
     def _train(self) -> dict:
+        """Train the model, or with ``cg.ensemble`` each member in turn (a member already
+        trained before an interruption is kept)."""
+        members = self.cgc.ensemble if self.mode == "data" else 1
+        infos = []
+        for k in range(members):
+            self._member = k
+            infos.append(self._train_member())
+        self._member = 0
+        info = dict(infos[0])
+        if members > 1:
+            info["ensemble"] = [{"steps": i["steps"], "wall_s": i["wall_s"]} for i in infos]
+            info["wall_s"] = float(sum(i["wall_s"] for i in infos))
+            log.info(f"cg training: {members} ensemble members in {info['wall_s']:.0f} s")
+        return info
+
+    def _train_member(self) -> dict:
+        final = self.member_path("cg.pt", self._member)
+        if final.exists():  # trained before an interruption: its record is in the file
+            saved = torch.load(final, weights_only=False)
+            if "info" in saved:
+                return saved["info"]
         space = self.space()
         model = self.build_model(space)
         opt = torch.optim.Adam(self._param_groups(model), lr=self.cgc.learning_rate)
         state = {"step": 0, "history": [], "levels": [], "beta": self.cgc.tempering.beta_start, "alpha": None,
                  "level_step": 0}
-        ckpt_path = self.out / "checkpoint.pt"
+        ckpt_path = self.member_path("checkpoint.pt", self._member)
         if ckpt_path.exists():
             ckpt = torch.load(ckpt_path, weights_only=False)
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
             state = ckpt["state"]
             self.bridge.evaluations, self.bridge.nonfinite = ckpt["evaluations"], ckpt["nonfinite"]
-            log.info(f"cg: resuming training at step {state['step']}")
+            log.info(f"cg: resuming training{self._member_label()} at step {state['step']}")
         t0 = time.perf_counter()
         if self.mode == "data":
             self._train_data(model, opt, space, state)
         else:
             self._train_energy(model, opt, space, state)
         wall = time.perf_counter() - t0
-        with art.atomic_path(self.out / "cg.pt") as tmp:
-            torch.save({"model": model.state_dict(), "space": space.params(), "alpha": state["alpha"],
-                        "cg": dump_config(self.cfg)["cg"], "mode": self.mode}, tmp)
         cols = ["step", "loss", "kl_weight" if self.mode == "data" else "beta_fraction"]
-        art.write_csv(self.out / "training.csv", cols, np.array(state["history"], float).reshape(-1, 3),
+        art.write_csv(self.member_path("training.csv", self._member), cols,
+                      np.array(state["history"], float).reshape(-1, 3),
                       comments=["loss: minus the weighted ELBO per frame (data; nats) or the reverse-KL objective "
                                 "E[log q(x,z) - log r(z|x) + beta_s U] (energy; nats)"])
         info = {"mode": self.mode, "steps": int(state["step"]), "wall_s": wall,
@@ -414,7 +460,13 @@ class CGRun(GenerativeRun):
                                     "<= cubo (nats, of the configurations in nm); kl_estimate: the KL of the step to "
                                     "the next level"])
             info["levels"] = len(state["levels"])
+        with art.atomic_path(self.member_path("cg.pt", self._member)) as tmp:
+            torch.save({"model": model.state_dict(), "space": space.params(), "alpha": state["alpha"],
+                        "cg": dump_config(self.cfg)["cg"], "mode": self.mode, "info": info}, tmp)
         return info
+
+    def _member_label(self) -> str:
+        return f" (ensemble member {self._member})" if self.cgc.ensemble > 1 and self.mode == "data" else ""
 
     def _param_groups(self, model: VAE) -> list[dict]:
         """The optimiser's groups: the mixture prior's weights (if any) at prior_lr_scale times
@@ -426,7 +478,7 @@ class CGRun(GenerativeRun):
                                                       if prior else [])
 
     def _checkpoint(self, model, opt, state):
-        with art.atomic_path(self.out / "checkpoint.pt") as tmp:
+        with art.atomic_path(self.member_path("checkpoint.pt", self._member)) as tmp:
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state,
                         "evaluations": self.bridge.evaluations, "nonfinite": self.bridge.nonfinite}, tmp)
 
@@ -437,15 +489,15 @@ class CGRun(GenerativeRun):
             self._checkpoint(model, opt, state)
         if stop_requested():
             self._checkpoint(model, opt, state)
-            raise StopRequested(f"cg training: stopped at step {step}; checkpoint written to "
-                                f"{self.out / 'checkpoint.pt'}")
+            raise StopRequested(f"cg training{self._member_label()}: stopped at step {step}; checkpoint "
+                                f"written to {self.member_path('checkpoint.pt', self._member)}")
         if report is not None:
             report(min(step, total), total, text)
 
     def _fail(self, model, opt, state, what: str):
         self._checkpoint(model, opt, state)
-        raise TrainingError(f"cg training: {what} at step {state['step']}; the last good state is in "
-                            f"{self.out / 'checkpoint.pt'}")
+        raise TrainingError(f"cg training{self._member_label()}: {what} at step {state['step']}; the last "
+                            f"good state is in {self.member_path('checkpoint.pt', self._member)}")
 
     def learning_rate(self, step: int) -> float:
         """--from: constant through the KL warm-up, then (``lr_schedule: cosine``) a cosine
@@ -459,14 +511,17 @@ class CGRun(GenerativeRun):
         c = self.cgc
         d = np.load(self.out / "data.npz")
         v = torch.as_tensor(space.to_v(d["positions"]))
-        w = torch.as_tensor(training_weights(d), dtype=torch.float64)
-        n = kish_ess(w)  # the prior's weight against the data: uneven weights are worth fewer frames
+        w = torch.as_tensor(self.member_weights(d, self._member), dtype=torch.float64)
+        # the prior's weight against the data: uneven weights are worth fewer frames (the
+        # frames' own weights: a bootstrap member's draws stand for the same data set)
+        n = kish_ess(training_weights(d))
         weights = decoder_weights(model)
         alpha = state["alpha"] or [torch.full_like(p, 1e-2) for p in weights]
-        report = self.progress.steps("cg training (ELBO)") if self.progress else None
+        label = f", ensemble member {self._member} of 0-{c.ensemble - 1}" if c.ensemble > 1 else ""
+        report = self.progress.steps(f"cg training (ELBO{label})") if self.progress else None
         while state["step"] < c.steps:
             step = state["step"]
-            torch.manual_seed(derive_seed(self.seed, 1, step))
+            torch.manual_seed(self._member_seed(self._member, 1, step))
             kl_w = 1.0 if c.kl_warmup == 0 else min(1.0, (step + 1) / c.kl_warmup)
             for group in opt.param_groups:
                 group["lr"] = self.learning_rate(step) * group["lr_scale"]
@@ -605,8 +660,9 @@ class CGRun(GenerativeRun):
         member = self.membership(space.to_x(v.numpy()), self.cgc.states)
         return {k: float(m.mean()) for k, m in member.items()}
 
-    def load_model(self) -> tuple[VAE, CGSpace, dict]:
-        saved = torch.load(self.out / "cg.pt", weights_only=False)
+    def load_model(self, k: int = 0) -> tuple[VAE, CGSpace, dict]:
+        """The trained model (ensemble member k), its space and its saved record."""
+        saved = torch.load(self.member_path("cg.pt", k), weights_only=False)
         space = CGSpace.from_params(saved["space"], self.zmatrix)
         model = self.build_model(space)
         model.load_state_dict(saved["model"])
@@ -614,10 +670,14 @@ class CGRun(GenerativeRun):
 
     # -- the Laplace posterior (data) ----------------------------------------------------------------
     def _posterior(self) -> dict:
-        model, space, saved = self.load_model()
+        infos = [self._member_posterior(k) for k in range(self.cgc.ensemble)]
+        return {**infos[0], **({"ensemble": len(infos)} if len(infos) > 1 else {})}
+
+    def _member_posterior(self, k: int) -> dict:
+        model, space, saved = self.load_model(k)
         d = np.load(self.out / "data.npz")
         v = torch.as_tensor(space.to_v(d["positions"]))
-        w = torch.as_tensor(training_weights(d), dtype=torch.float64)
+        w = torch.as_tensor(self.member_weights(d, k), dtype=torch.float64)
         # the likelihood of the frames the data are worth: the Kish ESS of the weights and,
         # with cg.correlated_frames, divided by the statistical inefficiency of the frames'
         # latent series (consecutive MD frames are correlated). With frame_weights: biased
@@ -632,8 +692,9 @@ class CGRun(GenerativeRun):
         w = w / w.sum() * n_eff
         alpha_out = (saved["alpha"][-1][: model.n_features] if self.cgc.ard and saved["alpha"] is not None
                      else torch.full((model.n_features, model.decoder.net[-2].in_features), 1e-2))
-        rows, chol = laplace_output_layer(model, v, w, alpha_out.double(), derive_seed(self.seed, 3))
-        art.write_npz(self.out / "posterior.npz", rows=rows.numpy(), chol=chol.numpy(), n_eff=np.float64(n_eff))
+        rows, chol = laplace_output_layer(model, v, w, alpha_out.double(), self._member_seed(k, 3))
+        art.write_npz(self.member_path("posterior.npz", k), rows=rows.numpy(), chol=chol.numpy(),
+                      n_eff=np.float64(n_eff))
         sd = torch.sqrt(torch.diagonal(chol @ chol.transpose(1, 2), dim1=1, dim2=2))
         pruned = [float((a > 1e4).float().mean()) for a in saved["alpha"]] if saved["alpha"] else []
         return {"parameters": int(rows.numel()), "mean_posterior_sd": float(sd.mean()),
@@ -641,19 +702,22 @@ class CGRun(GenerativeRun):
 
     # -- samples -------------------------------------------------------------------------------------
     def _sample(self) -> dict:
-        model, space, _ = self.load_model()
         c = self.cgc
+        members = c.ensemble if self.mode == "data" else 1
+        models = [self.load_model(k) for k in range(members)]
+        space = models[0][1]
         draws = c.posterior_draws if self.mode == "data" else 1
         per = int(math.ceil(c.samples / draws))
         g = torch.Generator().manual_seed(derive_seed(self.seed, 4))
         if self.mode == "data":
-            p = np.load(self.out / "posterior.npz")
-            rows, chol = torch.as_tensor(p["rows"]), torch.as_tensor(p["chol"])
+            posts = [np.load(self.member_path("posterior.npz", k)) for k in range(members)]
+            rows = [torch.as_tensor(p["rows"]) for p in posts]
+            chol = [torch.as_tensor(p["chol"]) for p in posts]
             # posterior_noise: marginal — the decoder's noise scale known only up to one common
             # factor, which the frames determine as ν = their effective count: the output layer's
             # posterior is then a Student-t with ν degrees of freedom (the normal–inverse-gamma
             # result of Bayesian linear regression), a scale mixture of the Laplace Gaussian
-            nu = float(p["n_eff"]) if c.posterior_noise == "marginal" else None
+            nu = float(posts[0]["n_eff"]) if c.posterior_noise == "marginal" else None
             chi2 = np.random.default_rng(derive_seed(self.seed, 7))
         biased = self.mode == "data" and c.frame_weights == "biased"
         drawn = per * (c.oversample if biased else 1)
@@ -662,11 +726,13 @@ class CGRun(GenerativeRun):
         xs, draw_of, zs, kept = [], [], [], []
         with torch.no_grad():
             for s in range(draws):
+                k = s % members  # an equal mixture of the members' posteriors
+                model = models[k][0]
                 if self.mode == "data":
-                    eps = torch.randn(rows.shape, generator=g, dtype=torch.float64)
+                    eps = torch.randn(rows[k].shape, generator=g, dtype=torch.float64)
                     if nu is not None:  # Student-t: × √(ν / χ²_ν)
                         eps = eps * math.sqrt(nu / chi2.chisquare(nu))
-                    set_output_rows(model, rows + (chol @ eps[..., None])[..., 0])
+                    set_output_rows(model, rows[k] + (chol[k] @ eps[..., None])[..., 0])
                 z = model.sample_prior(drawn, g)
                 xm, xlv = model.decode(z)
                 vs = xm + torch.exp(0.5 * xlv) * torch.randn(xm.shape, generator=g, dtype=torch.float64)
@@ -681,6 +747,8 @@ class CGRun(GenerativeRun):
         f = self.write_samples(x)
         art.write_npz(self.out / "samples_latent.npz", z=np.concatenate(zs), draw=np.concatenate(draw_of))
         info = {"samples": int(len(x)), "draws": draws, "files": [f, "samples_latent.npz"]}
+        if members > 1:
+            info["ensemble"] = members
         if biased:
             info["reweighting"] = {"drawn_per_draw": drawn, "kept_per_draw": per,
                                    "ess_fraction": float(np.mean([k[0] for k in kept])),
@@ -709,8 +777,9 @@ class CGRun(GenerativeRun):
         x = self.samples()
         draw = np.load(self.out / "samples_latent.npz")["draw"]
         info = {"mode": self.mode, "samples": int(len(x)), "kT_kj_per_mol": self.kT,
-                "intervals": "95% credible intervals over the decoder's posterior draws" if self.mode == "data"
-                else "95% intervals of the Monte Carlo error (bootstrap over 20 blocks of samples)"}
+                "intervals": ("95% credible intervals over the decoder's posterior draws"
+                              + (f" of {self.cgc.ensemble} bootstrap ensemble members" if self.cgc.ensemble > 1 else ""))
+                if self.mode == "data" else "95% intervals of the Monte Carlo error (bootstrap over 20 blocks of samples)"}
         obs = self.observables(x)
         info["observables"] = {k: interval(v, draw, self.mode) for k, v in obs.items()}
         member = self.membership(x, self.cgc.states)

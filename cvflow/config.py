@@ -664,6 +664,12 @@ class CGConfig(Strict):
     # σ known up to one common scale that the frames' effective count ν determines, so each
     # draw is a Student-t with ν degrees of freedom (wider with few frames; measured: README)
     posterior_noise: Literal["map", "marginal"] = "map"
+    # --from: this many VAEs, each from its own seed on a Bayesian-bootstrap reweighting of the
+    # frames (Rubin 1981: each frame's weight times an Exp(1) draw); the posterior is the equal
+    # mixture of their Laplace posteriors, so the intervals also hold what the frames' finite
+    # number and the training's seed leave open about how the states share the weight, which
+    # one network's output layer cannot (1: one network on the frames, the papers'; measured: README)
+    ensemble: Annotated[int, Field(ge=1, le=32)] = 1
     tempering: TemperingConfig = Field(default_factory=TemperingConfig)
     # --no-data: the entropy term E_q[log q(x)]. encoder_bound: the paper's upper bound
     # E_q[log q(x, z) − log r(z|x)]; importance_weighted: a tighter upper bound with

@@ -566,3 +566,60 @@ def test_marginal_noise_widens_the_intervals_from_few_frames(tmp_path, es_run):
         assert 1 <= nu <= 10
     assert got["marginal"]["high"] - got["marginal"]["low"] > 1.05 * (got["map"]["high"] - got["map"]["low"])
     assert got["marginal"]["sd"] > got["map"]["sd"]
+
+
+def test_ensemble_members_bootstrap_the_frames_and_resume_exactly(tmp_path, es_run, monkeypatch):
+    """``cg.ensemble: 2``: two VAEs, each from its own seed on its own Bayesian-bootstrap
+    weights of the same frames (Exp(1) draws, mean 1); the posterior draws alternate between
+    them, so the interval holds what either member predicts; a job stopped in the second
+    member's training resumes to the same samples; ``--no-data`` refuses an ensemble."""
+    import cvflow.cg as cg_mod
+    from cvflow.config import load_config
+    from cvflow.stop import StopRequested
+    _, run_dir = es_run
+    base = yaml.safe_load((run_dir / "config.resolved.yaml").read_text())["config"]
+    d = {"seed": 1, "system": base["system"], "md": base["md"],
+         "cg": {"latent": 1, "hidden": [16], "steps": 200, "batch_size": 128, "kl_warmup": 50, "ard_every": 50,
+                "posterior_draws": 20, "samples": 4000, "ensemble": 2, "checkpoint_every": 50}}
+    path = tmp_path / "cg.yaml"
+    path.write_text(yaml.safe_dump(d))
+    out = tmp_path / "cg"
+    res = invoke("cg", path, "--from", run_dir, "--out", out)
+    assert res.exit_code == 0, res.output
+    for name in ("cg_1.pt", "posterior_1.npz", "training_1.csv"):
+        assert (out / name).exists(), name
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert [m["steps"] for m in stages["train"]["ensemble"]] == [200, 200]
+    run = CGRun(load_config(path), out, from_run=run_dir)
+    data = np.load(out / "data.npz")
+    w0, w1 = run.member_weights(data, 0), run.member_weights(data, 1)
+    assert w0.mean() == pytest.approx(1) and w1.mean() == pytest.approx(1) and not np.allclose(w0, w1)
+    assert np.std(w0 / data["training_weights"]) > 0.5   # Exp(1) draws: standard deviation 1
+    # the two members are different networks, and each one's draws are in the pool
+    m0, m1 = run.load_model(0)[0], run.load_model(1)[0]
+    assert not torch.equal(m0.decoder.net[0].weight, m1.decoder.net[0].weight)
+    draw = np.load(out / "samples_latent.npz")["draw"]
+    y = np.load(out / "samples.npy")[:, 1]
+    means = [np.mean([y[draw == s].mean() for s in range(k, 20, 2)]) for k in (0, 1)]
+    info = json.loads((out / "cg.json").read_text())["observables"]["y"]
+    assert info["low"] <= min(means) and max(means) <= info["high"]
+    # stopped in member 1's training (after member 0's 200 steps and 30 of its own), resumed
+    cut = tmp_path / "cut"
+    prepare_cg_dir(load_config(path), cut, False)
+    calls = {"n": 0}
+
+    def stop_in_member_1():
+        calls["n"] += 1
+        return calls["n"] == 230
+    monkeypatch.setattr(cg_mod, "stop_requested", stop_in_member_1)
+    with pytest.raises(StopRequested, match="ensemble member 1.*step 30"):
+        CGRun(load_config(path), cut, from_run=run_dir).run()
+    assert (cut / "cg.pt").exists() and (cut / "checkpoint_1.pt").exists() and not (cut / "cg_1.pt").exists()
+    monkeypatch.setattr(cg_mod, "stop_requested", lambda: False)
+    prepare_cg_dir(load_config(path), cut, True)
+    CGRun(load_config(path), cut, from_run=run_dir).run()
+    assert np.array_equal(np.load(cut / "samples.npy"), np.load(out / "samples.npy"))
+    # from the energy alone there are no frames to bootstrap
+    toy = toy_config(tmp_path, name="energy.yaml", ensemble=2)
+    res = invoke("cg", toy, "--no-data", "--out", tmp_path / "energy")
+    assert res.exit_code == 2 and "cg.ensemble" in res.output and "Traceback" not in res.output, res.output
