@@ -4,7 +4,7 @@ frames of a cvflow run of alanine dipeptide, with their reweighting factors (as 
 ``cg.frame_weights`` uses them), against an independent reference.
 
     python scripts/cg_ala2.py --run runs/cg-ala2 [--n 50 200 500 5000] [--seeds 1 2 3]
-        [--offsets 0 0.1 ...] [--jobs 2] [--ref-ns 25] [--json docs/measurements/cg-ala2-cpu-vm.json]
+        [--offsets 0 0.1 ...] [--jobs 2] [--ref-ns 25] [--json FILE] [--plot FILE]   (both default to the --work directory)
 
 1. The run: ``cvflow run configs/cg-ala2.yaml`` (made here if ``--run`` has none).
 2. The reference, without cvflow's sampling: plain OpenMM Langevin MD (the config's system
@@ -185,8 +185,9 @@ def main() -> int:
     ap.add_argument("--ref-ns", type=float, default=25.0)
     ap.add_argument("--note", default=None, help="a line for the JSON: what this sweep varied")
     ap.add_argument("--work", default=None, help="where the cg directories go (default: RUN/cg-sweep)")
-    ap.add_argument("--json", default=str(ROOT / "docs" / "measurements" / "cg-ala2-cpu-vm.json"))
-    ap.add_argument("--plot", default=str(ROOT / "docs" / "img" / "cg-ala2-rg-vs-n.png"))
+    # the results go into the work directory unless named: a sweep never overwrites a committed file
+    ap.add_argument("--json", default=None, help="the results (default: WORK/cg-ala2.json)")
+    ap.add_argument("--plot", default=None, help="Rg against N (default: WORK/rg-vs-n.png)")
     args = ap.parse_args()
     run = Path(args.run)
     if not (run / "summary.json").exists():
@@ -255,8 +256,8 @@ def main() -> int:
                                                                 for r in rows if r["n"] == n)}
                          for n in args.n},
                "run": str(run), "config": str(args.config), **({"note": args.note} if args.note else {})}
-    Path(args.json).write_text(json.dumps(summary, indent=1))
-    plot_rg_against_n(rows, ref, Path(args.plot))
+    Path(args.json or work / "cg-ala2.json").write_text(json.dumps(summary, indent=1))
+    plot_rg_against_n(rows, ref, Path(args.plot or work / "rg-vs-n.png"))
     for n, v in summary["per_n"].items():
         print(f"N={n}: reference inside the 95% interval in {v['holds_reference']} of {v['of']}; median width "
               f"{v['median_width_nm']:.5f} nm; JS {v['js_to_reference_nats']}; P(C7ax) {v['p_C7ax']} "
