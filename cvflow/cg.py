@@ -407,10 +407,11 @@ class CGRun(GenerativeRun):
         """Train the model, or with ``cg.ensemble`` each member in turn (a member already
         trained before an interruption is kept)."""
         members = self.cgc.ensemble if self.mode == "data" else 1
+        space = self.space()  # one space for every member: they model the same frames
         infos = []
         for k in range(members):
             self._member = k
-            infos.append(self._train_member())
+            infos.append(self._train_member(space))
         self._member = 0
         info = dict(infos[0])
         if members > 1:
@@ -419,13 +420,12 @@ class CGRun(GenerativeRun):
             log.info(f"cg training: {members} ensemble members in {info['wall_s']:.0f} s")
         return info
 
-    def _train_member(self) -> dict:
+    def _train_member(self, space: CGSpace) -> dict:
         final = self.member_path("cg.pt", self._member)
         if final.exists():  # trained before an interruption: its record is in the file
             saved = torch.load(final, weights_only=False)
             if "info" in saved:
                 return saved["info"]
-        space = self.space()
         model = self.build_model(space)
         opt = torch.optim.Adam(self._param_groups(model), lr=self.cgc.learning_rate)
         state = {"step": 0, "history": [], "levels": [], "beta": self.cgc.tempering.beta_start, "alpha": None,
@@ -466,7 +466,7 @@ class CGRun(GenerativeRun):
         return info
 
     def _member_label(self) -> str:
-        return f" (ensemble member {self._member})" if self.cgc.ensemble > 1 and self.mode == "data" else ""
+        return f" (ensemble member {self._member})" if self.cgc.ensemble > 1 else ""  # --from only
 
     def _param_groups(self, model: VAE) -> list[dict]:
         """The optimiser's groups: the mixture prior's weights (if any) at prior_lr_scale times
