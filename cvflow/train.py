@@ -88,13 +88,45 @@ def weighted_stats(x: np.ndarray, w: np.ndarray, scaling: str = "feature"):
     return mean, np.where(std > 1e-8, std, 1.0)
 
 
-def _adam(model, cfg) -> torch.optim.Adam:
-    """Adam, fused into one kernel per step where this torch build has it (CPU since 2.4)."""
+class FusedAdam:
+    """``torch.optim.Adam(fused=True)`` without its per-step Python: the same two kernels
+    (the step counters' increment and ``torch._fused_adam_``) on the same state, so the
+    parameters are bit-identical to it (``tests/test_models.py`` holds the two to the bit).
+    At the paper's size (30-40-2-40-30, batch 512) torch's wrapper spends about 80 µs of a
+    700-µs step in Python: grouping the tensors, reading the state dicts, the hooks."""
+
+    def __init__(self, params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params = [p for p in params if p.requires_grad]
+        self.exp_avgs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        self.exp_avg_sqs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
+        self.kw = dict(amsgrad=False, lr=float(lr), beta1=float(betas[0]), beta2=float(betas[1]),
+                       weight_decay=float(weight_decay), eps=float(eps), maximize=False,
+                       grad_scale=None, found_inf=None)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        torch._foreach_add_(self.steps, 1)
+        torch._fused_adam_(self.params, [p.grad for p in self.params], self.exp_avgs, self.exp_avg_sqs,
+                           [], self.steps, **self.kw)
+
+
+def _adam(model, cfg):
+    """Adam, fused into one kernel per step where this torch build has it (CPU since 2.4):
+    :class:`FusedAdam` where its kernel exists for these parameters, else torch's."""
     kw = dict(lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    params = list(model.parameters())
+    if hasattr(torch, "_fused_adam_") and all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32
+                                               for p in params):
+        return FusedAdam(params, **kw)
     try:
-        return torch.optim.Adam(model.parameters(), fused=True, **kw)
+        return torch.optim.Adam(params, fused=True, **kw)
     except (RuntimeError, TypeError):
-        return torch.optim.Adam(model.parameters(), **kw)
+        return torch.optim.Adam(params, **kw)
 
 
 def training_device(setting: str = "auto") -> torch.device:
