@@ -287,10 +287,6 @@ class CGRun(GenerativeRun):
         if self.mode == "energy" and self.cgc is not None and self.cgc.ensemble > 1:
             raise ConfigError(f"cg.ensemble: {self.cgc.ensemble} (bootstrap members on the frames) is for "
                               f"--from; --no-data trains one model on the energy")
-        if (self.mode == "energy" and self.cgc is not None and self.cgc.tempering.reweighted_from is not None
-                and self.cgc.prior_components > 1):
-            raise ConfigError(f"cg.tempering.reweighted_from fits the ELBO, whose KL term is to N(0, I): "
-                              f"use it with cg.prior_components: 1, not {self.cgc.prior_components}")
         self._member = 0  # the ensemble member being trained (cg.ensemble)
 
     def run(self) -> dict:
@@ -597,10 +593,7 @@ class CGRun(GenerativeRun):
             at_target = beta >= 1.0
             first = not state["levels"]
             n_steps = t.final_steps if at_target else (t.initial_steps or t.steps_per_level) if first else t.steps_per_level
-            reweighted = t.reweighted_from is not None and beta >= t.reweighted_from and not at_target
-            if reweighted:  # a forward-KL level: the model is fitted at the next β_s
-                beta = self._reweighted_level(model, opt, space, state, beta, report)
-            while not reweighted and state["level_step"] < n_steps:
+            while state["level_step"] < n_steps:
                 step = state["step"]
                 torch.manual_seed(derive_seed(self.seed, 1, step))
                 lr = self.cgc.learning_rate
@@ -639,7 +632,7 @@ class CGRun(GenerativeRun):
             log_z = float(_logmeanexp(lw))
             cubo = float(0.5 * _logmeanexp(2 * lw))
             cut = (self._u_ref, self.cgc.energy_cut)  # the tilt as training sees it (regularised)
-            new = 1.0 if at_target or beta >= 1.0 else beta if reweighted else next_beta(beta, u, t.kl_threshold, *cut)
+            new = 1.0 if at_target else next_beta(beta, u, t.kl_threshold, *cut)
             kl_step = tilt_kl(u, new - beta, beta, *cut)
             state["levels"].append((len(state["levels"]), state["step"], beta, elbo, log_z, cubo, kl_step))
             pops = self._populations(space, model)
@@ -650,63 +643,13 @@ class CGRun(GenerativeRun):
                       f"{log_z:.3f} <= CUBO {cubo:.3f}; next {new:.3g} (KL {kl_step:.3f})"
                       + "".join(f"; P({k}) {v:.4f}" if not k.startswith("prior_weight_")
                                 else f"; prior weight {k[13:]} {v:.4f}" for k, v in pops.items()))
-            if at_target or (reweighted and beta >= 1.0 and t.final_steps == 0):
+            if at_target:
                 break
             if len(state["levels"]) >= t.max_levels:
                 raise TrainingError(f"cg tempering: beta_s reached only {beta:.3g} beta after {t.max_levels} levels "
                                     f"(cg.tempering.max_levels); raise kl_threshold or max_levels")
             state["beta"], state["level_step"] = new, 0
             self._checkpoint(model, opt, state)
-
-    def _reweighted_level(self, model: VAE, opt, space: CGSpace, state: dict, beta: float, report) -> float:
-        """One level of ``cg.tempering.reweighted_from``: draw the model's samples at β_s, pick
-        the next β' as the reverse-KL levels do (the tilt's KL ≤ ``kl_threshold``), and fit
-        the model to the samples by the ELBO, each weighted by e^{−(β'−β_s)U}: if the model
-        is p at β_s, the weighted samples are p at β'. The samples and weights are drawn once
-        per level and kept in the checkpoint, so ``--resume`` within a level is exact. Returns β'."""
-        t = self.cgc.tempering
-        level = len(state["levels"])
-        rw = state.get("reweighted")
-        if rw is None or rw["level"] != level:
-            torch.manual_seed(derive_seed(self.seed, 3, level))
-            with torch.no_grad():
-                d = self._draw(model, space, t.reweight_samples, beta)
-                log_qx = ((model.log_marginal_upper(d["z"], d["v"], self.cgc.iw_samples) - d["log_det"]).numpy()
-                          if t.reweight == "importance" else np.zeros(len(d["u"])))
-            u = d["u"].numpy()
-            new = next_beta(beta, u, t.kl_threshold, self._u_ref, self.cgc.energy_cut)
-            ok = np.isfinite(u) & np.isfinite(log_qx)
-            u0 = np.where(ok, u, 0.0)
-            lw = np.where(ok, -new * u0 - log_qx if t.reweight == "importance" else -(new - beta) * u0, -np.inf)
-            w = np.exp(lw - lw.max()) if ok.any() else np.zeros_like(lw)
-            if t.reweight == "importance":  # truncated importance sampling
-                w = np.minimum(w, w.mean() * math.sqrt(len(w)))
-            if not w.sum() > 0:
-                self._fail(model, opt, state, f"no finite energy among the level's samples (beta_s = {beta:.3g} beta)")
-            rw = state["reweighted"] = {"level": level, "v": d["v"].detach(), "w": torch.as_tensor(w / w.sum()),
-                                        "beta": new, "ess": float(kish_ess(w))}
-            state["level_step"] = 0
-        new, v, w = rw["beta"], rw["v"], rw["w"]
-        while state["level_step"] < t.steps_per_level:
-            step = state["step"]
-            torch.manual_seed(derive_seed(self.seed, 1, step))
-            for group in opt.param_groups:
-                group["lr"] = self.cgc.learning_rate * group["lr_scale"]
-            idx = torch.multinomial(w, self.cgc.batch_size, replacement=True)
-            loss = model.neg_elbo(v[idx]).mean()
-            if not torch.isfinite(loss):
-                self._fail(model, opt, state, f"the reweighted ELBO is not finite (beta_s = {new:.3g} beta)")
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
-            opt.step()
-            state["step"] = step + 1
-            state["level_step"] += 1
-            state["history"].append((step, float(loss.detach()), new))
-            self._after_step(model, opt, state, state["step"] + t.steps_per_level - state["level_step"], report,
-                             f"level {level} beta_s {new:.3g} beta (reweighted, ESS {rw['ess']:.0f}), "
-                             f"-ELBO {float(loss.detach()):.3f}")
-        return new
 
     def _populations(self, space: CGSpace, model: VAE, n: int = 2000) -> dict[str, float]:
         """The states' populations in n of the model's samples (the tempering log)."""

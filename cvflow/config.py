@@ -613,16 +613,6 @@ class TemperingConfig(Strict):
     final_steps: Annotated[int, Field(ge=0)] = 2000
     estimate_samples: Annotated[int, Field(ge=100)] = 2000
     max_levels: PositiveInt = 1000
-    # from this β_s/β on, a level is not reverse-KL steps but a forward-KL fit: the ELBO on
-    # `reweight_samples` of the model's own samples, weighted by the tilt e^{−(β'−β_s)U} to
-    # the next β' (temperature annealing by reweighting, Schopmans & Friederich 2025). The
-    # reverse KL seeks modes; this keeps the ones the model holds. None: reverse KL to β.
-    reweighted_from: Optional[float] = Field(None, gt=0, le=1)
-    reweight_samples: Annotated[int, Field(ge=100)] = 4096
-    # tilt: weights e^{−(β'−β_s)U}, exact if the model is p at β_s; importance: e^{−β'U}/q(x)
-    # with log q(x) from the importance-weighted bound (iw_samples), which also corrects the
-    # model's own error, truncated at √n times the mean weight (Ionides 2008)
-    reweight: Literal["tilt", "importance"] = "tilt"
 
 
 class CGConfig(Strict):

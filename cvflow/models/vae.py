@@ -207,7 +207,7 @@ class VAE(CVModel):
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if sample else mu
         xm, xlv = self.decode(z)
         kl = 0.5 * (mu ** 2 + torch.exp(logvar) - 1.0 - logvar).sum(-1)
-        return -self.decoder_log_prob(x, xm, xlv) + kl_weight * kl
+        return -gaussian_log_prob(x, xm, xlv) + kl_weight * kl
 
     def loss(self, x: Tensor, w: Tensor) -> Tensor:
         """Σ_j w_j (−ELBO_j) / n; in eval mode with z at the encoder mean (a deterministic
