@@ -110,19 +110,31 @@ class FusedAdam:
 
     @torch.no_grad()
     def step(self) -> None:
-        torch._foreach_add_(self.steps, 1)
-        torch._fused_adam_(self.params, [p.grad for p in self.params], self.exp_avgs, self.exp_avg_sqs,
-                           [], self.steps, **self.kw)
+        # as torch's: a parameter without a gradient this step is left alone, its count too
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if not live:
+            return
+        pick = (lambda xs: xs) if len(live) == len(self.params) else (lambda xs: [xs[i] for i in live])
+        steps = pick(self.steps)
+        torch._foreach_add_(steps, 1)
+        torch._fused_adam_(pick(self.params), [p.grad for p in pick(self.params)], pick(self.exp_avgs),
+                           pick(self.exp_avg_sqs), [], steps, **self.kw)
 
 
 def _adam(model, cfg):
     """Adam, fused into one kernel per step where this torch build has it (CPU since 2.4):
-    :class:`FusedAdam` where its kernel exists for these parameters, else torch's."""
+    :class:`FusedAdam` where its kernel runs (tried once on a one-element tensor on the
+    parameters' device), else torch's."""
     kw = dict(lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     params = list(model.parameters())
-    if hasattr(torch, "_fused_adam_") and all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32
-                                               for p in params):
-        return FusedAdam(params, **kw)
+    if params and all(p.device == params[0].device and p.dtype == torch.float32 for p in params):
+        try:
+            probe = torch.zeros(1, device=params[0].device, requires_grad=True)
+            probe.grad = torch.ones_like(probe)
+            FusedAdam([probe], **kw).step()
+            return FusedAdam(params, **kw)
+        except (AttributeError, RuntimeError, TypeError, NotImplementedError):
+            pass
     try:
         return torch.optim.Adam(params, fused=True, **kw)
     except (RuntimeError, TypeError):
