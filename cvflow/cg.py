@@ -406,7 +406,7 @@ class CGRun(GenerativeRun):
     def _train(self) -> dict:
         """Train the model, or with ``cg.ensemble`` each member in turn (a member already
         trained before an interruption is kept)."""
-        members = self.cgc.ensemble if self.mode == "data" else 1
+        members = self.cgc.ensemble  # 1 with --no-data (refused otherwise in __init__)
         space = self.space()  # one space for every member: they model the same frames
         infos = []
         for k in range(members):
@@ -703,7 +703,7 @@ class CGRun(GenerativeRun):
     # -- samples -------------------------------------------------------------------------------------
     def _sample(self) -> dict:
         c = self.cgc
-        members = c.ensemble if self.mode == "data" else 1
+        members = c.ensemble
         models = [self.load_model(k) for k in range(members)]
         space = models[0][1]
         draws = c.posterior_draws if self.mode == "data" else 1
