@@ -18,6 +18,7 @@ the start, so that a killed segment resumes from its last checkpoint, not its st
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import shutil
@@ -37,8 +38,8 @@ from .config import Config, one_line
 from .fes import Grid, write_fes
 from .progress import log
 from .stop import StopRequested, install_signal_handlers, stop_requested  # noqa: F401 (re-exported)
-from .system import (SystemBundle, choose_platform, clone_system, confine_toy, platform_properties,
-                     saved_atom_indices)
+from .system import (SystemBundle, choose_platform, clone_system, confine_toy, cpu_reproducible,
+                     platform_properties, saved_atom_indices)
 from .units import kT
 
 
@@ -63,6 +64,11 @@ class SegmentResult:
 BIAS_GROUP = 31
 FORCE_FIELD_GROUPS = (1 << BIAS_GROUP) - 1  # every force group but the bias's
 ALL_GROUPS = -1  # OpenMM's "every force group"
+
+
+@functools.lru_cache(maxsize=None)
+def _say_once(message: str) -> None:
+    log.info(message)
 
 
 def finished_segment(out_dir: Path) -> SegmentResult | None:
@@ -187,6 +193,9 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
         # interval can recover from it
         pos0 = sim.context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
         _write_checkpoint(sim, bias, ckpt_dir, chunk_dir, 0, [np.asarray(pos0)[keep]], [0])
+    if platform.getName() == "CPU" and not cpu_reproducible(platform, md_cfg.threads):
+        _say_once("OpenMM's CPU platform on more than one thread does not give the same trajectory twice "
+                  "(its nonbonded sums differ in the last bits); md.threads: 1 makes runs reproducible")
     log.debug(f"{label}: {steps:,} steps on {platform.getName()} from step {step:,}, seed {seed}, "
               f"engine {engine}, into {out_dir}")
     report = md_cfg.report_interval

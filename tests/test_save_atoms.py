@@ -16,7 +16,9 @@ def _explicit_quick(tmp_path, **md_over):
     cfg = yaml.safe_load((ROOT / "configs" / "ala2-quick.yaml").read_text())
     cfg["system"].update(pdb=str(ROOT / "systems" / "alanine-dipeptide" / "ala2.pdb"), solvent="explicit",
                          padding="0.6 nm", cutoff="0.6 nm")
-    cfg["md"].update(steps=1000, report_interval=50, checkpoint_interval=500, platform="CPU", **md_over)
+    # one CPU thread: the only setting under which the CPU platform gives the same trajectory
+    # twice (test_one_cpu_thread_gives_the_same_solvated_trajectory_twice)
+    cfg["md"].update(steps=1000, report_interval=50, checkpoint_interval=500, platform="CPU", threads=1, **md_over)
     cfg["model"].update(epochs=10, patience=5)
     cfg["convergence"].update(max_iterations=2, production_steps=1000)
     cfg["states"] = {"C7eq": {"phi": [-180, 0]}, "C7ax": {"phi": [0, 180]}}
@@ -81,3 +83,27 @@ def test_save_atoms_all_and_bad_selections(tmp_path):
     p.write_text(yaml.safe_dump(d))
     res = CliRunner().invoke(main, ["validate", str(p)])
     assert res.exit_code == 2 and "md.save_atoms" in res.output, res.output
+
+
+def test_one_cpu_thread_gives_the_same_solvated_trajectory_twice(tmp_path):
+    """On OpenMM's CPU platform with PME, one thread and DeterministicForces (which cvflow
+    sets) give the same frames to the bit; without DeterministicForces the nonbonded forces
+    already differ in their last bits from one Context to the next, and 1000 steps make that
+    a difference of about 1 nm (scripts/cpu_determinism.py)."""
+    from cvflow.config import load_config
+    from cvflow.sampler import run_segment
+    from cvflow.system import build_system, cpu_reproducible, platform_properties
+    import openmm as mm
+    cfg = load_config(_explicit_quick(tmp_path))
+    bundle = build_system(cfg.system, cfg.features.atoms)
+    cpu = mm.Platform.getPlatformByName("CPU")
+    assert platform_properties(cpu, 1) == {"DeterministicForces": "true", "Threads": "1"}
+    assert cpu_reproducible(cpu, 1) and not cpu_reproducible(cpu, 2)
+    assert cpu_reproducible(mm.Platform.getPlatformByName("Reference"), None)
+    frames = []
+    for name in ("a", "b"):
+        run_segment(cfg, bundle, tmp_path / name, 1000, seed=3, engine="none")
+        d = tmp_path / name
+        frames.append(md.load_dcd(str(d / "traj.dcd"), top=str(d / "topology.pdb")).xyz)
+    assert frames[0].shape == (20, 22, 3)
+    assert np.array_equal(frames[0], frames[1])
