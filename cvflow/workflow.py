@@ -90,13 +90,15 @@ def recorded_version_changes(config_path) -> list[str]:
     return [f"{k} {v} → {now.get(k)}" for k, v in (data.get("versions") or {}).items() if k in now and now[k] != v]
 
 
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS",
+                    "OPENMM_CPU_THREADS")
 
 
 def execution_record(cfg: Config) -> dict:
     """Where and with how many threads a run computes (config.resolved.yaml). None of it
     changes the numbers on the Reference platform (tests/test_loop.py holds one thread
-    against torch's default to the bit); the CPU platform's result depends on md.threads."""
+    against torch's default to the bit); OpenMM's CPU platform gives the same trajectory
+    twice only on one thread (md.threads, else OPENMM_CPU_THREADS, else every core)."""
     import os
     import torch
     from .train import training_device, usable_cores
