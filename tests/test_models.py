@@ -33,12 +33,32 @@ def test_every_kind_keeps_the_contract(kind):
     assert MODELS[kind].cv_range_for(ModelConfig(kind=kind, bottleneck_activation="tanh")) == (-1.0, 1.0)
 
 
+def _adam_steps(pairs, steps, gen):
+    """Steps ``steps`` (a range) of each (model, optimizer) pair on the same random batches."""
+    for step in steps:
+        x, w = torch.randn(32, 12, generator=gen), torch.rand(32, generator=gen)
+        for model, o in pairs:
+            torch.manual_seed(step)  # the VAE draws in its loss
+            loss = model.loss(x, w)
+            o.zero_grad(set_to_none=True)
+            loss.backward()
+            o.step()
+    return x, w
+
+
+def _same_parameters(m, ref):
+    for (name, p), q in zip(m.named_parameters(), ref.parameters()):
+        assert torch.equal(p, q), name
+
+
 @pytest.mark.parametrize("kind,weight_decay", [("autoencoder", 0.0), ("autoencoder", 1e-3),
                                                ("multidecoder", 0.0), ("vae", 1e-4)])
 def test_the_trainers_adam_is_torch_fused_adam_to_the_bit(kind, weight_decay):
     """The trainer's optimizer (:class:`cvflow.train.FusedAdam`, torch's fused kernel without
-    its Python wrapper) leaves every parameter bit-identical to ``torch.optim.Adam(fused=True)``
-    over 60 steps, so the loop's numbers do not depend on which of the two ran."""
+    its Python wrapper, one step count shared while the counts are equal) leaves every
+    parameter bit-identical to ``torch.optim.Adam(fused=True)`` over 60 steps, then through
+    a step that skips a parameter and 9 more with unequal counts, so the loop's numbers do
+    not depend on which of the two ran."""
     import copy
     from cvflow.train import FusedAdam, _adam
     cfg = ModelConfig(kind=kind, hidden=[9], bottleneck=2, weight_decay=weight_decay, learning_rate=1e-2)
@@ -48,31 +68,27 @@ def test_the_trainers_adam_is_torch_fused_adam_to_the_bit(kind, weight_decay):
     opt = _adam(m, cfg)
     assert isinstance(opt, FusedAdam)
     opt_ref = torch.optim.Adam(ref.parameters(), lr=1e-2, weight_decay=weight_decay, fused=True)
+    pairs = ((m, opt), (ref, opt_ref))
     gen = torch.Generator().manual_seed(1)
-    for step in range(60):
-        x, w = torch.randn(32, 12, generator=gen), torch.rand(32, generator=gen)
-        for model, o in ((m, opt), (ref, opt_ref)):
-            torch.manual_seed(step)  # the VAE draws in its loss
-            loss = model.loss(x, w)
-            o.zero_grad(set_to_none=True)
-            loss.backward()
-            o.step()
-    for (name, p), q in zip(m.named_parameters(), ref.parameters()):
-        assert torch.equal(p, q), name
+    x, w = _adam_steps(pairs, range(60), gen)
+    _same_parameters(m, ref)
     assert all(not torch.equal(p, q) for p, q in zip(m.parameters(), start.parameters()))  # every one moved
     # a parameter without a gradient in a step is skipped, its step count too, as torch does
     first = next(m.parameters())
     before = first.detach().clone()
-    for model, o in ((m, opt), (ref, opt_ref)):
+    for model, o in pairs:
         o.zero_grad(set_to_none=True)
         torch.manual_seed(60)
         model.loss(x, w).backward()
         next(model.parameters()).grad = None
         o.step()
     assert torch.equal(first, before) and torch.equal(first, next(ref.parameters()))
-    for (name, p), q in zip(m.named_parameters(), ref.parameters()):
-        assert torch.equal(p, q), name
+    _same_parameters(m, ref)
     assert float(opt.steps[0]) == 60 and float(opt.steps[1]) == 61
+    # and after it, with counts that differ from parameter to parameter
+    _adam_steps(pairs, range(61, 70), gen)
+    _same_parameters(m, ref)
+    assert float(opt.steps[0]) == 69 and float(opt.steps[1]) == 70
 
 
 def test_decoder_bank_is_k_independent_networks():
