@@ -194,8 +194,8 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
         pos0 = sim.context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
         _write_checkpoint(sim, bias, ckpt_dir, chunk_dir, 0, [np.asarray(pos0)[keep]], [0])
     if platform.getName() == "CPU" and not cpu_reproducible(platform, md_cfg.threads):
-        _say_once("OpenMM's CPU platform on more than one thread does not give the same trajectory twice "
-                  "(its nonbonded sums differ in the last bits); md.threads: 1 makes runs reproducible")
+        _say_once("OpenMM's CPU platform on more than one thread does not give the same trajectory twice; "
+                  "md.threads: 1 makes runs reproducible")
     log.debug(f"{label}: {steps:,} steps on {platform.getName()} from step {step:,}, seed {seed}, "
               f"engine {engine}, into {out_dir}")
     report = md_cfg.report_interval

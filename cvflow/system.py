@@ -242,10 +242,11 @@ def platform_problem(name: str) -> str | None:
 def platform_properties(platform: mm.Platform, threads: int | None) -> dict:
     """The Context properties for ``platform``. On the CPU platform: ``md.threads`` and
     ``DeterministicForces``, which costs nothing measurable (alanine dipeptide in 85 waters:
-    about 900 steps/s either way). Even so, only one thread gives the same trajectory twice:
-    on two threads the nonbonded forces differ in their last bits from one Context to the
-    next (in vacuum and in water, with or without PME; scripts/cpu_determinism.py), and
-    Langevin dynamics turns that into another trajectory within a few thousand steps."""
+    about 900 steps/s either way). Without it, even one thread does not give the same
+    trajectory twice in water (the nonbonded forces differ in their last bits from one
+    Context to the next); with it, one thread does, and two threads still do not, in vacuum
+    or in water (scripts/cpu_determinism.py): the trajectories part within a few thousand
+    steps."""
     if platform.getName() != "CPU":
         return {}
     props = {"DeterministicForces": "true"}

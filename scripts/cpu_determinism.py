@@ -88,4 +88,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from script_exit import run_main
+    run_main(main, __file__)
