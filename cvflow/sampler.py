@@ -54,11 +54,14 @@ class SegmentResult:
     engine: str
     fes_regions: dict | None = None  # CZARStats.region_summary() of a biased segment
     recoveries: list | None = None  # blow-ups recovered from, with a softer coupling
+    threads: int | None = None  # the CPU platform's thread count (None on other platforms)
+    cores: list | None = None  # the cores its threads were pinned to (md.pin), else None
 
     def to_dict(self) -> dict:
         return {"steps": self.steps, "frames": self.frames, "wall_seconds": self.wall_seconds,
                 "steps_per_second": self.steps_per_second, "platform": self.platform, "engine": self.engine,
-                "fes_regions": self.fes_regions, "recoveries": self.recoveries or []}
+                "fes_regions": self.fes_regions, "recoveries": self.recoveries or [], "md_threads": self.threads,
+                "md_cores": self.cores}
 
 
 BIAS_GROUP = 31
@@ -78,7 +81,8 @@ def finished_segment(out_dir: Path) -> SegmentResult | None:
         return None
     d = art.read_json(marker)
     return SegmentResult(Path(out_dir), d["steps"], d["frames"], d["wall_seconds"], d["steps_per_second"],
-                         d["platform"], d["engine"], d.get("fes_regions"), d.get("recoveries"))
+                         d["platform"], d["engine"], d.get("fes_regions"), d.get("recoveries"), d.get("md_threads"),
+                         d.get("md_cores"))
 
 
 def derive_seed(root: int, *keys: int) -> int:
@@ -118,10 +122,59 @@ def make_bias(cfg: Config, bundle: SystemBundle, cv_path, grid: Grid, seed: int)
                       wall_kappa=b.wall_kappa, projection_interval=b.projection_interval, stride=b.stride)
 
 
+def md_threads(md_cfg) -> int | None:
+    """The CPU platform's thread count for ``md``: ``md.threads``; 1 when unset and pinned
+    (``md.pin``); else None, OpenMM's default (every core, or ``OPENMM_CPU_THREADS``)."""
+    return md_cfg.threads or (1 if md_cfg.pin else None)
+
+
+def pinned_cores(md_cfg, slot: int = 0) -> list[int] | None:
+    """The cores an MD segment's threads are pinned to with ``md.pin`` (else None): as many
+    as its threads, from ``md.pin_offset + slot × threads``, among the cores this process may
+    use, wrapping around (``slot``: a walker's worker, so that walkers side by side get
+    cores of their own)."""
+    if not md_cfg.pin or not hasattr(os, "sched_setaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    n = min(md_threads(md_cfg), len(allowed))
+    start = md_cfg.pin_offset + slot * n
+    return sorted({allowed[(start + i) % len(allowed)] for i in range(n)})
+
+
+@contextlib.contextmanager
+def _pinned(cores: list[int] | None):
+    """Run the calling thread, and the threads it starts (OpenMM's CPU platform starts its
+    own when the Context is made), on ``cores``; the thread's own cores again afterwards."""
+    if cores is None:
+        yield
+        return
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, old)
+
+
 def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, seed: int,
                 cv_path: Path | None = None, grid: Grid | None = None, engine: str = "native",
                 start_positions: np.ndarray | None = None, progress=None, label: str = "md",
-                bias_start: Path | None = None, freeze: bool = False) -> SegmentResult:
+                bias_start: Path | None = None, freeze: bool = False, pin_slot: int = 0) -> SegmentResult:
+    """Run (or resume) one segment of ``steps`` MD steps into ``out_dir`` (see
+    :func:`_run_segment`); with ``md.pin`` on the CPU platform, on the cores of
+    :func:`pinned_cores` (``pin_slot``: a walker's worker)."""
+    cores = None
+    if cfg.md.pin and choose_platform(cfg.md.platform, bundle.n_atoms, bundle.system).getName() == "CPU":
+        cores = pinned_cores(cfg.md, pin_slot)
+    with _pinned(cores):
+        return _run_segment(cfg, bundle, out_dir, steps, seed, cv_path, grid, engine, start_positions, progress,
+                            label, bias_start, freeze, cores)
+
+
+def _run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, seed: int,
+                 cv_path: Path | None, grid: Grid | None, engine: str, start_positions: np.ndarray | None,
+                 progress, label: str, bias_start: Path | None, freeze: bool,
+                 cores: list[int] | None) -> SegmentResult:
     """Run (or resume) one segment of ``steps`` MD steps into ``out_dir``.
 
     Parameters
@@ -165,7 +218,7 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
     integrator.setRandomNumberSeed(derive_seed(seed, 0))
     platform = choose_platform(md_cfg.platform, bundle.n_atoms, bundle.system)
     sim = app.Simulation(bundle.topology, system, integrator, platform,
-                         platform_properties(platform, md_cfg.threads))
+                         platform_properties(platform, md_threads(md_cfg)))
     ckpt_dir = out_dir / "ckpt"
     chunk_dir = out_dir / "chunks"
     chunk_dir.mkdir(exist_ok=True)
@@ -193,7 +246,7 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
         # interval can recover from it
         pos0 = sim.context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
         _write_checkpoint(sim, bias, ckpt_dir, chunk_dir, 0, [np.asarray(pos0)[keep]], [0])
-    if platform.getName() == "CPU" and not cpu_reproducible(platform, md_cfg.threads):
+    if platform.getName() == "CPU" and not cpu_reproducible(platform, md_threads(md_cfg)):
         _say_once("OpenMM's CPU platform on more than one thread does not give the same trajectory twice; "
                   "md.threads: 1 makes runs reproducible")
     log.debug(f"{label}: {steps:,} steps on {platform.getName()} from step {step:,}, seed {seed}, "
@@ -265,8 +318,9 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
             progress(step, steps)
     wall = time.perf_counter() - t0
     n_frames, regions = _finalize(cfg, bundle, sim, bias, out_dir, chunk_dir, saved)
+    threads = int(platform.getPropertyValue(sim.context, "Threads")) if platform.getName() == "CPU" else None
     result = SegmentResult(out_dir, steps, n_frames, wall, (steps - start_step) / max(wall, 1e-9),
-                           platform.getName(), engine, regions, recoveries)
+                           platform.getName(), engine, regions, recoveries, threads, cores)
     info = result.to_dict()
     info["saved_atoms"] = {"selection": md_cfg.save_atoms or "default",
                            "count": int(bundle.n_atoms if saved is None else len(saved)),

@@ -239,6 +239,15 @@ def platform_problem(name: str) -> str | None:
         return one_line(e, 200)
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity: a batch job's allocation, a container's
+    limit, taskset; not the whole node)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def platform_properties(platform: mm.Platform, threads: int | None) -> dict:
     """The Context properties for ``platform``. On the CPU platform: ``md.threads`` and
     ``DeterministicForces``, which costs nothing measurable (alanine dipeptide in 85 waters:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from .models import build_model
+from .system import usable_cores  # noqa: F401 (re-exported)
 from .stop import check_stop
 
 
@@ -320,14 +320,6 @@ def bootstrap_member(x: np.ndarray, w: np.ndarray, seed: int, model_cfg, label: 
     was); returns its encoder as a picklable function features → CV."""
     return functools.partial(encode, train_model(x, w, model_cfg, seed, label=label, extra=extra,
                                                  extra_weight=extra_weight, init=init))
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (a batch job's allocation, not the whole node)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def bootstrap_workers(setting, repeats: int, n_values: int) -> int:

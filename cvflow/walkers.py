@@ -17,6 +17,7 @@ stage goes on when at least ``execution.min_walkers`` walkers finished.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from .fes import CZARStats, Grid, write_fes
 from .progress import log
 from .sampler import (SegmentResult, save_stats, derive_seed, finished_segment, load_frames, run_segment,
                       write_trajectory)
+from .system import usable_cores
 
 
 class WalkersFailed(RuntimeError):
@@ -54,8 +56,19 @@ def walker_task(cfg_data: dict, source: str, out_dir: str, steps: int, seed: int
     bundle = build_system(cfg.system, cfg.features.atoms)
     res = run_segment(cfg, bundle, Path(out_dir), steps, seed, cv_path=None if cv_path is None else Path(cv_path),
                       grid=None if grid is None else Grid.from_list(grid), engine=engine,
-                      start_positions=start, label=label)
+                      start_positions=start, label=label, pin_slot=_worker_slot())
     return res.to_dict()
+
+
+def _worker_slot() -> int:
+    """This Dask worker's index among the local backend's workers (0, 1, ...: their
+    names), for ``md.pin``; 0 elsewhere (a batch job pins within its own cores)."""
+    try:
+        import distributed
+        name = distributed.get_worker().name
+    except (ImportError, ValueError):
+        return 0
+    return name if isinstance(name, int) else 0
 
 
 def spread_starts(frames: np.ndarray, xi: np.ndarray | None, n: int) -> list[np.ndarray]:
@@ -110,14 +123,37 @@ def open_client(cfg: Config):
     if ex.backend == "dask":
         return distributed.Client(ex.scheduler, timeout="60s"), None
     if ex.backend == "local":
-        import os
-        n = ex.workers or min(ex.walkers, os.cpu_count() or 1)
+        n = local_workers(cfg)
         cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                            dashboard_address=None, silence_logs=40)
         return distributed.Client(cluster), cluster
     cluster = jobqueue_cluster(cfg)
     cluster.scale(jobs=ex.walkers)
     return distributed.Client(cluster), cluster
+
+
+def local_workers(cfg: Config) -> int:
+    """Worker processes of the local backend: ``execution.workers``, else one per walker up
+    to the cores."""
+    return cfg.execution.workers or min(cfg.execution.walkers, usable_cores())
+
+
+def walker_md_threads(cfg: Config) -> int | None:
+    """``md.threads`` for each walker: the user's when set; else, when the walkers share
+    this machine (``execution.backend: local``), its cores split among the worker processes,
+    and on a batch cluster the cores of a job (one walker per job). OpenMM's CPU platform
+    would otherwise give every walker a thread per core of the whole machine, and walkers
+    side by side would oversubscribe it (2 walkers on 2 cores: see README, "Scaling out").
+    None (OpenMM's default) for an external scheduler, whose workers' cores cvflow does not
+    know, and when ``OPENMM_CPU_THREADS`` sets it. Only the CPU platform reads it."""
+    if cfg.md.threads or os.environ.get("OPENMM_CPU_THREADS"):
+        return cfg.md.threads
+    ex = cfg.execution
+    if ex.backend == "local":
+        return max(1, usable_cores() // local_workers(cfg))
+    if ex.backend in ("slurm", "pbs"):
+        return ex.cluster.cores
+    return None
 
 
 def jobqueue_cluster(cfg: Config):
@@ -183,6 +219,8 @@ def _run_all(executor, cfg, out_dir, steps, seed, cv_path, grid, engine, starts,
     distributed = _dask()
     client = executor.client()
     data, source = dump_config(cfg), "config.resolved.yaml"
+    data["md"]["threads"] = walker_md_threads(cfg)
+    log.debug(f"{label}: md.threads {data['md']['threads'] or 'as OpenMM chooses'} per walker (CPU platform)")
     resources = None
     if cfg.execution.backend in ("slurm", "pbs"):
         resources = {"walker": 1, "GPU": 1} if cfg.execution.cluster.gpus else {"walker": 1}
@@ -259,7 +297,9 @@ def _merge(cfg: Config, bundle, out_dir: Path, done: list[WalkerOutcome], failed
             "fes_regions": regions,
             "walkers": [{"index": o.index, "status": o.status, "attempts": o.attempts, "error": o.error,
                          **({"steps": o.result["steps"], "frames": o.result["frames"],
-                             "steps_per_second": o.result["steps_per_second"]} if o.result else {})}
+                             "steps_per_second": o.result["steps_per_second"],
+                             "md_threads": o.result.get("md_threads"),
+                             "md_cores": o.result.get("md_cores")} if o.result else {})}
                         for o in sorted(done + failed, key=lambda o: o.index)]}
     art.write_json(out_dir / "segment.json", info)
     return SegmentResult(out_dir, total, int(len(frames)), wall, info["steps_per_second"], info["platform"], engine,

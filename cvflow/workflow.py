@@ -36,7 +36,8 @@ RUN_LENGTH_KEYS = {("md", "steps"), ("convergence", "production_steps"), ("conve
                    ("convergence", "production_frozen_steps"), ("output",)}
 #: config keys that choose where and how fast it runs, not what it computes: they may change
 #: on --resume (a cluster job resumes on another node, with another GPU or none)
-EXECUTION_KEYS = {("md", "platform"), ("md", "threads"), ("model", "threads"), ("model", "device"),
+EXECUTION_KEYS = {("md", "platform"), ("md", "threads"), ("md", "pin"), ("md", "pin_offset"),
+                  ("model", "threads"), ("model", "device"),
                   ("convergence", "bootstrap", "workers"), ("execution", "backend"),
                   ("execution", "scheduler"), ("execution", "workers")}
 EXECUTION_PREFIXES = {("execution", "cluster")}
@@ -98,13 +99,14 @@ def execution_record(cfg: Config) -> dict:
     """Where and with how many threads a run computes (config.resolved.yaml). None of it
     changes the numbers on the Reference platform (tests/test_loop.py holds one thread
     against torch's default to the bit); OpenMM's CPU platform gives the same trajectory
-    twice only on one thread (md.threads, else OPENMM_CPU_THREADS, else every core)."""
+    twice only on one thread (md.threads, else OPENMM_CPU_THREADS, else every core; pinned
+    with md.pin: one unless md.threads says more)."""
     import os
     import torch
     from .train import training_device, usable_cores
     threads = cfg.model.threads or torch.get_num_threads()
     return {"host": _platform.node(), "machine": _platform.machine(), "usable_cores": usable_cores(),
-            "torch_threads": int(threads), "md_threads": cfg.md.threads,
+            "torch_threads": int(threads), "md_threads": cfg.md.threads, "md_pin": cfg.md.pin,
             "training_device": str(training_device(cfg.model.device)),
             "bootstrap_workers": cfg.convergence.bootstrap.workers,
             "env": {k: os.environ.get(k) for k in THREAD_VARIABLES}}

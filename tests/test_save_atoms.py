@@ -18,7 +18,8 @@ def _explicit_quick(tmp_path, **md_over):
                          padding="0.6 nm", cutoff="0.6 nm")
     # one CPU thread: the only setting under which the CPU platform gives the same trajectory
     # twice (test_one_cpu_thread_gives_the_same_solvated_trajectory_twice)
-    cfg["md"].update(steps=1000, report_interval=50, checkpoint_interval=500, platform="CPU", threads=1, **md_over)
+    cfg["md"].update(steps=1000, report_interval=50, checkpoint_interval=500, platform="CPU", threads=1)
+    cfg["md"].update(md_over)
     cfg["model"].update(epochs=10, patience=5)
     cfg["convergence"].update(max_iterations=2, production_steps=1000)
     cfg["states"] = {"C7eq": {"phi": [-180, 0]}, "C7ax": {"phi": [0, 180]}}
@@ -107,3 +108,42 @@ def test_one_cpu_thread_gives_the_same_solvated_trajectory_twice(tmp_path):
         frames.append(md.load_dcd(str(d / "traj.dcd"), top=str(d / "topology.pdb")).xyz)
     assert frames[0].shape == (20, 22, 3)
     assert np.array_equal(frames[0], frames[1])
+
+
+def test_a_pinned_segment_runs_on_its_core_and_gives_the_same_frames(tmp_path):
+    """md.pin: the segment's OpenMM threads run on one core (md.threads unset: 1 when pinned),
+    segment.json says which, the calling thread gets its own cores back afterwards, and the
+    frames are the bits of the same segment unpinned on one thread."""
+    import os
+    from cvflow.config import load_config
+    from cvflow.sampler import run_segment
+    from cvflow.system import build_system
+    cfgs = {"pinned": load_config(_explicit_quick(tmp_path, pin=True, threads=None)),
+            "free": load_config(_explicit_quick(tmp_path))}
+    bundle = build_system(cfgs["free"].system, cfgs["free"].features.atoms)
+    before = os.sched_getaffinity(0)
+    frames = {}
+    for name, cfg in cfgs.items():
+        res = run_segment(cfg, bundle, tmp_path / name, 400, seed=3, engine="none")
+        seg = json.loads((tmp_path / name / "segment.json").read_text())
+        assert seg["md_threads"] == res.threads == 1
+        assert seg["md_cores"] == ([min(before)] if name == "pinned" else None), seg
+        d = tmp_path / name
+        frames[name] = md.load_dcd(str(d / "traj.dcd"), top=str(d / "topology.pdb")).xyz
+    assert os.sched_getaffinity(0) == before
+    assert np.array_equal(frames["pinned"], frames["free"])
+
+
+@pytest.mark.parametrize("threads, offset, slot, allowed, expected", [
+    (None, 0, 0, [0, 1], [0]),          # unset: one core
+    (2, 1, 1, list(range(8)), [3, 4]),  # walker slot 1 of two-thread walkers, from core 1
+    (1, 3, 2, [0, 1, 2, 3], [1]),       # wraps around the cores this process may use
+    (4, 0, 0, [2, 5], [2, 5]),          # never more cores than there are
+])
+def test_pinned_cores(monkeypatch, threads, offset, slot, allowed, expected):
+    from cvflow.config import MDConfig
+    from cvflow.sampler import os as sampler_os, pinned_cores
+    monkeypatch.setattr(sampler_os, "sched_getaffinity", lambda pid: set(allowed))
+    cfg = MDConfig(pin=True, pin_offset=offset, threads=threads)
+    assert pinned_cores(cfg, slot) == expected
+    assert pinned_cores(MDConfig(threads=threads), slot) is None

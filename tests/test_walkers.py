@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from cvflow.cli import main
 from cvflow.config import ConfigError, config_from_dict
 from cvflow.fes import CZARStats, read_fes
-from conftest import BETA_ES, ES_CONFIG, es_exact_fx, linear_toy_cv, quick_es, rms_kT
+from conftest import ALA2_PDB, BETA_ES, ES_CONFIG, ROOT, es_exact_fx, linear_toy_cv, quick_es, rms_kT
 
 pytest.importorskip("distributed")
 
@@ -131,6 +131,58 @@ def test_slurm_job_script_asks_for_what_the_config_says():
     assert "#SBATCH --mem=30G" in script or "#SBATCH --mem=" in script
     worker = script.strip().splitlines()[-1]
     assert "distributed.cli.dask_worker" in worker and "--resources walker=1,GPU=1" in worker, worker
+
+
+@pytest.mark.parametrize("execution, md_threads, env, cores, expected", [
+    ({"walkers": 2}, None, None, 2, 1),            # 2 walkers on 2 cores: one thread each, not two
+    ({"walkers": 2}, None, None, 16, 8),
+    ({"walkers": 4, "workers": 3}, None, None, 16, 5),
+    ({"walkers": 8}, None, None, 4, 1),            # more walkers than cores: 4 workers, 1 thread each
+    ({"walkers": 2}, 3, None, 16, 3),              # the user's md.threads wins
+    ({"walkers": 2}, None, "6", 16, None),         # so does OPENMM_CPU_THREADS (OpenMM reads it)
+    ({"walkers": 2, "backend": "slurm", "cluster": {"cores": 8}}, None, None, 64, 8),  # the job's cores
+    ({"walkers": 2, "backend": "dask", "scheduler": "tcp://h:8786"}, None, None, 16, None),
+])
+def test_walkers_split_the_cores_between_them(monkeypatch, execution, md_threads, env, cores, expected):
+    """Each walker's md.threads (OpenMM's CPU platform would give each walker every core of
+    the machine, and walkers side by side would oversubscribe it)."""
+    from cvflow import walkers
+    monkeypatch.setattr(walkers, "usable_cores", lambda: cores)
+    if env is None:
+        monkeypatch.delenv("OPENMM_CPU_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OPENMM_CPU_THREADS", env)
+    d = yaml.safe_load(ES_CONFIG.read_text())
+    d["md"]["threads"] = md_threads
+    d["execution"] = execution
+    assert walkers.walker_md_threads(config_from_dict(d)) == expected
+
+
+@pytest.mark.parametrize("pin", [False, True])
+def test_walkers_on_the_cpu_platform_record_the_threads_they_ran_on(tmp_path, monkeypatch, pin):
+    """Two unbiased walkers of alanine dipeptide in implicit solvent (OpenMM's CPU platform)
+    run on the cores split between them, and each walker's entry in segment.json says so;
+    with md.pin, each worker's walker on cores of its own."""
+    import os
+    from cvflow.system import build_system
+    from cvflow.walkers import run_walkers
+    monkeypatch.delenv("OPENMM_CPU_THREADS", raising=False)
+    d = yaml.safe_load((ROOT / "configs" / "ala2-implicit.yaml").read_text())
+    d["system"]["pdb"] = str(ALA2_PDB)
+    d["md"].update(steps=200, report_interval=50, checkpoint_interval=200, platform="CPU", pin=pin)
+    d["execution"] = {"walkers": 2}
+    cfg = config_from_dict(d)
+    run_walkers(cfg, build_system(cfg.system, cfg.features.atoms), tmp_path / "md", 200, 5, engine="none")
+    seg = json.loads((tmp_path / "md" / "segment.json").read_text())
+    cores = sorted(os.sched_getaffinity(0))
+    want = max(1, len(cores) // min(2, len(cores)))
+    assert [w["md_threads"] for w in seg["walkers"]] == [want, want], seg["walkers"]
+    got = [w["md_cores"] for w in seg["walkers"]]
+    if not pin:
+        assert got == [None, None]
+    else:  # worker 0 from the first core, worker 1 after it (which walker ran where is Dask's choice)
+        assert sorted(got) == sorted([cores[(k * want + i) % len(cores)] for i in range(want)] for k in range(2)), got
+    assert seg["platform"] == "CPU" and seg["frames"] == 2 * 4  # frames at steps 50, 100, 150, 200
 
 
 @pytest.mark.parametrize("execution, bias, needle", [
