@@ -143,6 +143,11 @@ def _build_molecule(cfg: SystemConfig, atoms: str) -> SystemBundle:
     box = None
     if cfg.solvent == "explicit":
         box = np.array(topology.getPeriodicBoxVectors().value_in_unit(u.nanometer))
+        half = float(np.diag(box).min()) / 2  # OpenMM's limit for the cutoff (reduced box vectors)
+        if cfg.cutoff > half:
+            raise ConfigError(f"system.cutoff: {cfg.cutoff:g} nm is more than half the water box "
+                              f"({2 * half:.3g} nm across with system.padding {cfg.padding:g} nm); "
+                              f"lower the cutoff to {half:.3g} nm or less, or raise the padding")
     return SystemBundle(system, topology, pos, False, None, box, np.asarray(sel, np.int64))
 
 

@@ -75,6 +75,9 @@ def _cases(tmp_path):
         ("stride with plumed", ["validate"], _es(bias__engine="plumed", bias__stride=2), "bias.stride: 2"),
         ("zero stride", ["validate"], _es(bias__stride=0), "bias.stride"),
         ("stride too long for a molecule", ["validate"], _ala2() | {"bias": {"stride": 10}}, "20 fs between"),
+        ("cutoff over half the water box", ["validate"], _ala2(solvent="explicit", padding="0.6 nm", cutoff="1.0 nm"),
+         "system.cutoff: 1 nm is more than half the water box"),
+        ("negative pin offset", ["validate"], _es(md__pin_offset=-1), "md.pin_offset"),
     ] + ([] if torch.cuda.is_available() else [
         ("no cuda for training", ["validate"], _es(model__device="cuda"), "model.device: cuda"),
         ("no cuda for training (run)", ["run"], _es(model__device="cuda", output=str(tmp_path / "nocuda")),
