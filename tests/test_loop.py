@@ -53,6 +53,11 @@ def test_resume_refuses_changed_config(tmp_path):
     changed = quick_es(tmp_path, tmp_path / "run", convergence={"max_iterations": 1}, bias={"fullsamples": 50})
     res = CliRunner().invoke(main, ["run", str(changed), "--resume"])
     assert res.exit_code == 2 and "bias.fullsamples" in res.output
+    # where and on how many cores the MD runs may change (md.threads, md.pin, md.pin_offset)
+    moved = quick_es(tmp_path, tmp_path / "run", convergence={"max_iterations": 1},
+                     md={"threads": 1, "pin": True, "pin_offset": 1})
+    res = CliRunner().invoke(main, ["run", str(moved), "--resume", "-q"])
+    assert res.exit_code == 0, res.output
     # a record from an older cvflow, without a key added since (at its default): no change
     resolved = tmp_path / "run" / "config.resolved.yaml"
     rec = yaml.safe_load(resolved.read_text())
