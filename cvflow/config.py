@@ -115,7 +115,8 @@ class MDConfig(Strict):
     # pin each MD segment's threads (CPU platform) to fixed cores: md.threads of them (1 when
     # unset; a walker: its share), from pin_offset on (walker w of the local backend: from
     # pin_offset + w × threads). Training and the bootstrap keep every core. On a VM whose
-    # idle cores are slow to wake, this made a one-thread run 3-4x faster (README, "Pinning")
+    # idle cores are slow to wake, this made a one-thread run 3-4x faster (README, "Threads
+    # and pinning on OpenMM's CPU platform")
     pin: bool = False
     pin_offset: NonNegativeInt = 0
     recovery: RecoveryConfig = Field(default_factory=RecoveryConfig)

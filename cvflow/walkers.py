@@ -143,7 +143,7 @@ def walker_md_threads(cfg: Config) -> int | None:
     this machine (``execution.backend: local``), its cores split among the worker processes,
     and on a batch cluster the cores of a job (one walker per job). OpenMM's CPU platform
     would otherwise give every walker a thread per core of the whole machine, and walkers
-    side by side would oversubscribe it (2 walkers on 2 cores: see README, "Scaling out").
+    side by side would oversubscribe it (README, "Threads and pinning on OpenMM's CPU platform").
     None (OpenMM's default) for an external scheduler, whose workers' cores cvflow does not
     know, and when ``OPENMM_CPU_THREADS`` sets it. Only the CPU platform reads it."""
     if cfg.md.threads or os.environ.get("OPENMM_CPU_THREADS"):
