@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .models import build_model
-from .system import usable_cores  # noqa: F401 (re-exported)
+from .system import usable_cores
 from .stop import check_stop
 
 

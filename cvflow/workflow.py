@@ -24,9 +24,9 @@ from .export import export_cv
 from .features import featurize
 from .fes import Grid
 from .progress import Progress, log
-from .sampler import derive_seed, last_positions, load_frames, run_segment
+from .sampler import derive_seed, last_positions, load_frames, md_threads, run_segment
 from .stop import check_stop
-from .system import SystemBundle, build_system, choose_platform, saved_atom_indices
+from .system import SystemBundle, build_system, choose_platform, saved_atom_indices, usable_cores
 from .train import (TrainResult, bootstrap_member, bootstrap_workers, encode, load_result, process_map,
                     save_result, train_model)
 from .units import kT
@@ -103,10 +103,10 @@ def execution_record(cfg: Config) -> dict:
     with md.pin: one unless md.threads says more)."""
     import os
     import torch
-    from .train import training_device, usable_cores
+    from .train import training_device
     threads = cfg.model.threads or torch.get_num_threads()
     return {"host": _platform.node(), "machine": _platform.machine(), "usable_cores": usable_cores(),
-            "torch_threads": int(threads), "md_threads": cfg.md.threads, "md_pin": cfg.md.pin,
+            "torch_threads": int(threads), "md_threads": md_threads(cfg.md), "md_pin": cfg.md.pin,
             "training_device": str(training_device(cfg.model.device)),
             "bootstrap_workers": cfg.convergence.bootstrap.workers,
             "env": {k: os.environ.get(k) for k in THREAD_VARIABLES}}

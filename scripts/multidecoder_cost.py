@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from cvflow.config import ModelConfig
-from cvflow.train import train_model, usable_cores
+from cvflow.system import usable_cores
+from cvflow.train import train_model
 
 
 def main() -> int:
