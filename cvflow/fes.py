@@ -270,9 +270,10 @@ def integrate_1d(grad: np.ndarray, width: float, mask: np.ndarray, periodic: boo
     return f
 
 
-def _pairs_2d(mask: np.ndarray, periodic) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """Neighbouring usable bins along each axis: (axis, flat index p, flat index q = p + 1)."""
-    nx, ny = mask.shape
+def _candidate_pairs_2d(shape, periodic) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Every pair of neighbouring bins of a grid of ``shape`` along each axis: (axis, flat
+    index p, flat index q = p + 1 along it); on a periodic axis the last and first bins too."""
+    nx, ny = shape
     ii, jj = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
     out = []
     for axis in range(2):
@@ -281,9 +282,17 @@ def _pairs_2d(mask: np.ndarray, periodic) -> list[tuple[int, np.ndarray, np.ndar
         if periodic[axis]:
             keep = np.ones_like(keep)
             i2, j2 = i2 % nx, j2 % ny
-        a, b, c, d = ii[keep], jj[keep], i2[keep], j2[keep]
-        ok = mask[a, b] & mask[c, d]
-        out.append((axis, a[ok] * ny + b[ok], c[ok] * ny + d[ok]))
+        out.append((axis, ii[keep] * ny + jj[keep], i2[keep] * ny + j2[keep]))
+    return out
+
+
+def _pairs_2d(mask: np.ndarray, periodic, candidates=None) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Neighbouring usable bins along each axis: (axis, flat index p, flat index q = p + 1)."""
+    flat = mask.ravel()
+    out = []
+    for axis, p, q in candidates or _candidate_pairs_2d(mask.shape, periodic):
+        ok = flat[p] & flat[q]
+        out.append((axis, p[ok], q[ok]))
     return out
 
 
@@ -302,32 +311,51 @@ class Poisson2D:
         self.widths = np.asarray(widths, float)
         self.periodic = tuple(bool(p) for p in np.asarray(periodic, bool).reshape(2))
         self._key = None
+        self._candidates = None  # (shape, every neighbouring pair of that grid)
 
     def _factorise(self, mask: np.ndarray):
+        """The normal equations AᵀA of the mask's pairs, without the pinned bins, built
+        directly (no A) and LU-factorised: the MD loop's projected ABF calls this whenever a
+        new bin is visited, so its cost is mostly scipy's per-call overhead, kept low here."""
         from scipy.sparse.linalg import splu
         key = (mask.shape, mask.tobytes())
         if key == self._key:
             return
-        idx = -np.ones(mask.size, np.int64)
-        idx[mask.ravel()] = np.arange(int(mask.sum()))
-        pairs = _pairs_2d(mask, self.periodic)
-        rows, cols, vals, r = [], [], [], 0
-        for axis, p, q in pairs:
-            m = len(p)
-            rr = np.arange(r, r + m)
-            rows += [rr, rr]
-            cols += [idx[q], idx[p]]
-            vals += [np.full(m, 1.0 / self.widths[axis]), np.full(m, -1.0 / self.widths[axis])]
-            r += m
-        n = int(mask.sum())
-        a = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(r, n))
+        flat = mask.ravel()
+        n = int(flat.sum())
+        idx = np.full(flat.size, -1, np.int64)
+        idx[flat] = np.arange(n)
         # regions numbered 0..k−1 in the order of idx; F = 0 at each region's first bin
         _, pinned, self._region = np.unique(connected_regions(mask, self.periodic)[mask], return_index=True,
                                             return_inverse=True)
-        self._free = np.setdiff1d(np.arange(n), pinned)
-        ata = (a.T @ a).tocsc()[self._free][:, self._free]
-        self._a, self._pairs, self._n = a, pairs, n
-        self._lu = splu(ata.tocsc()) if len(self._free) else None
+        self._region = self._region.ravel()
+        free = np.ones(n, bool)
+        free[pinned] = False
+        self._free = np.flatnonzero(free)
+        reduced = np.full(n, -1, np.int64)
+        reduced[self._free] = np.arange(len(self._free))
+        if self._candidates is None or self._candidates[0] != mask.shape:
+            self._candidates = (mask.shape, _candidate_pairs_2d(mask.shape, self.periodic))
+        eqs, rows, cols, vals = [], [], [], []
+        for axis, p, q in _pairs_2d(mask, self.periodic, self._candidates[1]):
+            ip, iq = idx[p], idx[q]
+            eqs.append((p * 2 + axis, q * 2 + axis, ip, iq, np.full(len(p), 1.0 / self.widths[axis])))
+            c = (1.0 / self.widths[axis]) * (1.0 / self.widths[axis])
+            rp, rq = reduced[ip], reduced[iq]
+            for r, s_, v in ((rp, rp, c), (rq, rq, c), (rp, rq, -c), (rq, rp, -c)):
+                keep = (r >= 0) & (s_ >= 0)
+                rows.append(r[keep])
+                cols.append(s_[keep])
+                vals.append(np.full(int(keep.sum()), v))
+        # the equations of both axes, for integrate: the two bins' entries of the (n, 2)
+        # gradient, their rows in F, and 1/h
+        self._eqs = tuple(np.concatenate(a) for a in zip(*eqs))
+        nf = len(self._free)
+        self._n = n
+        self._lu = None
+        if nf:
+            ata = sp.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(nf, nf))
+            self._lu = splu(ata)
         self._key = key
 
     def integrate(self, grad: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -337,11 +365,14 @@ class Poisson2D:
         if mask.sum() == 0:
             return f
         self._factorise(mask)
-        flat = grad.reshape(-1, 2)
-        rhs = np.concatenate([0.5 * (flat[p, axis] + flat[q, axis]) for axis, p, q in self._pairs])
+        flat = np.ascontiguousarray(grad, float).reshape(-1)
+        gp, gq, ip, iq, inv_h = self._eqs
+        g = (0.5 * (flat[gp] + flat[gq])) * inv_h
+        # Aᵀ b for the equations (F_q − F_p) / h = the pair's mean gradient
+        rhs = np.bincount(iq, g, self._n) - np.bincount(ip, g, self._n)
         sol = np.zeros(self._n)
-        if self._lu is not None and len(rhs):
-            sol[self._free] = self._lu.solve((self._a.T @ rhs)[self._free])
+        if self._lu is not None:
+            sol[self._free] = self._lu.solve(rhs[self._free])
         means = np.bincount(self._region, sol) / np.bincount(self._region)
         f[mask] = sol - means[self._region]
         return f

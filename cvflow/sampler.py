@@ -340,18 +340,26 @@ def advance(integrator, step: int, n: int, stride: int = 1) -> None:
     if stride == 1:
         integrator.step(n)
         return
+    set_groups, md_step = integrator.setIntegrationForceGroups, integrator.step  # bound once: a hot loop
     end = step + n
-    while step < end:
-        if step % stride == 0:
-            integrator.setIntegrationForceGroups(ALL_GROUPS)
-            integrator.step(1)
-            step += 1
-        m = min(end, -(-step // stride) * stride) - step  # to the next multiple of the stride
-        if m > 0:
-            integrator.setIntegrationForceGroups(FORCE_FIELD_GROUPS)
-            integrator.step(m)
-            step += m
-    integrator.setIntegrationForceGroups(ALL_GROUPS)
+    head = min(end, -(-step // stride) * stride) - step  # up to the next multiple of the stride
+    if head > 0:
+        set_groups(FORCE_FIELD_GROUPS)
+        md_step(head)
+        step += head
+    cycles, tail = divmod(end - step, stride)
+    for _ in range(cycles):  # a bias step, then stride − 1 steps of the force field alone
+        set_groups(ALL_GROUPS)
+        md_step(1)
+        set_groups(FORCE_FIELD_GROUPS)
+        md_step(stride - 1)
+    if tail:
+        set_groups(ALL_GROUPS)
+        md_step(1)
+        if tail > 1:
+            set_groups(FORCE_FIELD_GROUPS)
+            md_step(tail - 1)
+    set_groups(ALL_GROUPS)
 
 
 def runaway_distance(bundle: SystemBundle) -> float:

@@ -375,6 +375,7 @@ class NativeEABF:
         # λ becomes the gradient of the Poisson-integrated running estimate
         self.projection_interval = int(projection_interval) if self.prm[7] > 0 else 0
         self._poisson = Poisson2D(grid.widths, grid.periodic) if self.projection_interval else None
+        self._regions_key, self._regions = None, None  # the visited bins' connected regions, cached
         if start_lambda is not None:
             self.lam[:] = start_lambda
         self.initialised = start_lambda is not None
@@ -474,7 +475,11 @@ class NativeEABF:
                 est[..., 0] -= self._loop[0, :nb[1]][None, :] / nb[0]
         if self.dim > 1 and self._periods[1] > 0:
             est[..., 1] -= self._loop[1, :nb[0]][:, None] / nb[1]
-        return est, main_region(connected_regions(count > 0, self.grid.periodic), count)
+        visited = count > 0
+        key = visited.tobytes()
+        if key != self._regions_key:  # the labels change only when a new bin is visited
+            self._regions, self._regions_key = connected_regions(visited, self.grid.periodic), key
+        return est, main_region(self._regions, count)
 
     @property
     def stride(self) -> int:
