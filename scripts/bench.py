@@ -28,10 +28,13 @@ Usage: python scripts/bench.py [--steps N] [--rounds R] [--json FILE] [--threads
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -141,8 +144,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     pdb = ROOT / "systems" / "alanine-dipeptide" / "ala2.pdb"
     rows = []
-    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"cvflow-bench-{os.getpid()}"
-    tmp.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="cvflow-bench-"))  # the CV files it writes; removed at exit
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     plats = [mm.Platform.getPlatform(i).getName() for i in range(mm.Platform.getNumPlatforms())]
     for solvent in filter(None, "" if args.training_only else args.solvents.split(",")):
         chignolin = solvent == "chignolin"
@@ -318,7 +321,6 @@ def bench_generator_training(pdb, steps: int = 30) -> dict:
     """Boltzmann-generator training on alanine dipeptide in vacuum (configs/bg-ala2.yaml's
     flow, reverse KL alone from the structure, batch 256): energy evaluations per second of
     training, and the fraction of the training's wall time spent in the OpenMM bridge."""
-    import tempfile
     import yaml
     from cvflow.config import load_config
     from cvflow.generate import GenerateRun, prepare_generate_dir
