@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -38,13 +39,21 @@ _INTERNAL_UNIT = {"temperature": "K", "time": "ps", "rate": "/ps", "length": "nm
                   "energy": "kJ/mol", "force_constant": "kJ/mol/cv^2", "ext_mass": "kJ/mol*ps^2/cv^2"}
 
 
-def _quantity(dimension: str):
+def _quantity(dimension: str, sign: str = "any"):
+    """A quantity of ``dimension`` in cvflow's internal unit; ``sign``: "any", "positive"
+    (> 0) or "nonnegative" (≥ 0), checked with a one-line message."""
+    unit_text = _INTERNAL_UNIT[dimension]
+
     def convert(v):
         try:
-            return parse_quantity(v, dimension)
+            q = parse_quantity(v, dimension)
         except UnitError as e:
             raise ValueError(str(e)) from None
-    unit_text = _INTERNAL_UNIT[dimension]
+        if sign == "positive" and not q > 0:
+            raise ValueError(f"must be positive, got {q:g} {unit_text}")
+        if sign == "nonnegative" and not q >= 0:
+            raise ValueError(f"must not be negative, got {q:g} {unit_text}")
+        return q
     return Annotated[float, BeforeValidator(convert),
                      PlainSerializer(lambda v: f"{v!r} {unit_text}", when_used="json")]
 
@@ -53,10 +62,14 @@ Temperature = _quantity("temperature")
 Time = _quantity("time")
 Rate = _quantity("rate")
 Length = _quantity("length")
-Mass = _quantity("mass")
 Energy = _quantity("energy")
-ForceConstant = _quantity("force_constant")
-ExtMass = _quantity("ext_mass")
+# what only makes sense above zero (a coupling, a mass, a time constant, a box size)
+PositiveTime = _quantity("time", "positive")
+PositiveLength = _quantity("length", "positive")
+PositiveMass = _quantity("mass", "positive")
+PositiveForceConstant = _quantity("force_constant", "positive")
+PositiveExtMass = _quantity("ext_mass", "positive")
+NonNegativeRate = _quantity("rate", "nonnegative")
 
 
 class Strict(BaseModel):
@@ -70,11 +83,11 @@ class SystemConfig(Strict):
     solvent: Literal["vacuum", "implicit", "explicit"] = "vacuum"
     implicit_model: str = "implicit/obc2.xml"
     water_model: str = "amber14/tip3p.xml"
-    padding: Length = "1.0 nm"
-    cutoff: Length = "1.0 nm"
+    padding: PositiveLength = "1.0 nm"
+    cutoff: PositiveLength = "1.0 nm"
     constraints: Literal["none", "HBonds", "AllBonds", "HAngles"] = "HBonds"
     potential: Optional[str] = None
-    mass: Optional[Mass] = None
+    mass: Optional[PositiveMass] = None
     start: Optional[list[Length]] = None
 
     @model_validator(mode="after")
@@ -225,16 +238,16 @@ class BiasConfig(Strict):
     engine: Literal["auto", "native", "plumed", "none"] = "auto"
     cv: Optional[Path] = None
     cv_features: Optional[list[CVFeature]] = None
-    kappa: Union[Literal["auto"], ForceConstant] = "auto"
-    tau: Optional[Time] = "0.5 ps"
-    lambda_mass: Optional[ExtMass] = None
-    friction: Rate = "1 /ps"
+    kappa: Union[Literal["auto"], PositiveForceConstant] = "auto"
+    tau: Optional[PositiveTime] = "0.5 ps"
+    lambda_mass: Optional[PositiveExtMass] = None
+    friction: NonNegativeRate = "1 /ps"
     grid: Optional[list[GridDim]] = None
     cv_grid: Optional[list[GridDim]] = None
     grid_margin: float = Field(0.05, ge=0, le=1)
     bins: PositiveInt = 60
     fullsamples: PositiveInt = 200
-    wall_kappa: Optional[ForceConstant] = None
+    wall_kappa: Optional[PositiveForceConstant] = None
     # native engine, 2-D grids: every this many steps the ABF force on λ becomes the
     # gradient of the Poisson-integrated running estimate (projected ABF: no curl, so λ is
     # not driven around the states' boundary); null: each bin's own running mean
@@ -846,10 +859,36 @@ def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     return cur if isinstance(cur, type) and issubclass(cur, BaseModel) else None
 
 
+# the names pydantic gives the members of a union in an error's location (literal['auto'],
+# constrained-float, function-before[convert(), float], ...): not config keys
+_UNION_MEMBER = re.compile(r"^(literal\[.*\]|constrained-\w+|function-(before|after|wrap|plain)\[.*\]|int|float|str|bool)$")
+
+
+def _config_errors(err: ValidationError) -> list[dict]:
+    """pydantic's errors with the union members left out of their locations, and one error
+    per key of a union: a value that matches none of ``'auto' | a number`` gets the number's
+    message with "(or 'auto')", not one line per member."""
+    out: dict[tuple, dict] = {}
+    literals: dict[tuple, str] = {}
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and _UNION_MEMBER.match(p)))
+        if len(loc) < len(e["loc"]) and e["type"] == "literal_error":
+            literals[loc] = str((e.get("ctx") or {}).get("expected", ""))
+            continue
+        out.setdefault(loc, {**e, "loc": loc})
+    for loc, expected in literals.items():
+        if loc in out:
+            out[loc]["msg"] = f"{out[loc]['msg']} (or {expected})"
+        else:
+            out[loc] = {"type": "literal_error", "loc": loc, "msg": f"Input should be {expected}"}
+    return list(out.values())
+
+
 def format_validation_error(err: ValidationError, source: str = "config") -> str:
     """Turn a pydantic error into short lines that name the key."""
     lines = []
-    for e in err.errors()[:3]:
+    errors = _config_errors(err)
+    for e in errors[:3]:
         loc = tuple(e["loc"])
         key = ".".join(str(p) for p in loc) or "(top level)"
         if e["type"] == "extra_forbidden":
@@ -867,8 +906,8 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
             for prefix in ("Value error, ", "Assertion failed, "):
                 msg = msg.removeprefix(prefix)
             lines.append(f"{source}: {key}: {msg}")
-    if len(err.errors()) > 3:
-        lines.append(f"{source}: ... and {len(err.errors()) - 3} more problems")
+    if len(errors) > 3:
+        lines.append(f"{source}: ... and {len(errors) - 3} more problems")
     return "\n".join(lines)
 
 

@@ -78,6 +78,18 @@ def _cases(tmp_path):
         ("cutoff over half the water box", ["validate"], _ala2(solvent="explicit", padding="0.6 nm", cutoff="1.0 nm"),
          "system.cutoff: 1 nm is more than half the water box"),
         ("negative pin offset", ["validate"], _es(md__pin_offset=-1), "md.pin_offset"),
+        # a coupling, a time constant or a box size at or below zero: one line naming the key
+        # (for 'auto' | a quantity, one line too, not one per member of the union)
+        ("zero kappa", ["validate"], _es(bias__kappa="0 kJ/mol/nm^2"), "bias.kappa: must be positive, got 0"),
+        ("negative kappa", ["validate"], _ala2() | {"bias": {"kappa": "-3 kJ/mol/cv^2"}}, "bias.kappa: must be positive"),
+        ("kappa of another dimension", ["validate"], _es(bias__kappa="300 kJ"), "bias.kappa: '300 kJ' is not a force"),
+        ("zero tau", ["validate"], _es(bias__tau="0 ps"), "bias.tau: must be positive"),
+        ("negative wall kappa", ["validate"], _es(bias__wall_kappa="-5 kJ/mol/nm^2"), "bias.wall_kappa"),
+        ("zero lambda mass", ["validate"], _es(bias__lambda_mass="0 kJ/mol*ps^2/nm^2"), "bias.lambda_mass"),
+        ("negative lambda friction", ["validate"], _es(bias__friction="-1 /ps"), "bias.friction: must not be negative"),
+        ("negative cutoff", ["validate"], _ala2(cutoff="-1 nm"), "system.cutoff: must be positive"),
+        ("threshold above 1", ["validate"], _es(convergence={"threshold": 2}), "convergence.threshold: Input should be "
+         "less than or equal to 1 (or 'auto')"),
     ] + ([] if torch.cuda.is_available() else [
         ("no cuda for training", ["validate"], _es(model__device="cuda"), "model.device: cuda"),
         ("no cuda for training (run)", ["run"], _es(model__device="cuda", output=str(tmp_path / "nocuda")),
