@@ -146,6 +146,8 @@ def validate(config, verbose, quiet):
     if ts is not None and ts.source == "file":
         from .transition_states import file_frames
         file_frames(ts.file, bundle)
+    from .states import check_states
+    check_states(cfg, bundle)
     from .bias import resolve_engine
     engine = resolve_engine(cfg.bias.engine, stride=cfg.bias.stride)
     kind = "toy potential" if bundle.is_toy else f"{bundle.n_atoms} atoms, {cfg.system.solvent}"

@@ -76,6 +76,23 @@ def state_membership(traj, states: dict) -> dict[str, np.ndarray]:
     return out
 
 
+def check_states(cfg, bundle) -> None:
+    """Evaluate the config's ``states`` on the starting structure (of the atoms that frames
+    keep, ``md.save_atoms``), so that a selection that matches nothing, a torsion the system
+    lacks or an RMSD reference of another size stops before any MD, not after the first
+    iteration's. Raises :class:`cvflow.config.ConfigError`."""
+    if not cfg.states or bundle.is_toy:
+        return
+    import mdtraj as md
+    from .system import saved_atom_indices
+    saved = saved_atom_indices(bundle, cfg.md.save_atoms)
+    top = bundle.mdtraj_topology()
+    pos = np.asarray(bundle.positions, np.float32)
+    if saved is not None:
+        top, pos = top.subset(saved), pos[saved]
+    state_membership(md.Trajectory(pos[None], top), cfg.states)
+
+
 def _free_energies(member: dict, w: np.ndarray, kT: float, ref: str) -> tuple[dict, dict]:
     tot = w.sum()
     pops = {k: float(w[m].sum() / tot) for k, m in member.items()}

@@ -260,6 +260,8 @@ class Workflow:
         self.engine = engine or resolve_engine(cfg.bias.engine, cfg.execution.walkers, cfg.bias.stride)
         self.executor = None  # a Dask client, opened when walkers > 1
         self._pooled_features: dict[int, np.ndarray] = {}  # per earlier iteration (training_data: pooled)
+        from .states import check_states
+        check_states(cfg, self.bundle)  # a bad selection fails now, not after the first MD
         ts = cfg.model.transition_states
         self.ts_file_features = None  # read now, so that a bad file fails before any MD
         if ts is not None and ts.source == "file":

@@ -88,6 +88,16 @@ def _cases(tmp_path):
         ("zero lambda mass", ["validate"], _es(bias__lambda_mass="0 kJ/mol*ps^2/nm^2"), "bias.lambda_mass"),
         ("negative lambda friction", ["validate"], _es(bias__friction="-1 /ps"), "bias.friction: must not be negative"),
         ("negative cutoff", ["validate"], _ala2(cutoff="-1 nm"), "system.cutoff: must be positive"),
+        # a state's selection or torsion is checked on the start structure, before any MD
+        ("state selection matches nothing", ["validate"],
+         _ala2() | {"states": {"A": {"distance": {"between": ["name CA", "name XYZ"], "range": ["0 nm", "1 nm"]}}}},
+         "states.A.distance: the selection 'name XYZ' matches no atom"),
+        ("state selection matches nothing, run", ["run"],
+         _ala2() | {"output": str(tmp_path / "r-states"),
+                    "states": {"A": {"distance": {"between": ["name CA", "name XYZ"], "range": ["0 nm", "1 nm"]}}}},
+         "states.A.distance"),
+        ("state torsion of a residue without it", ["validate"], _ala2() | {"states": {"A": {"psi": [0, 100], "residue": 7}}},
+         "states: residue 7 has no psi torsion"),
         ("threshold above 1", ["validate"], _es(convergence={"threshold": 2}), "convergence.threshold: Input should be "
          "less than or equal to 1 (or 'auto')"),
     ] + ([] if torch.cuda.is_available() else [
