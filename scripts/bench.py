@@ -28,11 +28,9 @@ Usage: python scripts/bench.py [--steps N] [--rounds R] [--json FILE] [--threads
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -144,8 +142,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     pdb = ROOT / "systems" / "alanine-dipeptide" / "ala2.pdb"
     rows = []
-    tmp = Path(tempfile.mkdtemp(prefix="cvflow-bench-"))  # the CV files it writes; removed at exit
-    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    from script_exit import scratch_dir
+    tmp = scratch_dir("cvflow-bench-")  # the CV files it writes
     plats = [mm.Platform.getPlatform(i).getName() for i in range(mm.Platform.getNumPlatforms())]
     for solvent in filter(None, "" if args.training_only else args.solvents.split(",")):
         chignolin = solvent == "chignolin"

@@ -31,13 +31,13 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=500)
     ap.add_argument("--levels", type=int, default=0, help="print every Nth recorded tempering level")
     args = ap.parse_args()
-    import tempfile
+    from script_exit import scratch_dir
     import torch
     from cvflow.cg import CGRun, energy
     from cvflow.config import load_config
     cfg = load_config(args.config)
     ck = torch.load(args.checkpoint, weights_only=False)
-    run = CGRun(cfg, Path(tempfile.mkdtemp(prefix="cg-latent-use-")))
+    run = CGRun(cfg, scratch_dir("cg-latent-use-"))
     space = run.space()
     model = run.build_model(space)
     model.load_state_dict(ck["model"])

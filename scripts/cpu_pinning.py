@@ -24,7 +24,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from script_exit import run_main  # noqa: E402
+from script_exit import run_main, scratch_dir  # noqa: E402
 
 SETTINGS = [("threads unset", None, False), ("threads unset, pinned", None, True),
             ("1 thread", 1, False), ("1 thread, pinned", 1, True)]
@@ -54,7 +54,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=10_000, help="steps per measurement (the box: a fifth)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="cvflow-pinning-"))
+    work = scratch_dir("cvflow-pinning-")
     rows: dict[str, dict] = {}
     for r in range(args.rounds):
         for solvent in ("implicit", "explicit"):

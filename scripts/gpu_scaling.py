@@ -47,8 +47,8 @@ def main() -> int:
     from cvflow.fastcv import load_cv
     from cvflow.fes import Grid
     from cvflow.system import build_system
-    import tempfile
-    tmp = Path(tempfile.mkdtemp(prefix="cvflow-gpu-"))
+    from script_exit import scratch_dir
+    tmp = scratch_dir("cvflow-gpu-")
     rows = []
     for pad in (float(p) for p in args.paddings.split(",")):
         bundle = build_system(SystemConfig(pdb=ALA2_PDB, solvent="explicit", padding=f"{pad} nm"), "backbone")

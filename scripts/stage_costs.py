@@ -20,14 +20,11 @@ Usage: python scripts/stage_costs.py [--frames 100000] [--report-interval 250] [
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import functools
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -94,8 +91,8 @@ def main(argv=None):
     from cvflow.train import bootstrap_member, bootstrap_workers, process_map, train_model
     from cvflow.workflow import cv_values
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    tmp = Path(tempfile.mkdtemp(prefix="cvflow-stages-"))  # removed at exit
-    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    from script_exit import scratch_dir
+    tmp = scratch_dir("cvflow-stages-")
     bundle = build_system(SystemConfig(pdb=ROOT / "systems" / "alanine-dipeptide" / "ala2.pdb", solvent="vacuum"),
                           "not element H")
     idx = bundle.feature_atoms

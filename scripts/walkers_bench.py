@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,7 +41,8 @@ def main() -> int:
     from cvflow.sampler import run_segment
     from cvflow.system import build_system
     from cvflow.walkers import run_walkers
-    tmp = Path(tempfile.mkdtemp(prefix="cvflow-walkers-"))
+    from script_exit import scratch_dir
+    tmp = scratch_dir("cvflow-walkers-")
     if args.system == "es":
         steps = args.steps or 1_000_000
         d = yaml.safe_load(ES_CONFIG.read_text())
