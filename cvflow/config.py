@@ -750,10 +750,13 @@ class Config(Strict):
                              "every atom; with execution.walkers > 1 set md.save_atoms: all")
         b = self.bias
         if not self.system.is_toy and b.stride * self.md.timestep > MAX_BIAS_IMPULSE_INTERVAL + 1e-12:
+            limit = (f"molecules take at most {MAX_BIAS_IMPULSE_INTERVAL * 1000:g} fs (alanine dipeptide heats "
+                     "up beyond it and blows up at 20 fs)")
+            if b.stride == 1:
+                raise ValueError(f"md.timestep: {self.md.timestep * 1000:g} fs is too long; the bias acts at every "
+                                 f"step, and {limit}")
             raise ValueError(f"bias.stride {b.stride} × md.timestep {self.md.timestep * 1000:g} fs puts "
-                             f"{b.stride * self.md.timestep * 1000:g} fs between the bias's impulses; molecules "
-                             f"take at most {MAX_BIAS_IMPULSE_INTERVAL * 1000:g} fs (alanine dipeptide heats "
-                             "up beyond it and blows up at 20 fs)")
+                             f"{b.stride * self.md.timestep * 1000:g} fs between the bias's impulses; {limit}")
         if b.stride > 1:
             if b.engine == "plumed":
                 raise ValueError(f"bias.stride: {b.stride} needs bias.engine: native (cvflow does not set "
@@ -864,6 +867,9 @@ def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
 _UNION_MEMBER = re.compile(r"^(literal\[.*\]|constrained-\w+|function-(before|after|wrap|plain)\[.*\]|int|float|str|bool)$")
 
 
+_KEY_FIRST = re.compile(r"^[a-z_]+(\.[a-z_0-9]+)+: ")
+
+
 def _config_errors(err: ValidationError) -> list[dict]:
     """pydantic's errors with the union members left out of their locations, and one error
     per key of a union: a value that matches none of ``'auto' | a number`` gets the number's
@@ -905,7 +911,10 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
             msg = e["msg"]
             for prefix in ("Value error, ", "Assertion failed, "):
                 msg = msg.removeprefix(prefix)
-            lines.append(f"{source}: {key}: {msg}")
+            if not loc and _KEY_FIRST.match(msg):  # a check across sections that names its key itself
+                lines.append(f"{source}: {msg}")
+            else:
+                lines.append(f"{source}: {key}: {msg}")
     if len(errors) > 3:
         lines.append(f"{source}: ... and {len(errors) - 3} more problems")
     return "\n".join(lines)

@@ -167,7 +167,7 @@ def test_bad_inputs_found_in_use(tmp_path, x_cv, es_run):
          "md.temperature"),
         ("huge grid", ["validate"], _ala2() | {"bias": {"bins": 100000}}, "bias.bins"),
         ("1 ns timestep", ["validate"], _ala2() | {"md": {"timestep": "1 ns", "steps": 100, "report_interval": 10}},
-         "md.timestep"),
+         ".yaml: md.timestep: 1e+06 fs is too long"),
         ("step-function CV", ["validate"], _es(bias__cv=str(step_cv)), "cannot be differentiated"),
         ("not TorchScript", ["validate"], _es(bias__cv=str(not_ts)), "torch.jit.script"),
         ("malformed PDB", ["validate"], _ala2() | {"system": {"pdb": str(malformed)}}, "system.pdb"),
