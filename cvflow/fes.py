@@ -286,16 +286,6 @@ def _candidate_pairs_2d(shape, periodic) -> list[tuple[int, np.ndarray, np.ndarr
     return out
 
 
-def _pairs_2d(mask: np.ndarray, periodic, candidates=None) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """Neighbouring usable bins along each axis: (axis, flat index p, flat index q = p + 1)."""
-    flat = mask.ravel()
-    out = []
-    for axis, p, q in candidates or _candidate_pairs_2d(mask.shape, periodic):
-        ok = flat[p] & flat[q]
-        out.append((axis, p[ok], q[ok]))
-    return out
-
-
 class Poisson2D:
     """Least-squares (Poisson) integration of 2-D gradient fields on a fixed grid shape.
 
@@ -337,7 +327,9 @@ class Poisson2D:
         if self._candidates is None or self._candidates[0] != mask.shape:
             self._candidates = (mask.shape, _candidate_pairs_2d(mask.shape, self.periodic))
         eqs, rows, cols, vals = [], [], [], []
-        for axis, p, q in _pairs_2d(mask, self.periodic, self._candidates[1]):
+        for axis, p, q in self._candidates[1]:
+            ok = flat[p] & flat[q]  # the neighbouring pairs of usable bins
+            p, q = p[ok], q[ok]
             ip, iq = idx[p], idx[q]
             eqs.append((p * 2 + axis, q * 2 + axis, ip, iq, np.full(len(p), 1.0 / self.widths[axis])))
             c = (1.0 / self.widths[axis]) * (1.0 / self.widths[axis])
