@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 
@@ -179,30 +180,61 @@ class CZARStats:
 
 def connected_regions(mask: np.ndarray, periodic) -> np.ndarray:
     """Labels 1..n of the connected regions of ``mask`` (neighbours along each axis, and
-    across the edge of a periodic axis); 0 outside the mask."""
-    from scipy import ndimage
+    across the edge of a periodic axis), numbered in the order of each region's first bin
+    (C order); 0 outside the mask."""
     mask = np.asarray(mask, bool)
-    labels, n = ndimage.label(mask)
-    if n == 0:
-        return labels
-    parent = list(range(n + 1))
+    if mask.size == 0:
+        return np.zeros(mask.shape, np.int64)
+    per = np.asarray(periodic, bool).reshape(mask.ndim)
+    return _region_labels(np.ascontiguousarray(mask).ravel(), np.array(mask.shape, np.int64), per).reshape(mask.shape)
 
-    def find(a):
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-    for axis, p in enumerate(np.asarray(periodic, bool).reshape(mask.ndim)):
-        if not p or mask.shape[axis] < 2:
-            continue
-        first = np.take(labels, 0, axis=axis).ravel()
-        last = np.take(labels, -1, axis=axis).ravel()
-        for a, b in zip(first, last):
-            if a and b:
-                parent[find(a)] = find(b)
-    roots = np.array([find(a) for a in range(n + 1)])
-    _, renum = np.unique(roots, return_inverse=True)  # root 0 (background) stays 0
-    return renum[labels]
+
+@numba.njit(cache=True)
+def _find(parent, a):
+    while parent[a] != a:
+        parent[a] = parent[parent[a]]
+        a = parent[a]
+    return a
+
+
+@numba.njit(cache=True)
+def _region_labels(flat, shape, periodic):
+    """:func:`connected_regions` on the flattened (C-order) mask: union-find over each bin
+    and its next neighbour along every axis. Compiled: the native engine's projected ABF
+    relabels the visited bins inside the MD loop whenever a new one is visited."""
+    size = flat.size
+    parent = np.arange(size)
+    stride = 1
+    for axis in range(len(shape) - 1, -1, -1):
+        m = shape[axis]
+        for p in range(size):
+            if not flat[p]:
+                continue
+            c = (p // stride) % m
+            if c + 1 < m:
+                q = p + stride
+            elif periodic[axis] and m > 1:
+                q = p - c * stride
+            else:
+                continue
+            if flat[q]:
+                a, b = _find(parent, p), _find(parent, q)
+                if a < b:
+                    parent[b] = a
+                elif b < a:
+                    parent[a] = b
+        stride *= m
+    labels = np.zeros(size, np.int64)
+    n = 0
+    for p in range(size):  # each root is its region's first bin, reached first here
+        if flat[p]:
+            r = _find(parent, p)
+            if r == p:
+                n += 1
+                labels[p] = n
+            else:
+                labels[p] = labels[r]
+    return labels
 
 
 def main_region(labels: np.ndarray, count: np.ndarray) -> np.ndarray:
@@ -270,20 +302,138 @@ def integrate_1d(grad: np.ndarray, width: float, mask: np.ndarray, periodic: boo
     return f
 
 
-def _candidate_pairs_2d(shape, periodic) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """Every pair of neighbouring bins of a grid of ``shape`` along each axis: (axis, flat
-    index p, flat index q = p + 1 along it); on a periodic axis the last and first bins too."""
-    nx, ny = shape
-    ii, jj = np.meshgrid(np.arange(nx), np.arange(ny), indexing="ij")
-    out = []
-    for axis in range(2):
-        i2, j2 = (ii + 1, jj) if axis == 0 else (ii, jj + 1)
-        keep = (i2 < nx) & (j2 < ny)
-        if periodic[axis]:
-            keep = np.ones_like(keep)
-            i2, j2 = i2 % nx, j2 % ny
-        out.append((axis, ii[keep] * ny + jj[keep], i2[keep] * ny + j2[keep]))
-    return out
+@numba.njit(cache=True)
+def _normal_equations_2d(mask, h0, h1, per0, per1):
+    """The least-squares system of :class:`Poisson2D` for one mask, built in one pass.
+
+    Unknowns are the usable bins in raster order. Each pair of neighbouring usable bins (along
+    an axis; on a periodic axis the last and first bins too) is one equation (F_q − F_p)/h =
+    the pair's mean gradient. Returns the unknowns' count; each one's connected region
+    (numbered by first bin); the free unknowns (all but each region's first bin, where F = 0);
+    the normal equations AᵀA restricted to the free unknowns, as CSC arrays (indptr,
+    indices, data; rows sorted, duplicates summed); and per equation the two bins' entries of
+    the flattened (nx, ny, 2) gradient, their unknowns and 1/h."""
+    nx, ny = mask.shape
+    flat = mask.ravel()
+    size = nx * ny
+    idx = np.full(size, -1, np.int64)
+    cells = np.empty(size, np.int64)
+    n = 0
+    for p in range(size):
+        if flat[p]:
+            idx[p] = n
+            cells[n] = p
+            n += 1
+    # each unknown's four neighbours (+x, −x, +y, −y), −1 where there is none or it is the
+    # bin itself (a periodic axis of one bin: its equation is 0 = 0)
+    nbr = np.full((n, 4), -1, np.int64)
+    coef = np.zeros(4)
+    coef[0] = coef[1] = 1.0 / (h0 * h0)
+    coef[2] = coef[3] = 1.0 / (h1 * h1)
+    n_eq = 0
+    for k in range(n):
+        i, j = cells[k] // ny, cells[k] % ny
+        for d in range(4):
+            i2, j2 = i, j
+            if d == 0:
+                i2 = i + 1
+            elif d == 1:
+                i2 = i - 1
+            elif d == 2:
+                j2 = j + 1
+            else:
+                j2 = j - 1
+            if i2 < 0 or i2 >= nx:
+                if not per0:
+                    continue
+                i2 %= nx
+            if j2 < 0 or j2 >= ny:
+                if not per1:
+                    continue
+                j2 %= ny
+            l_ = idx[i2 * ny + j2]
+            if l_ < 0 or l_ == k:
+                continue
+            nbr[k, d] = l_
+            if d == 0 or d == 2:  # each equation once, from its first bin
+                n_eq += 1
+    # regions numbered from 0 in the order of their first bin, which is pinned
+    per = np.empty(2, np.bool_)
+    per[0], per[1] = per0, per1
+    labels = _region_labels(flat, np.array([nx, ny], np.int64), per)
+    region = np.empty(n, np.int64)
+    reduced = np.full(n, -1, np.int64)
+    n_regions = 0
+    n_free = 0
+    for k in range(n):
+        region[k] = labels[cells[k]] - 1
+        if region[k] == n_regions:
+            n_regions += 1
+        else:
+            reduced[k] = n_free
+            n_free += 1
+    free = np.empty(n_free, np.int64)
+    for k in range(n):
+        if reduced[k] >= 0:
+            free[reduced[k]] = k
+    # AᵀA on the free unknowns, column by column: the diagonal sums every equation of the
+    # bin, each equation with a free neighbour adds −1/h² (twice for a periodic axis of two bins)
+    indptr = np.zeros(n_free + 1, np.int64)
+    indices = np.empty(5 * n_free, np.int64)
+    data = np.empty(5 * n_free)
+    rows = np.empty(5, np.int64)
+    vals = np.empty(5)
+    nnz = 0
+    for c in range(n_free):
+        k = free[c]
+        m = 1
+        rows[0] = c
+        vals[0] = 0.0
+        for d in range(4):
+            l_ = nbr[k, d]
+            if l_ < 0:
+                continue
+            vals[0] += coef[d]
+            if reduced[l_] < 0:
+                continue
+            hit = -1
+            for e in range(1, m):
+                if rows[e] == reduced[l_]:
+                    hit = e
+            if hit >= 0:
+                vals[hit] -= coef[d]
+            else:
+                rows[m] = reduced[l_]
+                vals[m] = -coef[d]
+                m += 1
+        for a in range(1, m):  # rows in order
+            e = a
+            while e > 0 and rows[e - 1] > rows[e]:
+                rows[e - 1], rows[e] = rows[e], rows[e - 1]
+                vals[e - 1], vals[e] = vals[e], vals[e - 1]
+                e -= 1
+        for e in range(m):
+            indices[nnz] = rows[e]
+            data[nnz] = vals[e]
+            nnz += 1
+        indptr[c + 1] = nnz
+    gp = np.empty(n_eq, np.int64)
+    gq = np.empty(n_eq, np.int64)
+    ip = np.empty(n_eq, np.int64)
+    iq = np.empty(n_eq, np.int64)
+    inv_h = np.empty(n_eq)
+    e = 0
+    for k in range(n):
+        for d in (0, 2):
+            l_ = nbr[k, d]
+            if l_ < 0:
+                continue
+            axis = d // 2
+            gp[e], gq[e] = cells[k] * 2 + axis, cells[l_] * 2 + axis
+            ip[e], iq[e] = k, l_
+            inv_h[e] = 1.0 / (h0 if axis == 0 else h1)
+            e += 1
+    return (n, region, free, indptr, indices[:nnz].copy(), data[:nnz].copy(), gp, gq, ip, iq, inv_h)
 
 
 class Poisson2D:
@@ -301,53 +451,26 @@ class Poisson2D:
         self.widths = np.asarray(widths, float)
         self.periodic = tuple(bool(p) for p in np.asarray(periodic, bool).reshape(2))
         self._key = None
-        self._candidates = None  # (shape, every neighbouring pair of that grid)
 
     def _factorise(self, mask: np.ndarray):
-        """The normal equations AᵀA of the mask's pairs, without the pinned bins, built
-        directly (no A) and LU-factorised: the MD loop's projected ABF calls this whenever a
-        new bin is visited, so its cost is mostly scipy's per-call overhead, kept low here."""
+        """The normal equations AᵀA of the mask's pairs, without the pinned bins
+        (:func:`_normal_equations_2d`, compiled), LU-factorised without pivoting (AᵀA is
+        symmetric positive definite there) in a symmetric fill-reducing order: the MD loop's
+        projected ABF calls this whenever a new bin is visited, inside the MD loop, where
+        per-call overhead costs more than the arithmetic."""
         from scipy.sparse.linalg import splu
         key = (mask.shape, mask.tobytes())
         if key == self._key:
             return
-        flat = mask.ravel()
-        n = int(flat.sum())
-        idx = np.full(flat.size, -1, np.int64)
-        idx[flat] = np.arange(n)
-        # regions numbered 0..k−1 in the order of idx; F = 0 at each region's first bin
-        _, pinned, self._region = np.unique(connected_regions(mask, self.periodic)[mask], return_index=True,
-                                            return_inverse=True)
-        self._region = self._region.ravel()
-        free = np.ones(n, bool)
-        free[pinned] = False
-        self._free = np.flatnonzero(free)
-        reduced = np.full(n, -1, np.int64)
-        reduced[self._free] = np.arange(len(self._free))
-        if self._candidates is None or self._candidates[0] != mask.shape:
-            self._candidates = (mask.shape, _candidate_pairs_2d(mask.shape, self.periodic))
-        eqs, rows, cols, vals = [], [], [], []
-        for axis, p, q in self._candidates[1]:
-            ok = flat[p] & flat[q]  # the neighbouring pairs of usable bins
-            p, q = p[ok], q[ok]
-            ip, iq = idx[p], idx[q]
-            eqs.append((p * 2 + axis, q * 2 + axis, ip, iq, np.full(len(p), 1.0 / self.widths[axis])))
-            c = (1.0 / self.widths[axis]) * (1.0 / self.widths[axis])
-            rp, rq = reduced[ip], reduced[iq]
-            for r, s_, v in ((rp, rp, c), (rq, rq, c), (rp, rq, -c), (rq, rp, -c)):
-                keep = (r >= 0) & (s_ >= 0)
-                rows.append(r[keep])
-                cols.append(s_[keep])
-                vals.append(np.full(int(keep.sum()), v))
-        # the equations of both axes, for integrate: the two bins' entries of the (n, 2)
-        # gradient, their rows in F, and 1/h
-        self._eqs = tuple(np.concatenate(a) for a in zip(*eqs))
+        (self._n, self._region, self._free, indptr, indices, data,
+         *eqs) = _normal_equations_2d(np.ascontiguousarray(mask), self.widths[0], self.widths[1], *self.periodic)
+        self._eqs = tuple(eqs)  # for integrate: the gradient entries, unknowns and 1/h of each equation
         nf = len(self._free)
-        self._n = n
         self._lu = None
         if nf:
-            ata = sp.csc_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(nf, nf))
-            self._lu = splu(ata)
+            ata = sp.csc_matrix((data, indices, indptr), shape=(nf, nf))
+            self._lu = splu(ata, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+                            options={"SymmetricMode": True})
         self._key = key
 
     def integrate(self, grad: np.ndarray, mask: np.ndarray) -> np.ndarray:

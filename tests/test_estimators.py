@@ -177,7 +177,9 @@ def test_poisson_integral_is_the_dense_least_squares_solution(fixed_rng):
     islands and holes), widths and gradients; one Poisson2D reused over masks that change,
     as the MD loop's projected ABF reuses it."""
     from cvflow.fes import Poisson2D
-    for shape, periodic in (((7, 6), (False, False)), ((6, 8), (True, False)), ((5, 5), (True, True))):
+    # periodic axes of one bin (its equations are 0 = 0) and of two (two equations per pair)
+    for shape, periodic in (((7, 6), (False, False)), ((6, 8), (True, False)), ((5, 5), (True, True)),
+                            ((2, 5), (True, False)), ((1, 6), (True, True)), ((4, 2), (False, True))):
         h = fixed_rng.uniform(0.05, 1.0, 2)
         p = Poisson2D(h, periodic)
         for _ in range(6):
@@ -360,6 +362,42 @@ def test_two_islands_2d_and_periodic_wrap():
     assert lab.max() == 1
     # along y only (not periodic in x), still two
     assert connected_regions(count > 0, np.array([False, True])).max() == 2
+
+
+def test_connected_regions_against_a_breadth_first_search(fixed_rng):
+    """``connected_regions`` (compiled union-find) against an independent breadth-first
+    search over each bin's neighbours along every axis (across the edge of a periodic one),
+    on random masks of 1 to 3 dimensions, axes of 1 to 7 bins: the same regions, numbered in
+    the order of each region's first bin, 0 outside the mask."""
+    import itertools
+    from collections import deque
+    for _ in range(300):
+        nd = int(fixed_rng.integers(1, 4))
+        shape = tuple(int(v) for v in fixed_rng.integers(1, 8, nd))
+        periodic = fixed_rng.random(nd) < 0.5
+        mask = fixed_rng.random(shape) < fixed_rng.uniform(0.2, 0.9)
+        want = np.zeros(shape, int)
+        n = 0
+        for start in itertools.product(*(range(m) for m in shape)):  # C order
+            if not mask[start] or want[start]:
+                continue
+            n += 1
+            want[start] = n
+            todo = deque([start])
+            while todo:
+                cell = todo.popleft()
+                for axis in range(nd):
+                    for step in (-1, 1):
+                        c = cell[axis] + step
+                        if periodic[axis]:
+                            c %= shape[axis]
+                        elif not 0 <= c < shape[axis]:
+                            continue
+                        nb = cell[:axis] + (c,) + cell[axis + 1:]
+                        if mask[nb] and not want[nb]:
+                            want[nb] = n
+                            todo.append(nb)
+        assert np.array_equal(connected_regions(mask, periodic), want), (shape, periodic)
 
 
 def test_unvisited_neighbours_do_not_pull_up_interpolated_free_energy():
