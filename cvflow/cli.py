@@ -427,7 +427,10 @@ def cg(config, from_run, no_data, out, resume, verbose, quiet):
     _run_generative(CGRun(cfg, out, from_run, progress), prepare_cg_dir, format_cg, resume, "cg", config)
 
 
-EXAMPLES = ("entropic-switch", "ala2-vacuum", "ala2-implicit")
+EXAMPLES = ("entropic-switch", "ala2-vacuum", "ala2-implicit", "ala2-paper", "chignolin")
+# the structure each molecular example reads, written beside its config
+EXAMPLE_PDBS = {"ala2-vacuum": "alanine-dipeptide.pdb", "ala2-implicit": "alanine-dipeptide.pdb",
+                "ala2-paper": "alanine-dipeptide.pdb", "chignolin": "chignolin.pdb"}
 
 
 @main.command()
@@ -437,7 +440,10 @@ EXAMPLES = ("entropic-switch", "ala2-vacuum", "ala2-implicit")
               help="Where to write the config (never overwritten).")
 @_guard
 def init(example, output):
-    """Write a commented example config (and, for alanine dipeptide, its PDB beside it).
+    """Write a commented example config (and, for a molecule, its PDB beside it):
+    entropic-switch (a 2-D toy, a minute), ala2-vacuum and ala2-implicit (alanine
+    dipeptide, minutes), ala2-paper (the paper's 10-ns protocol, under an hour on 2 cores),
+    chignolin (a 10-residue protein in water, for a GPU).
 
     \b
     Then: cvflow validate config.yaml && cvflow run config.yaml
@@ -451,10 +457,10 @@ def init(example, output):
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text((pkg / f"{example}.yaml").read_text())
     written = [str(out)]
-    if example.startswith("ala2"):
-        pdb = out.parent / "alanine-dipeptide.pdb"
+    if example in EXAMPLE_PDBS:
+        pdb = out.parent / EXAMPLE_PDBS[example]
         if not pdb.exists():
-            pdb.write_text((pkg / "alanine-dipeptide.pdb").read_text())
+            pdb.write_text((pkg / EXAMPLE_PDBS[example]).read_text())
             written.append(str(pdb))
     click.echo(f"wrote {', '.join(written)}; next: cvflow validate {out} && cvflow run {out}")
 

@@ -36,6 +36,23 @@ def add_logfile(path) -> None:
     log.addHandler(fh)
 
 
+def eta_text(remaining: float, rate: float) -> str:
+    """``ETA 42 s``, ``ETA 12 min``, ``ETA 3 h 05 min`` or ``ETA 1 d 20 h`` for ``remaining``
+    units at ``rate`` per second (``ETA -`` before there is a rate)."""
+    if not rate > 0:
+        return "ETA -"
+    s = round(remaining / rate)
+    if s < 90:
+        return f"ETA {s} s"
+    m = round(s / 60)
+    if m < 60:
+        return f"ETA {m} min"
+    if m < 24 * 60:
+        return f"ETA {m // 60} h {m % 60:02d} min"
+    h = round(s / 3600)
+    return f"ETA {h // 24} d {h % 24} h"
+
+
 class Progress:
     """Factory of progress callbacks. ``interactive`` draws rich bars; otherwise it logs
     a line about every 10% (and at most every ``min_seconds``)."""
@@ -59,7 +76,7 @@ class Progress:
             t_start, s_start = state["first"]
             rate = (step - s_start) / max(now - t_start, 1e-9)
             nsday = rate * timestep_ps * 86400 / 1000
-            eta = f"ETA {(total - step) / rate:,.0f} s" if rate > 0 else "ETA -"
+            eta = eta_text(total - step, rate)
             if self.interactive:
                 speed = f"{rate:,.0f} steps/s, {nsday:.1f} ns/day" if rate > 0 else "starting"
                 self._bar(state, label, step, total, f"step {step:,}/{total:,} {speed} {eta}")
@@ -99,7 +116,7 @@ class Progress:
                 return
             now = time.perf_counter()
             rate = step / max(now - t0, 1e-9)
-            eta = f"ETA {(total - step) / rate:,.0f} s" if rate > 0 else "ETA -"
+            eta = eta_text(total - step, rate)
             if self.interactive:
                 self._bar(state, label, step, total, f"step {step:,}/{total:,} {msg} {eta}")
                 if step >= total:

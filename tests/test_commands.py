@@ -7,7 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cvflow.cli import EXAMPLES, main
+from cvflow.cli import EXAMPLE_PDBS, EXAMPLES, main
 
 
 def invoke(*args):
@@ -20,10 +20,25 @@ def test_init_writes_a_config_that_validates(tmp_path, example):
     res = invoke("init", "--example", example, "-o", cfg)
     assert res.exit_code == 0, res.output
     assert cfg.read_text().lstrip().startswith("#")  # commented for the user
-    if example.startswith("ala2"):
-        assert (tmp_path / "alanine-dipeptide.pdb").exists()
+    if example in EXAMPLE_PDBS:
+        assert (tmp_path / EXAMPLE_PDBS[example]).exists()
     val = invoke("validate", cfg)
     assert val.exit_code == 0, val.output
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_packaged_examples_are_the_shipped_configs(example):
+    """What ``cvflow init`` writes is the repository's configs/EXAMPLE.yaml with more
+    comments: every key resolves to the same value except the structure's path, and the
+    structure beside it is the same file."""
+    from cvflow.config import load_config
+    root = Path(__file__).resolve().parents[1]
+    shipped = load_config(root / "configs" / f"{example}.yaml").model_dump()
+    packaged = load_config(root / "cvflow" / "examples" / f"{example}.yaml").model_dump()
+    if example in EXAMPLE_PDBS:
+        assert Path(packaged["system"]["pdb"]).read_bytes() == Path(shipped["system"]["pdb"]).read_bytes()
+        shipped["system"].pop("pdb"), packaged["system"].pop("pdb")
+    assert packaged == shipped
 
 
 def test_init_never_overwrites(tmp_path):
@@ -154,6 +169,18 @@ def test_progress_without_a_terminal_has_no_control_characters(tmp_path, x_cv):
     assert "ns/day" in text and "step 20,000/20,000" in text  # the progress lines are there
     bad = sorted({hex(ord(c)) for c in text if ord(c) < 32 and c not in "\n\t"})
     assert bad == [], bad
+
+
+def test_eta_reads_as_a_duration():
+    """The progress lines' ETA in the unit a person reads: seconds under 90 s, then minutes,
+    hours and minutes, days and hours (a solvated protein on a CPU: 1 d 21 h, not
+    160,489 s), rounded without "60 min" or "24 h" carries."""
+    from cvflow.progress import eta_text
+    want = {0: "0 s", 89: "89 s", 100: "2 min", 3569: "59 min", 3599: "1 h 00 min", 3631: "1 h 01 min",
+            7199: "2 h 00 min", 86369: "23 h 59 min", 86399: "1 d 0 h", 160489: "1 d 21 h"}
+    for seconds, text in want.items():
+        assert eta_text(seconds * 250.0, 250.0) == "ETA " + text, seconds
+    assert eta_text(100, 0.0) == "ETA -"
 
 
 def test_verbosity_before_or_after_the_command(tmp_path):
