@@ -35,6 +35,7 @@ class IterationRecord:
     wall_seconds: float = 0.0
     fes: Path | None = None
     cv: Path | None = None
+    frames_so_far: int | None = None  # an MD stage under way or stopped: the frames it saved
 
 
 @dataclass
@@ -65,6 +66,20 @@ class RunRecord:
         return kT(parse_quantity(self.config["md"]["temperature"], "temperature"))
 
 
+def _frames_in_chunks(md_dir: Path) -> int | None:
+    """Frames saved so far by an unfinished MD stage (its own chunks and its walkers'), or
+    None when there are none yet. A chunk that cannot be read (being written) is skipped."""
+    n = None
+    for f in md_dir.rglob("steps_*.npy"):
+        if f.parent.name != "chunks":
+            continue
+        try:
+            n = (n or 0) + len(np.load(f, mmap_mode="r"))
+        except (OSError, ValueError):
+            continue
+    return n
+
+
 def load_run(run_dir) -> RunRecord:
     """Read a run directory; a clear error names what is missing."""
     run_dir = Path(run_dir)
@@ -86,6 +101,8 @@ def load_run(run_dir) -> RunRecord:
             rec.wall_seconds += md.get("wall_seconds", 0.0)
             if md.get("fes"):
                 rec.fes = run_dir / md["fes"]
+        elif (d / "md").is_dir():
+            rec.frames_so_far = _frames_in_chunks(d / "md")
         tr = stages.get(f"{d.name}/train")
         if tr:
             rec.ess = tr.get("ess")
@@ -114,7 +131,8 @@ def status_table(run: RunRecord):
     for col in ("iteration", "frames", "ESS", "regscore", "threshold", "converged", "wall time (s)"):
         t.add_column(col, justify="right")
     for r in run.iterations:
-        t.add_row(str(r.index), fmt(r.frames, "d"), fmt(r.ess, ".0f"), fmt(r.regscore, ".4f"),
+        frames = f"{r.frames_so_far} so far" if r.frames is None and r.frames_so_far else fmt(r.frames, "d")
+        t.add_row(str(r.index), frames, fmt(r.ess, ".0f"), fmt(r.regscore, ".4f"),
                   fmt(r.threshold, ".4f") + (" (floor)" if r.quantile_below_floor is not None else ""),
                   "-" if r.converged is None else ("yes" if r.converged else "no"),
                   f"{r.wall_seconds:.1f}")

@@ -171,6 +171,24 @@ def test_progress_without_a_terminal_has_no_control_characters(tmp_path, x_cv):
     assert bad == [], bad
 
 
+def test_status_counts_the_frames_of_an_unfinished_md_stage(tmp_path):
+    """An iteration whose MD was stopped (or is under way) shows the frames its chunks hold,
+    its walkers' too, not "-"; the last good frames kept after a blow-up are not counted twice."""
+    import json
+    run = tmp_path / "run"
+    for chunks, sizes in ((run / "iter_000" / "md" / "chunks", (4, 3)),
+                          (run / "iter_000" / "md" / "walkers" / "w01" / "chunks", (5,))):
+        chunks.mkdir(parents=True)
+        for k, n in enumerate(sizes):
+            np.save(chunks / f"steps_{1000 * k:012d}.npy", np.arange(n))
+            np.save(chunks / f"frames_{1000 * k:012d}.npy", np.zeros((n, 2, 3)))
+    np.save(run / "iter_000" / "md" / "chunks" / "goodsteps_000000001000.npy", np.arange(2))
+    (run / "manifest.json").write_text(json.dumps({"stages": {}, "current": "iter_000/md"}))
+    res = invoke("status", run)
+    assert res.exit_code == 0, res.output
+    assert re.search(r"\|\s+0 \|\s+12 so far \|", res.output), res.output
+
+
 def test_eta_reads_as_a_duration():
     """The progress lines' ETA in the unit a person reads: seconds under 90 s, then minutes,
     hours and minutes, days and hours (a solvated protein on a CPU: 1 d 21 h, not
