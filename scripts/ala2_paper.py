@@ -210,7 +210,8 @@ def main() -> int:
         if p["frozen"]:
             fz = p["frozen"]
             print(f"  frozen stage: {fz['crossings']} crossings, phi>0 {fz['phi_positive']:.3f}, quarters "
-                  + ", ".join(f"{q:.2f}" for q in fz["quarters"]) + " kJ/mol")
+                  + ", ".join(f"{q:.2f}" if np.isfinite(q) else ("no C7ax" if q > 0 else "no C7eq")
+                              for q in fz["quarters"]) + " kJ/mol")
     if args.json:
         Path(args.json).write_text(json.dumps({"config": args.config, "settings": args.set, "reference": ref_df,
                                                "reference_error": ref_err, "seeds": results}, indent=1))
