@@ -456,13 +456,15 @@ def init(example, output):
     pkg = resources.files("cvflow") / "examples"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text((pkg / f"{example}.yaml").read_text())
-    written = [str(out)]
+    written, kept = [str(out)], ""
     if example in EXAMPLE_PDBS:
         pdb = out.parent / EXAMPLE_PDBS[example]
         if not pdb.exists():
             pdb.write_text((pkg / EXAMPLE_PDBS[example]).read_text())
             written.append(str(pdb))
-    click.echo(f"wrote {', '.join(written)}; next: cvflow validate {out} && cvflow run {out}")
+        else:
+            kept = f"; kept the existing {pdb}, which the config reads"
+    click.echo(f"wrote {', '.join(written)}{kept}; next: cvflow validate {out} && cvflow run {out}")
 
 
 def _console():

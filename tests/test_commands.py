@@ -47,6 +47,11 @@ def test_init_never_overwrites(tmp_path):
     res = invoke("init", "-o", cfg)
     assert res.exit_code == 2 and "exists" in res.output and "Traceback" not in res.output
     assert cfg.read_text() == "mine\n"
+    # a structure of the same name beside it is kept, and the message says the config reads it
+    (tmp_path / "chignolin.pdb").write_text("my structure\n")
+    res = invoke("init", "--example", "chignolin", "-o", tmp_path / "chig.yaml")
+    assert res.exit_code == 0 and "kept the existing" in res.output and "chignolin.pdb" in res.output, res.output
+    assert (tmp_path / "chignolin.pdb").read_text() == "my structure\n"
 
 
 def test_status_is_plain_text_off_a_terminal(es_run, ala2_run):
