@@ -66,20 +66,6 @@ class RunRecord:
         return kT(parse_quantity(self.config["md"]["temperature"], "temperature"))
 
 
-def _frames_in_chunks(md_dir: Path) -> int | None:
-    """Frames saved so far by an unfinished MD stage (its own chunks and its walkers'), or
-    None when there are none yet. A chunk that cannot be read (being written) is skipped."""
-    n = None
-    for f in md_dir.rglob("steps_*.npy"):
-        if f.parent.name != "chunks":
-            continue
-        try:
-            n = (n or 0) + len(np.load(f, mmap_mode="r"))
-        except (OSError, ValueError):
-            continue
-    return n
-
-
 def load_run(run_dir) -> RunRecord:
     """Read a run directory; a clear error names what is missing."""
     run_dir = Path(run_dir)
@@ -102,7 +88,8 @@ def load_run(run_dir) -> RunRecord:
             if md.get("fes"):
                 rec.fes = run_dir / md["fes"]
         elif (d / "md").is_dir():
-            rec.frames_so_far = _frames_in_chunks(d / "md")
+            from .sampler import frames_so_far
+            rec.frames_so_far = frames_so_far(d / "md")
         tr = stages.get(f"{d.name}/train")
         if tr:
             rec.ess = tr.get("ess")

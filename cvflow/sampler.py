@@ -67,6 +67,7 @@ class SegmentResult:
 BIAS_GROUP = 31
 FORCE_FIELD_GROUPS = (1 << BIAS_GROUP) - 1  # every force group but the bias's
 ALL_GROUPS = -1  # OpenMM's "every force group"
+CHUNKS = "chunks"  # a segment's frames (frames_*, steps_*) and CV rows since its start, while it runs
 
 
 @functools.lru_cache(maxsize=None)
@@ -220,7 +221,7 @@ def _run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, s
     sim = app.Simulation(bundle.topology, system, integrator, platform,
                          platform_properties(platform, md_threads(md_cfg)))
     ckpt_dir = out_dir / "ckpt"
-    chunk_dir = out_dir / "chunks"
+    chunk_dir = out_dir / CHUNKS
     chunk_dir.mkdir(exist_ok=True)
     progress_file = ckpt_dir / "progress.json"
     recoveries_file = out_dir / "recoveries.json"
@@ -429,6 +430,17 @@ def _write_checkpoint(sim, bias, ckpt_dir: Path, chunk_dir: Path, step: int, fra
     for f in ckpt_dir.iterdir():
         if f.name != "progress.json" and f"{step:012d}" not in f.name:
             f.unlink()
+
+
+def frames_so_far(seg_dir: Path) -> int | None:
+    """Frames that an unfinished segment, and the walkers' segments below it, have saved in
+    their chunks (None before the first): what ``cvflow status`` shows for an MD stage under
+    way or stopped. A chunk that cannot be read (being written) is left out."""
+    counts = []
+    for f in Path(seg_dir).rglob(f"{CHUNKS}/steps_*.npy"):
+        with contextlib.suppress(OSError, ValueError):
+            counts.append(len(np.load(f, mmap_mode="r")))
+    return sum(counts) if counts else None
 
 
 def _concat(chunk_dir: Path, prefix: str, width: int | None = None) -> np.ndarray:

@@ -376,8 +376,7 @@ class NativeEABF:
         self.projection_interval = int(projection_interval) if self.prm[7] > 0 else 0
         self._poisson = Poisson2D(grid.widths, grid.periodic) if self.projection_interval else None
         self._regions_key, self._regions = None, None  # the visited bins' connected regions, cached
-        if self._poisson is not None:  # its compiled parts too: compiled (or loaded) here, not inside MD
-            connected_regions(np.ones((2, 2), bool), grid.periodic)
+        if self._poisson is not None:  # its compiled parts (connected_regions' too) compiled or loaded here, not in MD
             self._poisson.integrate(np.zeros((2, 2, 2)), np.ones((2, 2), bool))
         if start_lambda is not None:
             self.lam[:] = start_lambda
