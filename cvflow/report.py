@@ -63,6 +63,8 @@ class RunRecord:
     @property
     def kT(self) -> float:
         from .units import kT, parse_quantity
+        if "md" not in self.config:
+            raise ConfigError(f"{self.dir}: no config.resolved.yaml (its temperature sets the kT of the plots)")
         return kT(parse_quantity(self.config["md"]["temperature"], "temperature"))
 
 
@@ -110,6 +112,13 @@ def load_run(run_dir) -> RunRecord:
     return RunRecord(run_dir, config, man.get("current"), its, summary, prod if prod.exists() else None)
 
 
+def frames_text(r: IterationRecord) -> str:
+    """An iteration's frames: the count, "N so far" while (or where) its MD stopped short, or "-"."""
+    if r.frames is None:
+        return f"{r.frames_so_far} so far" if r.frames_so_far else "-"
+    return str(r.frames)
+
+
 def status_table(run: RunRecord):
     """A rich Table of the iterations so far."""
     from rich.table import Table
@@ -118,8 +127,7 @@ def status_table(run: RunRecord):
     for col in ("iteration", "frames", "ESS", "regscore", "threshold", "converged", "wall time (s)"):
         t.add_column(col, justify="right")
     for r in run.iterations:
-        frames = f"{r.frames_so_far} so far" if r.frames is None and r.frames_so_far else fmt(r.frames, "d")
-        t.add_row(str(r.index), frames, fmt(r.ess, ".0f"), fmt(r.regscore, ".4f"),
+        t.add_row(str(r.index), frames_text(r), fmt(r.ess, ".0f"), fmt(r.regscore, ".4f"),
                   fmt(r.threshold, ".4f") + (" (floor)" if r.quantile_below_floor is not None else ""),
                   "-" if r.converged is None else ("yes" if r.converged else "no"),
                   f"{r.wall_seconds:.1f}")
@@ -562,7 +570,7 @@ def write_report(run_dir, out=None) -> Path:
         floored = " (floored)" if r.quantile_below_floor is not None else ""
         return ("yes" if r.converged else "no") + floored
     rows = "".join(
-        f"<tr><td>{r.index}</td><td>{r.frames or '-'}</td><td>{'-' if r.ess is None else f'{r.ess:.0f}'}</td>"
+        f"<tr><td>{r.index}</td><td>{frames_text(r)}</td><td>{'-' if r.ess is None else f'{r.ess:.0f}'}</td>"
         f"<td>{'-' if r.regscore is None else f'{r.regscore:.4f}'}</td>"
         f"<td>{'-' if r.threshold is None else f'{r.threshold:.4f}'}</td><td>{passed(r)}</td>"
         f"<td>{r.wall_seconds:.1f}</td></tr>"

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 
 from cvflow.cli import EXAMPLE_PDBS, EXAMPLES, main
@@ -176,7 +177,7 @@ def test_progress_without_a_terminal_has_no_control_characters(tmp_path, x_cv):
     assert bad == [], bad
 
 
-def test_status_counts_the_frames_of_an_unfinished_md_stage(tmp_path):
+def test_status_and_report_count_the_frames_of_an_unfinished_md_stage(tmp_path):
     """An iteration whose MD was stopped (or is under way) shows the frames its chunks hold,
     its walkers' too, not "-"; the last good frames kept after a blow-up are not counted twice."""
     import json
@@ -192,6 +193,14 @@ def test_status_counts_the_frames_of_an_unfinished_md_stage(tmp_path):
     res = invoke("status", run)
     assert res.exit_code == 0, res.output
     assert re.search(r"\|\s+0 \|\s+12 so far \|", res.output), res.output
+    res = invoke("report", run)  # without the run's config: one line that names the file
+    assert res.exit_code == 2 and "no config.resolved.yaml" in res.output and "Traceback" not in res.output
+    from cvflow.config import dump_config, load_config
+    from conftest import ES_CONFIG
+    (run / "config.resolved.yaml").write_text(yaml.safe_dump({"config": dump_config(load_config(ES_CONFIG))}))
+    res = invoke("report", run)  # the report's table says what status says
+    assert res.exit_code == 0, res.output
+    assert "<td>0</td><td>12 so far</td>" in (run / "report" / "report.html").read_text()
 
 
 def test_eta_reads_as_a_duration():
