@@ -398,7 +398,7 @@ class CGRun(GenerativeRun):
         energy_mode = self.mode == "energy"
         model = VAE(space.dim, list(c.hidden), c.latent, c.activation, "identity", decoder_gain=energy_mode,
                     prior_components=c.prior_components if energy_mode else 1,
-                    prior_separation=c.prior_separation, prior_experts=c.prior_experts).double()
+                    prior_separation=c.prior_separation).double()
         model.set_periodic(space.periodic(), c.torsion_sigma_max)
         return model
 

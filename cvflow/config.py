@@ -706,9 +706,6 @@ class CGConfig(Strict):
     prior_components: Annotated[int, Field(ge=1, le=8)] = 1
     prior_separation: float = Field(6.0, gt=0)
     prior_lr_scale: float = Field(20.0, gt=0)   # the mixture weights' learning rate, in units of learning_rate
-    # with prior_components > 1: one decoder network per component (its latent region), not
-    # one shared by all (measured on alanine dipeptide: README)
-    prior_experts: bool = False
     samples: PositiveInt = 20_000          # generated configurations (pooled over the draws)
     states: Optional[dict[str, ToyBox]] = None
     energy_cut: float = Field(1000.0, gt=0)  # β_s U/kT above the structure's: log-capped above
@@ -723,9 +720,6 @@ class CGConfig(Strict):
         if self.entropy == "quadrature" and self.latent != 1:
             raise ValueError(f"entropy: quadrature integrates over a 1-D latent; latent is {self.latent} "
                              "(use importance_weighted)")
-        if self.prior_experts and self.prior_components < 2:
-            raise ValueError("prior_experts: true gives each mixture component its own decoder; "
-                             f"prior_components is {self.prior_components} (set it to 2 or more)")
         return self
 
 

@@ -15,7 +15,6 @@ from click.testing import CliRunner
 from cvflow.cg import (CGRun, ard_update, laplace_output_layer, next_beta, prepare_cg_dir, tilt_kl,
                        weighted_mean_se)
 from cvflow.cli import main
-from cvflow.config import CGConfig
 from cvflow.models.vae import VAE, gaussian_log_prob
 from conftest import ROOT, es_loop_checks, quick_es
 
@@ -87,32 +86,6 @@ def test_mixture_prior_density_strata_and_marginals():
         xm, xlv = m.decode(z)
         dense = torch.logsumexp(m.log_p_z(z)[:, None] + gaussian_log_prob(x[None], xm[:, None], xlv[:, None]), 0)
     assert torch.allclose(quad, dense + math.log(float(z[1] - z[0])), atol=1e-3), (quad, dense)
-
-
-def test_expert_decoders_route_each_component_to_its_own_network():
-    """``cg.prior_experts``: each mixture component's latent region is decoded by its own
-    network, which reads z − m_k: at a component's mean the decoder is that network at 0, the
-    loss on one component's latents moves only its network's weights (the other's gradient is
-    the gate's tail, e^{−18 + 6d} at separation 6 for a latent d from its own mean towards the
-    other's: under 10⁻³ of it for these draws), and every shape of z the bounds use works."""
-    torch.manual_seed(0)
-    m = VAE(3, [8], 2, "tanh", "identity", prior_components=2, prior_separation=6.0, prior_experts=True).double()
-    zero = torch.zeros(2, 1, 2, dtype=torch.float64)
-    each = m.decoder.forward_each(zero)                           # (K, 1, 2 n_features)
-    for k in range(2):
-        mean, logvar = m.decode(m.prior.means[k][None])
-        assert torch.allclose(mean, each[k, :, :3], atol=1e-12) and torch.allclose(logvar, each[k, :, 3:], atol=1e-12)
-    assert not torch.allclose(each[0], each[1])                  # two networks, initialised apart
-    z = m.prior.means[1] + 0.5 * torch.randn(64, 2, dtype=torch.float64)
-    m.decode(z)[0].pow(2).sum().backward()
-    for w in m.decoder.weights:
-        assert float(w.grad[0].abs().max()) < 1e-3 * float(w.grad[1].abs().max())
-    zk = torch.randn(5, 7, 2, dtype=torch.float64)               # (k draws, n, latent), as in the bounds
-    assert m.decode(zk)[0].shape == (5, 7, 3)
-    x = m.decode(z)[0].detach()
-    assert torch.isfinite(m.log_marginal_upper(z, x, 4)).all()
-    with pytest.raises(ValueError, match="prior_components is 1"):
-        CGConfig(prior_experts=True)
 
 
 def test_wrapped_normal_for_periodic_features():

@@ -76,13 +76,10 @@ class MLPBank(nn.Module):
         self.acts = nn.ModuleList([ACTIVATIONS[a]() for a in activations])
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.forward_each(z.unsqueeze(0).expand(self.k, z.shape[0], z.shape[1])).transpose(0, 1)
-
-    def forward_each(self, h: Tensor) -> Tensor:
-        """Member k on its own input h[k]: (K, n, n_in) → (K, n, n_out)."""
+        h = z.unsqueeze(0).expand(self.k, z.shape[0], z.shape[1])
         for w, b, act in zip(self.weights, self.biases, self.acts):
             h = act(torch.baddbmm(b, h, w))
-        return h
+        return h.transpose(0, 1)
 
 
 class Unsqueeze1(nn.Module):

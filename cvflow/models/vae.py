@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..internal import wrap_angle
-from .base import MLP, CVModel, MLPBank, Unsqueeze1, encoder_mlp
+from .base import MLP, CVModel, Unsqueeze1, encoder_mlp
 
 LOG_2PI = math.log(2 * math.pi)
 LOGVAR_MIN, LOGVAR_MAX = -14.0, 6.0  # log σ² clamp (features of order one): no collapse, no blow-up
@@ -128,21 +128,13 @@ class VAE(CVModel):
 
     def __init__(self, n_features: int, hidden: list[int], latent: int, activation: str = "tanh",
                  bottleneck_activation: str = "identity", kl_weight: float = 1.0, kl_warmup: int = 0,
-                 decoder_gain: bool = False, prior_components: int = 1, prior_separation: float = 6.0,
-                 prior_experts: bool = False):
+                 decoder_gain: bool = False, prior_components: int = 1, prior_separation: float = 6.0):
         super().__init__()
         self.n_features = int(n_features)
         self.latent = int(latent)
         self.encoder = encoder_mlp(n_features, hidden, latent, activation, bottleneck_activation)
         self.encoder_logvar = MLP([n_features, *hidden, latent], [activation] * len(hidden) + ["identity"])
-        sizes, acts = [latent, *reversed(hidden), 2 * n_features], [activation] * len(hidden) + ["identity"]
-        # one decoder network per mixture component (cvflow cg --no-data, cg.prior_experts): each
-        # component's latent region is decoded by its own network, which reads z − m_k, gated by
-        # the component's responsibility for z under equal weights (one-hot but for the gap
-        # between the means), so no two components share the weights that a shared decoder
-        # would pull into one basin
-        self.experts = bool(prior_experts) and prior_components > 1
-        self.decoder = MLPBank(sizes, acts, prior_components) if self.experts else MLP(sizes, acts)
+        self.decoder = MLP([latent, *reversed(hidden), 2 * n_features], [activation] * len(hidden) + ["identity"])
         # a learned log-gain on z before the decoder (cvflow cg): Adam moves a weight by about
         # the learning rate per step, so a sharp step in μ(z) (the boundary between two modes)
         # takes thousands of steps to grow; a gain grows it multiplicatively
@@ -166,23 +158,9 @@ class VAE(CVModel):
         """(mean, log-variance) of r_φ(z | x)."""
         return self.encoder(x), self.encoder_logvar(x).clamp(LOGVAR_MIN, LOGVAR_MAX)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.encoder.net[0].weight.dtype
-
-    def _decoder_out(self, z: Tensor) -> Tensor:
-        """The decoder network(s) on z (..., latent): (..., 2 n_features)."""
-        if not self.experts:
-            return self.decoder(self.decoder_input(z))
-        flat = z.reshape(-1, self.latent)
-        centred = flat[None] - self.prior.means.to(flat.dtype)[:, None, :]      # (K, n, latent)
-        out = self.decoder.forward_each(self.decoder_input(centred))           # (K, n, 2 d)
-        gate = torch.softmax(-0.5 * (centred ** 2).sum(-1), 0)                  # (K, n)
-        return (gate[..., None] * out).sum(0).reshape(*z.shape[:-1], out.shape[-1])
-
     def decode(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """(mean, log-variance) of q_θ(x | z)."""
-        out = self._decoder_out(z)
+        out = self.decoder(self.decoder_input(z))
         logvar = out[..., self.n_features:].clamp(LOGVAR_MIN, LOGVAR_MAX)
         if self.periodic is not None:
             logvar = torch.where(self.periodic, logvar.clamp(max=self.periodic_logvar_max), logvar)
@@ -247,7 +225,7 @@ class VAE(CVModel):
 
     def sample_prior(self, n: int, generator=None) -> Tensor:
         """n draws of p(z)."""
-        dtype = self.dtype
+        dtype = self.decoder.net[0].weight.dtype
         if self.prior is None:
             return torch.randn(n, self.latent, generator=generator, dtype=dtype)
         return self.prior.sample(n, generator, dtype)
@@ -262,7 +240,7 @@ class VAE(CVModel):
         """n draws (z, x) of q(x, z) = p(z) q_θ(x|z), reparameterised, log q(x, z), and the
         draws' weights (all 1, or with ``stratified`` and a mixture prior, the strata's weights
         of :meth:`MixturePrior.strata`: then average w · f, not f)."""
-        dtype = self.dtype
+        dtype = self.decoder.net[0].weight.dtype
         if stratified and self.prior is not None:
             z, w = self.prior.strata(n, dtype)
         else:
@@ -320,6 +298,4 @@ class VAE(CVModel):
         return 1
 
     def decoder_module(self) -> nn.Module:
-        if self.experts:
-            raise ValueError("a VAE with expert decoders (cvflow cg --no-data) is not a loop model")
         return Unsqueeze1(_Head(self.decoder, self.n_features))
