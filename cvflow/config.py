@@ -386,7 +386,8 @@ class ModelConfig(Strict):
     # the earlier biased iterations (pooled; an unbiased iteration 0 never left its basin),
     # each iteration's weights scaled to a share proportional to its Kish effective sample
     # size; with warm_start, iteration i's network (and the bootstrap's) starts from
-    # iteration i−1's. Measured on alanine dipeptide (README, "Current state: pooled,
+    # iteration i−1's, and a regscore reached right after a warm start from a network
+    # trained on unbiased frames only (iteration 1's) is not a pass. Measured on alanine dipeptide (README, "Current state: pooled,
     # warm-started training"): successive CVs retrained on the same frames scored
     # regscores 0.03–0.99 from random starts, 0.92–0.997 pooled and warm-started, and the
     # loop stopped in 4 of 4 seeds; but fresh networks do not find the warm-started CV.

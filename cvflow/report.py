@@ -36,6 +36,7 @@ class IterationRecord:
     fes: Path | None = None
     cv: Path | None = None
     frames_so_far: int | None = None  # an MD stage under way or stopped: the frames it saved
+    not_counted: str | None = None  # why a regscore that reached the threshold was not a pass
 
 
 @dataclass
@@ -104,6 +105,7 @@ def load_run(run_dir) -> RunRecord:
             if ck.get("threshold_floored"):
                 rec.quantile_below_floor = ck.get("bootstrap_quantile")
             rec.converged = ck.get("converged")
+            rec.not_counted = ck.get("not_counted")
             rec.wall_seconds += ck.get("wall_seconds", 0.0)
         its.append(rec)
     summary = art.read_json(run_dir / "summary.json") if (run_dir / "summary.json").exists() else None
@@ -119,6 +121,16 @@ def frames_text(r: IterationRecord) -> str:
     return str(r.frames)
 
 
+def converged_text(r: IterationRecord) -> str:
+    """"yes", "no", "-" before the check, or "no (not counted: …)" for a regscore that reached
+    the threshold but was not a pass (a warm start from a network trained on unbiased frames)."""
+    if r.converged is None:
+        return "-"
+    if r.converged:
+        return "yes"
+    return f"no (not counted: {r.not_counted})" if r.not_counted else "no"
+
+
 def status_table(run: RunRecord):
     """A rich Table of the iterations so far."""
     from rich.table import Table
@@ -129,7 +141,7 @@ def status_table(run: RunRecord):
     for r in run.iterations:
         t.add_row(str(r.index), frames_text(r), fmt(r.ess, ".0f"), fmt(r.regscore, ".4f"),
                   fmt(r.threshold, ".4f") + (" (floor)" if r.quantile_below_floor is not None else ""),
-                  "-" if r.converged is None else ("yes" if r.converged else "no"),
+                  converged_text(r),
                   f"{r.wall_seconds:.1f}")
     if run.summary and run.summary.get("production"):
         p = run.summary["production"]
@@ -568,7 +580,7 @@ def write_report(run_dir, out=None) -> Path:
         if r.regscore is None:
             return "-"
         floored = " (floored)" if r.quantile_below_floor is not None else ""
-        return ("yes" if r.converged else "no") + floored
+        return html.escape(converged_text(r)) + floored
     rows = "".join(
         f"<tr><td>{r.index}</td><td>{frames_text(r)}</td><td>{'-' if r.ess is None else f'{r.ess:.0f}'}</td>"
         f"<td>{'-' if r.regscore is None else f'{r.regscore:.4f}'}</td>"

@@ -40,6 +40,10 @@ def test_ala2_short_paper_protocol(tmp_path):
             assert not it["threshold_floored"] and it["regscore"] >= it["threshold"]
     if s["converged"]:
         assert not s["convergence"]["threshold_floored"]
+    # iteration 1 warm-starts from iteration 0's network (unbiased frames): never a pass
+    first = s["iterations"][1]
+    assert not first["passed"]
+    assert (first.get("not_counted") == "warm start from unbiased") == (first["regscore"] >= first["threshold"])
     # every recovery from a blow-up is reported with its cause and the softer coupling
     for it in s["iterations"]:
         for r in it["recoveries"]:

@@ -341,6 +341,34 @@ def test_pooled_warm_started_loop_trains_as_documented(tmp_path):
     assert all(0 <= it["threshold"] <= 1 for it in s["iterations"][1:])
 
 
+def test_a_pass_right_after_a_warm_start_from_unbiased_frames_is_not_counted(tmp_path):
+    """With model.warm_start, iteration 1's networks start from iteration 0's, which saw only
+    unbiased frames, so its regscore reaching the threshold is not a pass (ala2 seeds 5 and 8
+    stopped there, README "Early stops"); iteration 2's is. A fixed threshold of 1e-6 makes
+    both reach it, whatever the scores; metrics.json, summary.json and `cvflow status` say
+    why iteration 1 did not count. Without warm_start, iteration 1 passes."""
+    from cvflow.report import load_run, status_table
+    from rich.console import Console
+    pooled = {"training_data": "pooled", "warm_start": True}
+    for name, model, expect in (("warm", pooled, 3), ("cold", {}, 2)):
+        cfg = quick_es(tmp_path, tmp_path / name, model=model, convergence={"threshold": 1e-6})
+        res = CliRunner().invoke(main, ["run", str(cfg), "-q"])
+        assert res.exit_code == 0, res.output
+        s = json.loads((tmp_path / name / "summary.json").read_text())
+        assert s["converged"] and len(s["iterations"]) == expect
+        one = json.loads((tmp_path / name / "iter_001" / "metrics.json").read_text())
+        assert one["regscore"] >= one["threshold"] == 1e-6
+        if name == "warm":
+            assert not one["passed"] and one["passes_in_a_row"] == 0 and not one["converged"]
+            assert one["not_counted"] == "warm start from unbiased"
+            assert "not_counted" not in s["iterations"][2] and s["iterations"][2]["passed"]
+            con = Console(width=200, record=True)
+            con.print(status_table(load_run(tmp_path / name)))
+            assert "no (not counted: warm start from unbiased)" in con.export_text()
+        else:
+            assert one["passed"] and "not_counted" not in one
+
+
 def test_warm_started_run_killed_in_training_resumes_to_the_same_result(tmp_path):
     """SIGKILL during iteration 2's training of a pooled, warm-started run, then --resume:
     the regscores and thresholds equal an uninterrupted run's (the warm start is read back
