@@ -17,7 +17,7 @@ import numpy as np
 from . import artifacts as art
 from .config import ConfigError
 from .fes import read_fes
-from .states import delta_f_text
+from .states import delta_f_text, population_text
 
 
 @dataclass
@@ -604,12 +604,12 @@ def write_report(run_dir, out=None) -> Path:
     if states:
         ref = states["reference_state"]
         srows = "".join(
-            f"<tr><td>{html.escape(k)}</td><td>{p['value']:.4f} ± {p['error']:.4f}</td><td>"
+            f"<tr><td>{html.escape(k)}</td><td>{population_text(p)}</td><td>"
             + ("0 (reference)" if k == ref else
-               delta_f_text(states["delta_f"][k]) or "undefined (a state without weight)") + "</td></tr>"
+               html.escape(delta_f_text(states["delta_f"][k]) or "undefined (a state without weight)")) + "</td></tr>"
             for k, p in states["populations"].items())
         body.append(f"<h2>States ({html.escape(label)})</h2><table><tr><th>state</th><th>population</th>"
-                    f"<th>ΔF − F({html.escape(ref)}) (kJ/mol)</th></tr>{srows}</table>")
+                    f"<th>ΔF − F({html.escape(ref)})</th></tr>{srows}</table>")
     decoded = _decoders(run, out)
     if decoded is not None and decoded.suffix == ".png":
         figs.append(("decoders", "The final iteration's decoded curve(s) z ↦ d_k(z) over the potential; red "

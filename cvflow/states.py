@@ -6,7 +6,10 @@ between two atom selections (nm), or in the RMSD to a reference structure (nm); 
 P(S) = Σ_{j ∈ S} w_j / Σ_j w_j, and the free energy of S relative to the reference state R
 (the first one in the config) is ΔF = −kT ln(P(S) / P(R)), in kJ/mol. Error bars come from a
 bootstrap over contiguous blocks of frames (MD frames are correlated; whole blocks are
-resampled), as the standard deviation over the resamples.
+resampled), as the standard deviation over the resamples. When a state has weight in so few
+blocks that some resamples have none, those resamples have no ΔF and the spread of the others
+understates the error, so that ΔF's error is undetermined (NaN, null in JSON) and
+``error_note`` says which state is short of blocks.
 """
 from __future__ import annotations
 
@@ -123,33 +126,59 @@ def state_free_energies(member: dict[str, np.ndarray], w: np.ndarray, kT: float,
     boot_p = {k: [] for k in names}
     boot_f = {k: [] for k in names}
     nb = len(edges) - 1
+    done = 0
     for _ in range(resamples if nb >= 2 else 0):
         pick = rng.integers(nb, size=nb)
         idx = np.concatenate([np.arange(edges[b], edges[b + 1]) for b in pick])
         if w[idx].sum() <= 0:
             continue
+        done += 1
         p, f = _free_energies({k: m[idx] for k, m in member.items()}, w[idx], kT, ref)
         for k in names:
             boot_p[k].append(p[k])
             boot_f[k].append(f[k])
+    in_blocks = {k: sum(bool(w[edges[b]:edges[b + 1]][m[edges[b]:edges[b + 1]]].sum() > 0) for b in range(nb))
+                 for k, m in member.items()}
 
     def err(vals):
         vals = np.asarray(vals, float)
         vals = vals[np.isfinite(vals)]
         return float(vals.std(ddof=1)) if len(vals) > 1 else float("nan")
+
+    def delta_f_entry(k):
+        entry = {"value": dfs[k], "error": err(boot_f[k]), "blocks_with_weight": {ref: in_blocks[ref], k: in_blocks[k]}}
+        lost = int(np.sum(~np.isfinite(boot_f[k])))
+        if lost and np.isfinite(dfs[k]):
+            # resamples without weight in one of the two states have no ΔF; the spread of
+            # the rest is not an error bar (seed 5 of ala2-paper: C7eq in 1 of 10 blocks, ± 0.0002)
+            rare = min((ref, k), key=in_blocks.get)
+            entry["error"] = float("nan")
+            entry["error_note"] = (f"{rare} has weight in {in_blocks[rare]} of {nb} blocks of frames, so "
+                                   f"{lost} of {done} block resamples had none; sample longer")
+        return entry
     return {"reference_state": ref, "frames": int(n), "blocks": nb,
             "populations": {k: {"value": pops[k], "error": err(boot_p[k])} for k in names},
-            "delta_f": {k: {"value": dfs[k], "error": err(boot_f[k])} for k in names if k != ref},
-            "units": "kJ/mol; delta_f = F(state) - F(reference_state); errors: block bootstrap standard deviation"}
+            "delta_f": {k: delta_f_entry(k) for k in names if k != ref},
+            "units": "kJ/mol; delta_f = F(state) - F(reference_state); errors: block bootstrap standard deviation, "
+                     "undetermined (null, with error_note) when a block resample has no weight in a state"}
 
 
 def delta_f_text(d: dict) -> str | None:
-    """"value ± error" of a ΔF entry, or None where it is undefined (NaN, or null in a JSON
-    file read back: a state without weight)."""
+    """"value ± error kJ/mol" of a ΔF entry, "value kJ/mol, error undetermined: …" when its
+    block resamples could not bound it (``error_note``), or None where it is undefined (NaN,
+    or null in a JSON file read back: a state without weight)."""
     v, e = d.get("value"), d.get("error")
     if v is None or not np.isfinite(v):
         return None
-    return f"{v:.2f} ± {e:.2f}" if e is not None and np.isfinite(e) else f"{v:.2f}"
+    if d.get("error_note"):
+        return f"{v:.2f} kJ/mol, error undetermined: {d['error_note']}"
+    return f"{v:.2f} ± {e:.2f} kJ/mol" if e is not None and np.isfinite(e) else f"{v:.2f} kJ/mol"
+
+
+def population_text(p: dict) -> str:
+    """"value ± error" of a population entry (the error omitted when it is undefined)."""
+    e = p.get("error")
+    return f"{p['value']:.4f} ± {e:.4f}" if e is not None and np.isfinite(e) else f"{p['value']:.4f}"
 
 
 def format_states(res: dict) -> list[str]:
@@ -157,11 +186,11 @@ def format_states(res: dict) -> list[str]:
     ref = res["reference_state"]
     lines = []
     for k, p in res["populations"].items():
-        line = f"{k:>12}: population {p['value']:.4f} ± {p['error']:.4f}"
+        line = f"{k:>12}: population {population_text(p)}"
         if k != ref:
             text = delta_f_text(res["delta_f"][k])
             if text is not None:
-                line += f"   ΔF({k} − {ref}) = {text} kJ/mol"
+                line += f"   ΔF({k} − {ref}) = {text}"
             else:  # a state without weight: no free energy difference, say which
                 empty = [s for s in (ref, k) if res["populations"][s]["value"] <= 0]
                 line += (f"   ΔF({k} − {ref}) undefined: no weight in {' and '.join(empty)} "

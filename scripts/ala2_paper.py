@@ -151,7 +151,7 @@ def analyse(config: str, out: Path) -> dict:
                            "recoveries": len(s["production"].get("recoveries") or []),
                            "ess": states.get("ess"), "weights": states.get("weights"),
                            "delta_f_by_estimator": both, "frozen": frozen},
-            "delta_f": df.get("value"), "delta_f_error": df.get("error"),
+            "delta_f": df.get("value"), "delta_f_error": df.get("error"), "delta_f_error_note": df.get("error_note"),
             "wall_seconds": sum((it.get("wall_seconds") or 0) for it in s["iterations"]) + prod_seconds}
 
 
@@ -204,6 +204,7 @@ def main() -> int:
         print(f"  production: R2 {p['r2_ramachandran']:.3f} (kNN {p['r2_knn']:.3f}; (phi, psi) themselves "
               f"{p['r2_ramachandran_of_phi_psi']:.3f}), phi>0 {p['phi_positive']:.3f}, "
               f"ΔF(C7ax − C7eq) = {f(r['delta_f'], '.2f')} ± {f(r['delta_f_error'], '.2f')} kJ/mol "
+              + (f"(error undetermined: {r['delta_f_error_note']}) " if r.get("delta_f_error_note") else "") +
               f"(reference {ref_df:.2f}; difference {f(dev, '+.2f')}; weights {p['weights']}), "
               f"{p['seconds']:.0f} s; the eABF stage: extended {p['delta_f_by_estimator']['extended']:.2f}, "
               f"czar {p['delta_f_by_estimator']['czar']:.2f} kJ/mol")

@@ -102,3 +102,33 @@ def test_a_state_without_weight_gets_no_free_energy_and_the_line_says_which(tmp_
     assert format_states(art.read_json(tmp_path / "s.json"))[1] == line
     ok = state_free_energies({"C7eq": inside | (np.arange(100) < 90), "C7ax": np.arange(100) >= 90}, w, 2.494)
     assert "ΔF(C7ax − C7eq) = 5.48" in format_states(ok)[1]  # −kT ln(10/90)
+
+
+def test_a_state_in_too_few_blocks_has_no_error_bar_and_the_line_says_why(tmp_path):
+    """Block bootstrap of ΔF: when the reference state has weight in only the first of 10
+    blocks (seed 5 of ala2-paper's frozen production: C7eq in 1 of 10 quarters' blocks, ΔF
+    "7.39 ± 0.0002"), resamples without that block have no ΔF, so the error is undetermined
+    (null in JSON) and the line names the state and its blocks; a state present in every
+    block keeps a finite error bar, close to the analytic one of independent blocks."""
+    from cvflow import artifacts as art
+    from cvflow.states import format_states, state_free_energies
+    rng = np.random.default_rng(0)
+    n = 10_000
+    w = rng.uniform(0.5, 1.5, n)
+    early = np.arange(n) < 600  # the reference state only in the first block (1000 frames)
+    res = state_free_energies({"C7eq": early, "C7ax": ~early}, w, 2.494)
+    d = res["delta_f"]["C7ax"]
+    assert np.isfinite(d["value"]) and not np.isfinite(d["error"])
+    assert d["blocks_with_weight"] == {"C7eq": 1, "C7ax": 10}
+    assert d["error_note"].startswith("C7eq has weight in 1 of 10 blocks of frames")
+    line = format_states(res)[1]
+    assert "± " not in line.split("ΔF")[1] and "error undetermined: C7eq has weight in 1 of 10 blocks" in line
+    art.write_json(tmp_path / "s.json", res)
+    assert format_states(art.read_json(tmp_path / "s.json")) == format_states(res)
+    # a state in every block: a block bootstrap error near the spread of the block estimates / √10
+    mixed = rng.uniform(size=n) < 0.2
+    ok = state_free_energies({"C7eq": ~mixed, "C7ax": mixed}, w, 2.494)["delta_f"]["C7ax"]
+    assert "error_note" not in ok and ok["blocks_with_weight"] == {"C7eq": 10, "C7ax": 10}
+    blocks = [-2.494 * np.log(w[b][mixed[b]].sum() / w[b][~mixed[b]].sum()) for b in np.array_split(np.arange(n), 10)]
+    # (the bootstrap of 10 blocks gives √(9/10) of that, ± about 5% from its 200 resamples)
+    assert ok["error"] == pytest.approx(np.sqrt(0.9) * np.std(blocks, ddof=1) / np.sqrt(10), rel=0.15)
