@@ -203,8 +203,9 @@ def main() -> int:
         dev = None if r["delta_f"] is None else r["delta_f"] - ref_df
         print(f"  production: R2 {p['r2_ramachandran']:.3f} (kNN {p['r2_knn']:.3f}; (phi, psi) themselves "
               f"{p['r2_ramachandran_of_phi_psi']:.3f}), phi>0 {p['phi_positive']:.3f}, "
-              f"ΔF(C7ax − C7eq) = {f(r['delta_f'], '.2f')} ± {f(r['delta_f_error'], '.2f')} kJ/mol "
-              + (f"(error undetermined: {r['delta_f_error_note']}) " if r.get("delta_f_error_note") else "") +
+              f"ΔF(C7ax − C7eq) = {f(r['delta_f'], '.2f')} "
+              + (f"kJ/mol (error undetermined: {r['delta_f_error_note']}) " if r.get("delta_f_error_note")
+                 else f"± {f(r['delta_f_error'], '.2f')} kJ/mol ") +
               f"(reference {ref_df:.2f}; difference {f(dev, '+.2f')}; weights {p['weights']}), "
               f"{p['seconds']:.0f} s; the eABF stage: extended {p['delta_f_by_estimator']['extended']:.2f}, "
               f"czar {p['delta_f_by_estimator']['czar']:.2f} kJ/mol")
