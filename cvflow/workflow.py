@@ -699,10 +699,13 @@ class Workflow:
             return None
         w, estimator = weighted if weighted is not None else self._frame_weights(seg_dir, xi, len(frames))
         import mdtraj as md
-        from .states import state_free_energies, state_membership
+        from .states import TRANSITION_DWELL_PS, state_free_energies, state_membership
         traj = md.Trajectory(frames.astype(np.float32), self.frame_topology)
+        frame_ps = self.cfg.md.timestep * self.cfg.md.report_interval
         res = state_free_energies(state_membership(traj, self.cfg.states), w, 1.0 / self.beta,
-                                  seed=derive_seed(self.cfg.seed, 20_000))
+                                  seed=derive_seed(self.cfg.seed, 20_000),
+                                  min_dwell=max(1, int(round(TRANSITION_DWELL_PS / frame_ps))))
+        res["transition_dwell_ps"] = TRANSITION_DWELL_PS
         res["ess"] = effective_sample_size(w)
         res["weights"] = estimator  # extended, czar, frozen (exact) or unbiased
         return res
@@ -723,6 +726,13 @@ class Workflow:
         states = self._states(frames, md_dir, xi, (w, estimator))
         if states is not None:
             art.write_json(out / "states.json", states)
+            from .states import FEW_TRANSITIONS
+            ref = states["reference_state"]
+            for k, d in states["delta_f"].items():
+                if d.get("transitions", FEW_TRANSITIONS) < FEW_TRANSITIONS or d.get("error_note"):
+                    log.warning(f"production: ΔF({k} − {ref}) rests on {d.get('transitions', '?')} transition(s) "
+                                f"between them in {len(frames):,} frames; sample longer before trusting it "
+                                f"(convergence.{'production_frozen_steps' if self.cfg.convergence.production_frozen_steps else 'production_steps'})")
         return {"weights": "production/weights.npy", "states": states, "fes_reweighted": "production/fes_reweighted.csv"}
 
     def _production(self, last_train) -> dict:

@@ -132,3 +132,31 @@ def test_a_state_in_too_few_blocks_has_no_error_bar_and_the_line_says_why(tmp_pa
     blocks = [-2.494 * np.log(w[b][mixed[b]].sum() / w[b][~mixed[b]].sum()) for b in np.array_split(np.arange(n), 10)]
     # (the bootstrap of 10 blocks gives √(9/10) of that, ± about 5% from its 200 resamples)
     assert ok["error"] == pytest.approx(np.sqrt(0.9) * np.std(blocks, ddof=1) / np.sqrt(10), rel=0.15)
+
+
+def test_transitions_count_stays_not_recrossings_of_a_shared_box_edge():
+    """state_transitions: a stay is min_dwell frames in a row in one state's box alone; brief
+    recrossings of the edge two boxes share (C5 frames at φ ≈ ±180° between C7eq [-180, 0]
+    and C7ax [0, 180]) and frames in no box do not add transitions; both directions count,
+    and with three states each is counted against the reference. ΔF's line says how many,
+    and calls fewer than FEW_TRANSITIONS too few for its error bar."""
+    from cvflow.states import FEW_TRANSITIONS, delta_f_text, state_free_energies, state_transitions
+    phi = np.concatenate([np.full(50, -150.0),
+                          np.tile([179.0, 179.0, -179.0, -170.0], 10),   # edge recrossings: 2-frame stays
+                          np.full(30, 60.0),                             # C7ax: one stay
+                          np.full(3, 200.0),                             # in no box (outside both)
+                          np.full(30, 60.0),                             # still the same stay
+                          np.full(40, -80.0),                            # back to C7eq
+                          np.full(4, 70.0), np.full(20, -70.0)])         # a 4-frame excursion
+    eq, ax = (phi >= -180) & (phi <= 0), (phi >= 0) & (phi <= 180)
+    assert state_transitions({"C7eq": eq, "C7ax": ax}, 5) == {"C7ax": 2}
+    assert state_transitions({"C7eq": eq, "C7ax": ax}, 1)["C7ax"] > 20  # every change of box
+    third = np.zeros_like(eq)
+    third[100:103] = True  # inside the C7ax stay: in two boxes, so in neither alone there
+    assert state_transitions({"C7eq": eq, "C7ax": ax, "other": third}, 5) == {"C7ax": 2, "other": 0}
+    res = state_free_energies({"C7eq": eq, "C7ax": ax}, np.ones(len(phi)), 2.494, min_dwell=5)
+    d = res["delta_f"]["C7ax"]
+    assert d["transitions"] == 2 < FEW_TRANSITIONS
+    assert "only 2 transitions between them: too few for the error bar to hold" in delta_f_text(d)
+    assert delta_f_text({**d, "transitions": FEW_TRANSITIONS}).endswith(f", {FEW_TRANSITIONS} transitions")
+    assert "transitions" not in state_free_energies({"C7eq": eq, "C7ax": ax}, np.ones(len(phi)), 2.494)["delta_f"]["C7ax"]
