@@ -387,10 +387,11 @@ class ModelConfig(Strict):
     # each iteration's weights scaled to a share proportional to its Kish effective sample
     # size; with warm_start, iteration i's network (and the bootstrap's) starts from
     # iteration i−1's, and a regscore reached right after a warm start from a network
-    # trained on unbiased frames only (iteration 1's) is not a pass. Measured on alanine dipeptide (README, "Current state: pooled,
-    # warm-started training"): successive CVs retrained on the same frames scored
-    # regscores 0.03–0.99 from random starts, 0.92–0.997 pooled and warm-started, and the
-    # loop stopped in 4 of 4 seeds; but fresh networks do not find the warm-started CV.
+    # trained on unbiased frames only (iteration 1's) is not a pass. Measured on alanine
+    # dipeptide (README, "Current state: pooled, warm-started training"): successive CVs
+    # retrained on the same frames scored regscores 0.03–0.99 from random starts,
+    # 0.92–0.997 pooled and warm-started, and the loop stopped in 4 of 4 seeds; but fresh
+    # networks do not find the warm-started CV.
     # Not the default: on the entropic switch the final CV was monotonic in x in 1 of 3
     # seeds (the default's: 3 of 3; docs/measurements/es-training-variants-cpu-vm.json)
     training_data: Literal["iteration", "pooled"] = "iteration"

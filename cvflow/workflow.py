@@ -728,11 +728,17 @@ class Workflow:
             art.write_json(out / "states.json", states)
             from .states import FEW_TRANSITIONS
             ref = states["reference_state"]
+            key = ("production_frozen_steps" if self.cfg.convergence.production_frozen_steps
+                   else "production_steps")
             for k, d in states["delta_f"].items():
-                if d.get("transitions", FEW_TRANSITIONS) < FEW_TRANSITIONS or d.get("error_note"):
-                    log.warning(f"production: ΔF({k} − {ref}) rests on {d.get('transitions', '?')} transition(s) "
-                                f"between them in {len(frames):,} frames; sample longer before trusting it "
-                                f"(convergence.{'production_frozen_steps' if self.cfg.convergence.production_frozen_steps else 'production_steps'})")
+                why = []
+                if d.get("error_note"):
+                    why.append(f"its error is undetermined ({d['error_note']})")
+                if d.get("transitions", FEW_TRANSITIONS) < FEW_TRANSITIONS:
+                    why.append(f"it rests on {d['transitions']} transition(s) between them in {len(frames):,} frames")
+                if why:
+                    log.warning(f"production: ΔF({k} − {ref}): {'; '.join(why)}; sample longer before trusting "
+                                f"it (convergence.{key})")
         return {"weights": "production/weights.npy", "states": states, "fes_reweighted": "production/fes_reweighted.csv"}
 
     def _production(self, last_train) -> dict:
