@@ -107,15 +107,17 @@ def _free_energies(member: dict, w: np.ndarray, kT: float, ref: str) -> tuple[di
 
 #: a stay in a state lasts at least this long (ps) to count in :func:`state_transitions`.
 #: Measured on the paper protocol's frozen stages (8 runs of 80,000 frames, 0.5 ps apart):
-#: with stays of 2.5–20 ps the counts were within 10% of the crossings between core regions
-#: (φ in 20–120° against φ ≤ −20° or ≥ 150°: 0–174); counting every change of box gave
-#: 99–7,264, almost all of them C5 frames recrossing φ = ±180°
+#: with 5-ps stays the counts were 0, 2, 11, 27, 67, 94, 118 and 168 where the crossings
+#: between core regions (φ in 20–120° against φ ≤ −20° or ≥ 150°) were 0, 2, 15, 27, 67,
+#: 100, 118 and 174; counting every change of box gave 99–7,264, almost all of them C5
+#: frames recrossing φ = ±180°
 TRANSITION_DWELL_PS = 5.0
 
 #: a ΔF that rests on fewer transitions than this between its two states gets a warning. On
-#: the paper protocol's frozen stages (12 seeds, 40 ns each), the three with 2, 11 and 27
-#: transitions missed the reference by 6.6, 1.3 and 1.1 kJ/mol; those with 59 or more were
-#: within 1 kJ/mol (README, "Transitions between states")
+#: the paper protocol's frozen stages (19 runs of 40 ns), those with 0, 2, 11, 23 and 27
+#: transitions missed the reference by 1.1–12.7 kJ/mol; the 13 within 1 kJ/mol had 57–798
+#: (one run with 310 missed by 1.1: enough transitions are necessary, not sufficient;
+#: README, "Transitions between states")
 FEW_TRANSITIONS = 30
 
 
