@@ -57,6 +57,7 @@ def run_one(cfg: Path, out: Path) -> float:
 
 
 def main() -> int:
+    from cvflow.states import delta_f_text
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--steps", type=int, default=20_000_000)
@@ -87,8 +88,8 @@ def main() -> int:
                "longer_populations": new["states"]["populations"] if new and new.get("states") else None,
                "wall_seconds": wall}
         rows.append(row)
-        fmt = lambda d: "-" if not d else f"{d['value']:.2f} ± {d['error']:.2f}"  # noqa: E731
-        print(f"{r.name}: ΔF(C7ax − C7eq) {fmt(row['original'])} kJ/mol after {row['original_steps']:,} steps; "
+        fmt = lambda d: "-" if not d else (delta_f_text(d) or "undefined")  # noqa: E731
+        print(f"{r.name}: ΔF(C7ax − C7eq) {fmt(row['original'])} after {row['original_steps']:,} steps; "
               f"{fmt(row['longer'])} after {args.steps:,} (reference {ref['delta_f_C7ax_minus_C7eq']:.2f}); "
               f"{wall / 60:.1f} min")
     Path(args.json).write_text(json.dumps({"reference": ref["delta_f_C7ax_minus_C7eq"], "rows": rows}, indent=1))

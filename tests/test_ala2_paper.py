@@ -63,12 +63,12 @@ def test_ala2_short_paper_protocol(tmp_path):
     assert st["populations"]["C7ax"]["value"] == pytest.approx(w[phi > 0].sum() / w.sum(), abs=1e-9)
     df = st["delta_f"]["C7ax"]
     # transitions: stays of ≥ 5 ps, frames 0.5 ps apart, counted on the frozen stage's φ
-    from cvflow.states import state_transitions
+    from cvflow.states import delta_f_text, state_transitions
     assert st["transition_dwell_ps"] == 5.0
     assert df["transitions"] == state_transitions({"C7eq": phi <= 0, "C7ax": phi >= 0}, 10)["C7ax"]
     print(f"short protocol: {len(s['iterations'])} iterations, converged={s['converged']}, "
           f"production phi>0 fraction {np.mean(phi > 0):.3f}, "
-          f"dF(C7ax - C7eq) = {df['value']:.2f} +- {df['error']:.2f} kJ/mol "
+          f"dF(C7ax - C7eq) = {delta_f_text(df)} "
           f"(reference {REFERENCE['delta_f_C7ax_minus_C7eq']:.2f})")
 
 

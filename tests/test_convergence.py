@@ -106,7 +106,7 @@ def test_a_state_without_weight_gets_no_free_energy_and_the_line_says_which(tmp_
 
 def test_a_state_in_too_few_blocks_has_no_error_bar_and_the_line_says_why(tmp_path):
     """Block bootstrap of ΔF: when the reference state has weight in only the first of 10
-    blocks (seed 5 of ala2-paper's frozen production: C7eq in 1 of 10 quarters' blocks, ΔF
+    blocks (seed 5 of ala2-paper's frozen production: C7eq in 1 of its 10 blocks, ΔF
     "7.39 ± 0.0002"), resamples without that block have no ΔF, so the error is undetermined
     (null in JSON) and the line names the state and its blocks; a state present in every
     block keeps a finite error bar, close to the analytic one of independent blocks."""
