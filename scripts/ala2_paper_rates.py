@@ -31,7 +31,7 @@ def main() -> int:
         for r in d["seeds"]:
             seeds[int(r["seed"])] = (path.name, r)
     print("| seed | iterations (0 counted) | last regscore vs threshold | threshold first reached at | linear / k-NN R², "
-          "production | crossings (frozen) | ΔF, kJ/mol | − ref | stage time |")
+          "production | core-region crossings (frozen) | ΔF, kJ/mol | − ref | stage time |")
     print("|---|---|---|---|---|---|---|---|---|")
     within = converged = first = 0
     for seed in sorted(seeds):
