@@ -49,6 +49,8 @@ def score_text(entry: dict) -> str:
         return "first CV trained (no previous CV to compare with)"
     floored = " (floored: the bootstrap networks disagree)" if entry.get("threshold_floored") else ""
     verdict = "passed" if entry.get("passed") else "not passed"
+    if entry.get("not_counted"):
+        verdict += f" (not counted: {entry['not_counted']})"
     return f"regscore {entry['regscore']:.3f}, threshold {entry['threshold']:.3f}{floored}: {verdict}"
 
 
@@ -303,6 +305,7 @@ class Workflow:
                      "regscore_per_output": ck_info.get("regscore_per_output"),
                      "bootstrap_quantile": ck_info.get("bootstrap_quantile"),
                      "threshold_floored": ck_info.get("threshold_floored"), "passed": ck_info.get("passed"),
+                     "not_counted": ck_info.get("not_counted"),
                      "fes_regions": md_info.get("fes_regions"), "reweighting": tr_info.get("reweighting"),
                      "recoveries": md_info.get("recoveries", []), "states": tr_info.get("states"),
                      "cv": f"iter_{i:03d}/cv.pt", "fes": md_info.get("fes"), "frames": md_info["frames"],

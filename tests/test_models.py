@@ -360,13 +360,15 @@ def test_a_pass_right_after_a_warm_start_from_unbiased_frames_is_not_counted(tmp
         assert one["regscore"] >= one["threshold"] == 1e-6
         if name == "warm":
             assert not one["passed"] and one["passes_in_a_row"] == 0 and not one["converged"]
-            assert one["not_counted"] == "warm start from unbiased"
-            assert "not_counted" not in s["iterations"][2] and s["iterations"][2]["passed"]
+            assert one["not_counted"] == s["iterations"][1]["not_counted"] == "warm start from unbiased"
+            assert s["iterations"][2]["not_counted"] is None and s["iterations"][2]["passed"]
+            from cvflow.workflow import score_text
+            assert score_text(s["iterations"][1]).endswith("not passed (not counted: warm start from unbiased)")
             con = Console(width=200, record=True)
             con.print(status_table(load_run(tmp_path / name)))
             assert "no (not counted: warm start from unbiased)" in con.export_text()
         else:
-            assert one["passed"] and "not_counted" not in one
+            assert one["passed"] and "not_counted" not in one and s["iterations"][1]["not_counted"] is None
 
 
 def test_warm_started_run_killed_in_training_resumes_to_the_same_result(tmp_path):
