@@ -500,7 +500,7 @@ class Workflow:
         xs, ws = [], []
         for k in range(i):
             d = iteration_dir(self.run_dir, k)
-            if art.read_json(d / "md" / "segment.json").get("engine", "none") == "none":
+            if md_unbiased(d):
                 continue
             wk = np.load(d / "weights.npy")
             if k not in self._pooled_features:  # read once per process, not once per iteration and stage
@@ -644,8 +644,7 @@ class Workflow:
         ΔF 12.7 kJ/mol off (README, "Early stops")."""
         if not self.cfg.model.warm_start or prev is None:
             return False
-        seg = iteration_dir(self.run_dir, last_train_index(prev)) / "md" / "segment.json"
-        return seg.exists() and art.read_json(seg).get("engine", "none") == "none"
+        return md_unbiased(iteration_dir(self.run_dir, last_train_index(prev)))
 
     def _threshold(self, i: int, it_dir: Path, x: np.ndarray, prev) -> dict:
         """The convergence threshold for iteration ``i`` and, with ``auto``, how it was found:
@@ -786,6 +785,12 @@ def production_md_dir(run_dir: Path) -> Path:
     (:func:`adaptive_production_dir`)."""
     frozen = Path(run_dir) / "production" / "frozen"
     return frozen if (frozen / "segment.json").exists() else adaptive_production_dir(run_dir)
+
+
+def md_unbiased(it_dir: Path) -> bool:
+    """Whether an iteration's finished MD ran without a bias (its ``md/segment.json``)."""
+    seg = Path(it_dir) / "md" / "segment.json"
+    return seg.exists() and art.read_json(seg).get("engine", "none") == "none"
 
 
 def last_train_index(tr_info) -> int:
