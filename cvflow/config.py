@@ -443,7 +443,20 @@ class ConvergenceConfig(Strict):
     # weights e^{β[B(λ) + W(λ)]} are exact whatever the CV resolves (native engine, one
     # walker). 0: production is the eABF stage alone.
     production_frozen_steps: NonNegativeInt = 0
+    # with states: the frozen stage goes on past production_frozen_steps until every ΔF
+    # between the reference state and another rests on at least this many transitions
+    # (cvflow.states.state_transitions), as far as the rate seen so far says that
+    # production_frozen_max_steps allows (cvflow.states.frozen_extension). 0: it runs
+    # production_frozen_steps only. Below 30 transitions the ΔF's block error is not to be
+    # trusted (README, "Transitions between states")
+    production_frozen_min_transitions: NonNegativeInt = 0
+    # the frozen stage's length at most, extensions included (null: 4 × production_frozen_steps)
+    production_frozen_max_steps: Optional[PositiveInt] = None
     min_ess_fraction: float = Field(0.05, ge=0, le=1)
+
+    def frozen_max_steps(self) -> int:
+        """The frozen stage's length at most, extensions included."""
+        return self.production_frozen_max_steps or 4 * self.production_frozen_steps
 
 
 class ClusterConfig(Strict):
@@ -775,6 +788,17 @@ class Config(Strict):
             if self.bias.engine == "plumed":
                 raise ValueError("convergence.production_frozen_steps needs bias.engine: native (DRR's bias "
                                  "cannot be frozen from cvflow)")
+        c = self.convergence
+        if c.production_frozen_min_transitions:
+            if not c.production_frozen_steps:
+                raise ValueError("convergence.production_frozen_min_transitions extends the frozen stage; set "
+                                 "convergence.production_frozen_steps too")
+            if not self.states or len(self.states) < 2:
+                raise ValueError("convergence.production_frozen_min_transitions counts transitions between states; "
+                                 "give at least two under states:")
+        if c.production_frozen_max_steps is not None and c.production_frozen_max_steps < c.production_frozen_steps:
+            raise ValueError(f"convergence.production_frozen_max_steps ({c.production_frozen_max_steps:,}) is less "
+                             f"than convergence.production_frozen_steps ({c.production_frozen_steps:,})")
         if self.states is not None and self.system.is_toy:
             raise ValueError("states are boxes in molecular observables (phi, psi, distance, rmsd); "
                              "a toy system has none (for cvflow generate, give generator.states in x and y)")

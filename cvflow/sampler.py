@@ -160,7 +160,8 @@ def _pinned(cores: list[int] | None):
 def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, seed: int,
                 cv_path: Path | None = None, grid: Grid | None = None, engine: str = "native",
                 start_positions: np.ndarray | None = None, progress=None, label: str = "md",
-                bias_start: Path | None = None, freeze: bool = False, pin_slot: int = 0) -> SegmentResult:
+                bias_start: Path | None = None, freeze: bool = False, pin_slot: int = 0,
+                extend=None) -> SegmentResult:
     """Run (or resume) one segment of ``steps`` MD steps into ``out_dir`` (see
     :func:`_run_segment`); with ``md.pin`` on the CPU platform, on the cores of
     :func:`pinned_cores` (``pin_slot``: a walker's worker)."""
@@ -169,13 +170,13 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
         cores = pinned_cores(cfg.md, pin_slot)
     with _pinned(cores):
         return _run_segment(cfg, bundle, out_dir, steps, seed, cv_path, grid, engine, start_positions, progress,
-                            label, bias_start, freeze, cores)
+                            label, bias_start, freeze, cores, extend)
 
 
 def _run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, seed: int,
                  cv_path: Path | None, grid: Grid | None, engine: str, start_positions: np.ndarray | None,
                  progress, label: str, bias_start: Path | None, freeze: bool,
-                 cores: list[int] | None) -> SegmentResult:
+                 cores: list[int] | None, extend=None) -> SegmentResult:
     """Run (or resume) one segment of ``steps`` MD steps into ``out_dir``.
 
     Parameters
@@ -191,6 +192,11 @@ def _run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, s
     freeze : bool
         Freeze the bias at the start (:meth:`cvflow.bias.native.NativeEABF.freeze`): the
         segment runs under a static bias, and its frames get exact weights.
+    extend : callable(frames, steps) -> (steps, note), optional
+        Called when the segment reaches its length, with its frames so far (of the saved
+        atoms): the length it should have in all (more to go on) and a line that says why
+        (or None). Its decisions are kept in ``extension.json``, so a resumed segment runs
+        to the extended length, and in ``segment.json`` (``extension``).
     """
     out_dir = Path(out_dir)
     done_marker = out_dir / "segment.json"
@@ -229,6 +235,9 @@ def _run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, s
     confine_toy(sim.context, bundle, md_cfg.timestep)
     saved = saved_atom_indices(bundle, md_cfg.save_atoms)
     keep = slice(None) if saved is None else saved
+    extension_file = out_dir / "extension.json"
+    extension = art.read_json(extension_file) if extension_file.exists() else {"from_steps": steps, "checks": []}
+    steps = max(steps, int(extension.get("steps", steps)))
     step = 0
     if progress_file.exists():
         step = _restore_checkpoint(sim, bias, ckpt_dir, chunk_dir)
@@ -302,6 +311,18 @@ def _run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, s
             kept = f"the last good state is the checkpoint at step {last_ckpt} in {ckpt_dir}"
             raise BlowUpError(f"{label}: {reason}{tried}; {kept}; frames up to step "
                               f"{frame_steps[-1] if frame_steps else last_ckpt} saved in {chunk_dir}")
+        if step == steps and extend is not None:
+            so_far = _concat(chunk_dir, "frames")
+            if frames:
+                so_far = np.concatenate([so_far.reshape(-1, *frames[0].shape), np.array(frames)])
+            new, note = extend(so_far, steps)
+            if note is not None:
+                extension["checks"] = [c for c in extension["checks"] if c["steps"] != steps]
+                extension["checks"].append({"steps": int(steps), "to": int(max(new, steps)), "note": note})
+            if new > steps:
+                extension["steps"] = steps = int(new)
+            if note is not None:
+                art.write_json(extension_file, extension)
         # frames at steps 0, report, ..., steps - report: the steps at which the bias records
         # ξ and λ in colvar.csv (it sees the positions of step s when it computes the force
         # that moves them on), so that trajectory frame i and colvar row i are one configuration
@@ -326,7 +347,10 @@ def _run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, s
     info["saved_atoms"] = {"selection": md_cfg.save_atoms or "default",
                            "count": int(bundle.n_atoms if saved is None else len(saved)),
                            "of": int(bundle.n_atoms), "file": None if saved is None else "saved_atoms.npy"}
+    if extension["checks"]:
+        info["extension"] = extension
     art.write_json(done_marker, info)
+    extension_file.unlink(missing_ok=True)  # its record is in segment.json now
     # finished: the restart files are in the segment itself (checkpoint.chk, state.xml)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     shutil.rmtree(chunk_dir, ignore_errors=True)

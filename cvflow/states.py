@@ -13,6 +13,8 @@ understates the error, so that ΔF's error is undetermined (NaN, null in JSON) a
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 TORSION_FUNCS = {"phi": "compute_phi", "psi": "compute_psi", "chi1": "compute_chi1", "chi2": "compute_chi2",
@@ -142,6 +144,35 @@ def state_transitions(member: dict[str, np.ndarray], min_dwell: int) -> dict[str
     for i, k in enumerate(names[1:], start=1):
         out[k] = int(np.count_nonzero(moved & (((a == 0) & (b == i)) | ((a == i) & (b == 0)))))
     return out
+
+
+def frozen_extension(transitions: dict[str, int], steps: int, target: int, max_steps: int,
+                     granularity: int = 1, reference: str = "the reference state") -> tuple[int, str | None]:
+    """How long a frozen-bias stage should run in all, after ``steps`` steps that made
+    ``transitions`` (state → count with the reference state, :func:`state_transitions`):
+    ``steps`` when every count reaches ``target``; else a fifth more than the steps that the
+    slowest pair's rate so far says it needs for ``target`` (a Poisson count that just
+    reaches its expectation falls short half the time), and at least a quarter more than
+    ``steps``, up to ``max_steps``, a
+    multiple of ``granularity``. No extension when ``steps`` already reaches ``max_steps``, or
+    when that rate says ``max_steps`` is too short (a pair with no transition at all, or too
+    few to reach ``target`` within it): the stage ends and its ΔF carries the usual warning.
+    Returns the new length and a line that says why (None when it has enough)."""
+    if not transitions:
+        return steps, None
+    name, fewest = min(transitions.items(), key=lambda kv: kv[1])
+    if fewest >= target:
+        return steps, None
+    made = f"{fewest} transition(s) between {reference} and {name} in {steps:,} steps, fewer than {target}"
+    if steps >= max_steps:
+        return steps, f"{made}; the stage is at its maximum length ({max_steps:,} steps): not extended"
+    need = math.inf if fewest == 0 else steps * target / fewest
+    if need > max_steps:
+        at = "no transition yet" if fewest == 0 else f"at this rate {target} need about {need:,.0f} steps"
+        return steps, f"{made}; {at}, beyond the maximum length ({max_steps:,} steps): not extended"
+    new = max(1.2 * need, 1.25 * steps)
+    new = min(max_steps, int(math.ceil(new / granularity)) * granularity)
+    return new, f"{made}; at this rate {target} need about {need:,.0f} steps: going on to {new:,}"
 
 
 def state_free_energies(member: dict[str, np.ndarray], w: np.ndarray, kT: float, blocks: int = 10,

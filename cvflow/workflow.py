@@ -33,7 +33,8 @@ from .units import kT
 
 #: config keys that may change on --resume (run length only)
 RUN_LENGTH_KEYS = {("md", "steps"), ("convergence", "production_steps"), ("convergence", "max_iterations"),
-                   ("convergence", "production_frozen_steps"), ("output",)}
+                   ("convergence", "production_frozen_steps"), ("convergence", "production_frozen_min_transitions"),
+                   ("convergence", "production_frozen_max_steps"), ("output",)}
 #: config keys that choose where and how fast it runs, not what it computes: they may change
 #: on --resume (a cluster job resumes on another node, with another GPU or none)
 EXECUTION_KEYS = {("md", "platform"), ("md", "threads"), ("md", "pin"), ("md", "pin_offset"),
@@ -703,14 +704,17 @@ class Workflow:
         import mdtraj as md
         from .states import TRANSITION_DWELL_PS, state_free_energies, state_membership
         traj = md.Trajectory(frames.astype(np.float32), self.frame_topology)
-        frame_ps = self.cfg.md.timestep * self.cfg.md.report_interval
         res = state_free_energies(state_membership(traj, self.cfg.states), w, 1.0 / self.beta,
-                                  seed=derive_seed(self.cfg.seed, 20_000),
-                                  min_dwell=max(1, int(round(TRANSITION_DWELL_PS / frame_ps))))
+                                  seed=derive_seed(self.cfg.seed, 20_000), min_dwell=self._min_dwell())
         res["transition_dwell_ps"] = TRANSITION_DWELL_PS
         res["ess"] = effective_sample_size(w)
         res["weights"] = estimator  # extended, czar, frozen (exact) or unbiased
         return res
+
+    def _min_dwell(self) -> int:
+        """Frames in a row that make a stay in a state (:data:`cvflow.states.TRANSITION_DWELL_PS`)."""
+        from .states import TRANSITION_DWELL_PS
+        return max(1, int(round(TRANSITION_DWELL_PS / (self.cfg.md.timestep * self.cfg.md.report_interval))))
 
     def _analyse_production(self, last_train) -> dict:
         """Production frames reweighted (``production/weights.npy``), the free energy along
@@ -757,10 +761,27 @@ class Workflow:
             raise ConfigError(f"convergence.production_frozen_steps: {prev_md} has no bias_state.npz: an older "
                               "cvflow ran that production and kept no bias to freeze; set "
                               "production_frozen_steps: 0 to resume this run, or run it into a new directory")
-        return self._production_segment(last_train, self.run_dir / "production" / "frozen", prev_md,
-                                        self.cfg.convergence.production_frozen_steps, 1,
+        extend = self._frozen_extension if self.cfg.convergence.production_frozen_min_transitions else None
+        out = self.run_dir / "production" / "frozen"
+        info = self._production_segment(last_train, out, prev_md, self.cfg.convergence.production_frozen_steps, 1,
                                         "production MD, frozen bias", bias_start=prev_md / "bias_state.npz",
-                                        freeze=True)
+                                        freeze=True, extend=extend)
+        extension = art.read_json(out / "segment.json").get("extension")
+        return {**info, "extension": extension} if extension else info
+
+    def _frozen_extension(self, frames: np.ndarray, steps: int) -> tuple[int, str | None]:
+        """The frozen stage's length in all, after ``steps`` steps and their ``frames``
+        (``convergence.production_frozen_min_transitions``; :func:`cvflow.states.frozen_extension`)."""
+        import mdtraj as md
+        from .states import frozen_extension, state_membership, state_transitions
+        c, m = self.cfg.convergence, self.cfg.md
+        member = state_membership(md.Trajectory(frames.astype(np.float32), self.frame_topology), self.cfg.states)
+        counts = state_transitions(member, self._min_dwell())
+        new, note = frozen_extension(counts, steps, c.production_frozen_min_transitions, c.frozen_max_steps(),
+                                     m.report_interval, reference=next(iter(self.cfg.states)))
+        if note is not None:
+            (log.info if new > steps else log.warning)(f"production MD, frozen bias: {note}")
+        return new, note
 
     def _production_segment(self, last_train, out: Path, prev_md: Path, steps: int, part: int, label: str,
                             **bias_start) -> dict:

@@ -23,7 +23,10 @@ def test_ala2_short_paper_protocol(tmp_path):
     cfg = yaml.safe_load((ROOT / "configs" / "ala2-paper.yaml").read_text())
     cfg["system"]["pdb"] = str(ROOT / "systems" / "alanine-dipeptide" / "ala2.pdb")
     cfg["md"].update(steps=1_000_000, checkpoint_interval=250_000)
-    cfg["convergence"].update(max_iterations=3, production_steps=1_000_000, production_frozen_steps=1_000_000)
+    # the frozen stage goes on while C7eq <-> C7ax has made fewer than 4 transitions and
+    # their rate says 8 ns in all would do
+    cfg["convergence"].update(max_iterations=3, production_steps=1_000_000, production_frozen_steps=1_000_000,
+                              production_frozen_min_transitions=4, production_frozen_max_steps=4_000_000)
     cfg["model"]["threads"] = 1
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))  # the first state is the reference
@@ -58,12 +61,24 @@ def test_ala2_short_paper_protocol(tmp_path):
     assert s["final_fes"] == "production/frozen/fes.csv" and st["weights"] == "frozen"
     t = md.load_dcd(str(frozen / "traj.dcd"), top=str(frozen / "topology.pdb"))
     phi = np.degrees(md.compute_phi(t)[1][:, 0])
+    from cvflow.states import delta_f_text, state_transitions
     w = np.load(out / "production" / "weights.npy")
-    assert len(w) == t.n_frames == 1_000_000 // cfg["md"]["report_interval"]
+    report = cfg["md"]["report_interval"]
+    seg = json.loads((frozen / "segment.json").read_text())
+    assert len(w) == t.n_frames == seg["steps"] // report and 1_000_000 <= seg["steps"] <= 4_000_000
+    # each decision to go on (or not) is frozen_extension's on the frames up to it
+    from cvflow.states import frozen_extension
+    checks = seg.get("extension", {}).get("checks", [])
+    ends = [1_000_000] + [c["to"] for c in checks if c["to"] > c["steps"]]
+    assert [c["steps"] for c in checks] == ends[:len(checks)] and ends[-1] == seg["steps"]
+    for end in ends:
+        k = end // report
+        counts = state_transitions({"C7eq": phi[:k] <= 0, "C7ax": phi[:k] >= 0}, 10)
+        decided = next(((c["to"], c["note"]) for c in checks if c["steps"] == end), (end, None))
+        assert decided == frozen_extension(counts, end, 4, 4_000_000, report, "C7eq")
     assert st["populations"]["C7ax"]["value"] == pytest.approx(w[phi > 0].sum() / w.sum(), abs=1e-9)
     df = st["delta_f"]["C7ax"]
     # transitions: stays of ≥ 5 ps, frames 0.5 ps apart, counted on the frozen stage's φ
-    from cvflow.states import delta_f_text, state_transitions
     assert st["transition_dwell_ps"] == 5.0
     assert df["transitions"] == state_transitions({"C7eq": phi <= 0, "C7ax": phi >= 0}, 10)["C7ax"]
     print(f"short protocol: {len(s['iterations'])} iterations, converged={s['converged']}, "

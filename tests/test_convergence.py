@@ -160,3 +160,25 @@ def test_transitions_count_stays_not_recrossings_of_a_shared_box_edge():
     assert "only 2 transitions between them: too few for the error bar to hold" in delta_f_text(d)
     assert delta_f_text({**d, "transitions": FEW_TRANSITIONS}).endswith(f", {FEW_TRANSITIONS} transitions")
     assert "transitions" not in state_free_energies({"C7eq": eq, "C7ax": ax}, np.ones(len(phi)), 2.494)["delta_f"]["C7ax"]
+
+
+def test_frozen_extension_goes_on_by_the_rate_seen_and_stops_where_the_cap_cannot_help():
+    """frozen_extension: a stage with enough transitions stops; one short of them goes on
+    to a fifth more than its rate says it needs (at least a quarter more, a multiple of the
+    report interval, at most the cap); one whose rate cannot reach the target within the
+    cap (or with no transition at all) is not extended, and the line says why."""
+    from cvflow.states import frozen_extension
+    steps, cap = 20_000_000, 80_000_000
+    assert frozen_extension({"C7ax": 30}, steps, 30, cap, 250) == (steps, None)
+    assert frozen_extension({}, steps, 30, cap, 250) == (steps, None)
+    new, note = frozen_extension({"C7ax": 11, "aR": 40}, steps, 30, cap, 250)
+    assert new == 65_454_750 and new % 250 == 0  # 1.2 × 20M × 30/11, rounded up to 250
+    assert note.startswith("11 transition(s) between the reference state and C7ax in 20,000,000 steps")
+    assert new == frozen_extension({"C7ax": 11}, steps, 30, cap, 250)[0]
+    assert frozen_extension({"C7ax": 29}, steps, 30, cap, 250)[0] == 25_000_000  # a quarter more at least
+    assert frozen_extension({"C7ax": 9}, steps, 30, cap, 250)[0] == cap  # 80M needed: the cap, reached
+    for few in (0, 7):  # 30 need 85.7M with 7: beyond the cap
+        new, note = frozen_extension({"C7ax": few}, steps, 30, cap, 250)
+        assert new == steps and note.endswith("beyond the maximum length (80,000,000 steps): not extended")
+    new, note = frozen_extension({"C7ax": 29}, cap, 30, cap, 250)
+    assert new == cap and "at its maximum length" in note

@@ -388,6 +388,49 @@ def test_frozen_segment_resumes_bit_for_bit(tmp_path, es_config, x_cv, monkeypat
     assert (tmp_path / "b" / "colvar.csv").read_text() == (tmp_path / "ref" / "colvar.csv").read_text()
 
 
+def test_an_extended_segment_is_the_longer_segment_and_resumes_into_its_extension(tmp_path, es_config, x_cv,
+                                                                                   monkeypatch):
+    """run_segment's ``extend``: a segment that its callback extends twice (5,000 → 7,000 →
+    9,000 steps) gives the frames and colvar of a segment run 9,000 steps from the start,
+    records the decisions in segment.json, and one stopped after its first extension and
+    resumed ends the same: the resume runs to the extended length."""
+    import cvflow.sampler as sampler
+    from cvflow.config import GridDim
+    from cvflow.fes import Grid
+    from cvflow.system import build_system
+    cfg = es_config.model_copy(deep=True)
+    cfg.md.checkpoint_interval = 2_000
+    bundle = build_system(cfg.system)
+    grid = Grid.from_dims([GridDim(min=-2.0, max=2.0, bins=50)])
+    sampler.run_segment(cfg, bundle, tmp_path / "a", 5_000, seed=3, cv_path=x_cv, grid=grid)
+    kw = dict(cv_path=x_cv, grid=grid, start_positions=sampler.last_positions(tmp_path / "a", bundle),
+              bias_start=tmp_path / "a" / "bias_state.npz", freeze=True)
+    seen = []
+
+    def extend(frames, steps):
+        seen.append((len(frames), steps))
+        return (steps + 2_000, f"more after {steps}") if steps < 9_000 else (steps, None)
+    sampler.run_segment(cfg, bundle, tmp_path / "ref", 9_000, seed=4, **kw)
+    res = sampler.run_segment(cfg, bundle, tmp_path / "ext", 5_000, seed=4, extend=extend, **kw)
+    # the callback sees every frame so far (one per 50 steps, from step 0) at each end
+    assert seen == [(100, 5_000), (140, 7_000), (180, 9_000)]
+    assert res.steps == 9_000 and res.frames == 180
+    for name in ("traj.npy", "frame_steps.npy"):
+        assert np.array_equal(np.load(tmp_path / "ext" / name), np.load(tmp_path / "ref" / name))
+    assert (tmp_path / "ext" / "colvar.csv").read_text() == (tmp_path / "ref" / "colvar.csv").read_text()
+    ext = json.loads((tmp_path / "ext" / "segment.json").read_text())["extension"]
+    assert ext["from_steps"] == 5_000 and ext["steps"] == 9_000
+    assert [(c["steps"], c["to"]) for c in ext["checks"]] == [(5_000, 7_000), (7_000, 9_000)]
+    # stopped after the first extension (step 6,000 is past it), then resumed with the
+    # original length: extension.json carries it to 9,000
+    seen.clear()
+    stop_then_resume(monkeypatch, lambda: sampler.run_segment(cfg, bundle, tmp_path / "b", 5_000, seed=4,
+                                                               extend=extend, **kw), 120)
+    assert (tmp_path / "b" / "colvar.csv").read_text() == (tmp_path / "ref" / "colvar.csv").read_text()
+    assert np.array_equal(np.load(tmp_path / "b" / "traj.npy"), np.load(tmp_path / "ref" / "traj.npy"))
+    assert json.loads((tmp_path / "b" / "segment.json").read_text())["extension"] == ext
+
+
 def test_frozen_stage_on_a_run_without_a_bias_state_is_one_line(tmp_path, es_run):
     """Adding production_frozen_steps on --resume to a run whose production kept no
     bias_state.npz (an older cvflow's) is refused in one line, exit 2, no traceback."""
