@@ -148,7 +148,9 @@ def status_table(run: RunRecord):
         t.add_row("production", fmt(p.get("frames"), "d"), "-", "-", "-", "-", f"{p.get('wall_seconds', 0):.1f}")
         if p.get("frozen"):
             fz = p["frozen"]
-            t.add_row("frozen bias", fmt(fz.get("frames"), "d"), "-", "-", "-", "-", f"{fz.get('wall_seconds', 0):.1f}")
+            ext = fz.get("extension") or {}
+            label = "frozen bias" + (", extended" if ext.get("steps", 0) > ext.get("from_steps", 0) else "")
+            t.add_row(label, fmt(fz.get("frames"), "d"), "-", "-", "-", "-", f"{fz.get('wall_seconds', 0):.1f}")
     return t
 
 

@@ -367,9 +367,10 @@ def test_frozen_production_stage(tmp_path):
     assert abs(lam[0, 0] - adaptive_end[0]) < 0.5
 
 
-def test_frozen_segment_resumes_bit_for_bit(tmp_path, es_config, x_cv, monkeypatch):
-    """A frozen segment stopped after its first checkpoint and resumed gives the frames and
-    λ of an uninterrupted one: the checkpoint keeps the frozen bias."""
+def _frozen_segment_setup(tmp_path, es_config, x_cv):
+    """The entropic switch with checkpoints every 2,000 steps, an eABF segment of 5,000 steps
+    on ξ = x in ``tmp_path/a``, and run_segment's keywords to go on from it with its bias
+    frozen: (config, system, keywords)."""
     import cvflow.sampler as sampler
     from cvflow.config import GridDim
     from cvflow.fes import Grid
@@ -381,6 +382,14 @@ def test_frozen_segment_resumes_bit_for_bit(tmp_path, es_config, x_cv, monkeypat
     sampler.run_segment(cfg, bundle, tmp_path / "a", 5_000, seed=3, cv_path=x_cv, grid=grid)
     kw = dict(cv_path=x_cv, grid=grid, start_positions=sampler.last_positions(tmp_path / "a", bundle),
               bias_start=tmp_path / "a" / "bias_state.npz", freeze=True)
+    return cfg, bundle, kw
+
+
+def test_frozen_segment_resumes_bit_for_bit(tmp_path, es_config, x_cv, monkeypatch):
+    """A frozen segment stopped after its first checkpoint and resumed gives the frames and
+    λ of an uninterrupted one: the checkpoint keeps the frozen bias."""
+    import cvflow.sampler as sampler
+    cfg, bundle, kw = _frozen_segment_setup(tmp_path, es_config, x_cv)
     sampler.run_segment(cfg, bundle, tmp_path / "ref", 6_000, seed=4, **kw)
     # stopped past the first checkpoint (step 2,000; frames every 50 steps), then resumed
     stop_then_resume(monkeypatch, lambda: sampler.run_segment(cfg, bundle, tmp_path / "b", 6_000, seed=4, **kw), 50)
@@ -395,16 +404,7 @@ def test_an_extended_segment_is_the_longer_segment_and_resumes_into_its_extensio
     records the decisions in segment.json, and one stopped after its first extension and
     resumed ends the same: the resume runs to the extended length."""
     import cvflow.sampler as sampler
-    from cvflow.config import GridDim
-    from cvflow.fes import Grid
-    from cvflow.system import build_system
-    cfg = es_config.model_copy(deep=True)
-    cfg.md.checkpoint_interval = 2_000
-    bundle = build_system(cfg.system)
-    grid = Grid.from_dims([GridDim(min=-2.0, max=2.0, bins=50)])
-    sampler.run_segment(cfg, bundle, tmp_path / "a", 5_000, seed=3, cv_path=x_cv, grid=grid)
-    kw = dict(cv_path=x_cv, grid=grid, start_positions=sampler.last_positions(tmp_path / "a", bundle),
-              bias_start=tmp_path / "a" / "bias_state.npz", freeze=True)
+    cfg, bundle, kw = _frozen_segment_setup(tmp_path, es_config, x_cv)
     seen = []
 
     def extend(frames, steps):
