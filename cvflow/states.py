@@ -153,10 +153,10 @@ def frozen_extension(transitions: dict[str, int], steps: int, target: int, max_s
     ``steps`` when every count reaches ``target``; else a fifth more than the steps that the
     slowest pair's rate so far says it needs for ``target`` (a Poisson count that just
     reaches its expectation falls short half the time), and at least a quarter more than
-    ``steps``, up to ``max_steps``, a
-    multiple of ``granularity``. No extension when ``steps`` already reaches ``max_steps``, or
-    when that rate says ``max_steps`` is too short (a pair with no transition at all, or too
-    few to reach ``target`` within it): the stage ends and its ΔF carries the usual warning.
+    ``steps``, up to ``max_steps``, a multiple of ``granularity``. No extension when
+    ``steps`` already reaches ``max_steps``, or when that rate says ``max_steps`` is too
+    short (a pair with no transition at all, or too few to reach ``target`` within it): the
+    stage ends and its ΔF carries the usual warning.
     Returns the new length and a line that says why (None when it has enough)."""
     if not transitions:
         return steps, None
