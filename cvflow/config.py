@@ -443,6 +443,13 @@ class ConvergenceConfig(Strict):
     # weights e^{β[B(λ) + W(λ)]} are exact whatever the CV resolves (native engine, one
     # walker). 0: production is the eABF stage alone.
     production_frozen_steps: NonNegativeInt = 0
+    # every this many steps of the frozen stage (a multiple of md.report_interval), its bias
+    # is frozen again from the statistics so far, its own included: where the production's
+    # eABF had sampled a bin too briefly for its mean force (λ moving on before ξ followed),
+    # the first B can hold a well that traps λ, and the frozen stage's own sampling of it
+    # corrects that. The frames of all the parts are weighted together by MBAR
+    # (cvflow.dataset.log_weights_frozen); 0: one freeze
+    production_frozen_refreeze: NonNegativeInt = 0
     # with states: the frozen stage goes on past production_frozen_steps until every ΔF
     # between the reference state and another rests on at least this many transitions
     # (cvflow.states.state_transitions), as far as the rate seen so far says that
@@ -789,6 +796,13 @@ class Config(Strict):
                 raise ValueError("convergence.production_frozen_steps needs bias.engine: native (DRR's bias "
                                  "cannot be frozen from cvflow)")
         c = self.convergence
+        if c.production_frozen_refreeze:
+            if not c.production_frozen_steps:
+                raise ValueError("convergence.production_frozen_refreeze freezes the frozen stage's bias again; set "
+                                 "convergence.production_frozen_steps too")
+            if c.production_frozen_refreeze % self.md.report_interval:
+                raise ValueError(f"convergence.production_frozen_refreeze ({c.production_frozen_refreeze:,}) is not a "
+                                 f"multiple of md.report_interval ({self.md.report_interval:,})")
         if c.production_frozen_min_transitions:
             if not c.production_frozen_steps:
                 raise ValueError("convergence.production_frozen_min_transitions extends the frozen stage; set "

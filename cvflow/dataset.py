@@ -198,23 +198,70 @@ def log_weights_extended(xi: np.ndarray, lam: np.ndarray, kappa, grid: Grid, bet
     return logw, info
 
 
-def log_weights_frozen(lam: np.ndarray, record, beta: float) -> tuple[np.ndarray, dict]:
+def log_weights_frozen(lam: np.ndarray, record, beta: float, steps: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """log ŵ_j = β [B(λ_j) + W(λ_j)], normalised: the exact weights of the frames of a stage
     run under a frozen bias (see the module's docstring). ``record`` is the stage's
     ``frozen_bias.npz`` (B per bin in kJ/mol, the grid, the walls' κ), ``lam`` the frames'
     λ (colvar.csv), ``beta`` in mol/kJ. κ does not enter: a recovery from a blow-up that
-    softened it leaves the weights exact."""
+    softened it leaves the weights exact.
+
+    A stage whose bias was frozen again along the way (``potentials`` and ``starts`` in the
+    record: B_k from step s_k on) is a set of K stages, each under its own static bias, and
+    ``steps`` (the frames' steps) says which one a frame belongs to: the frame at step s to
+    the last bias frozen before s. Their frames are weighted together by MBAR
+    (:func:`mbar_log_weights`), exact for each part's stationary distribution as the single
+    bias's weights are; with one bias it is the formula above."""
     from .bias.native import static_bias_energies
     lam = np.ascontiguousarray(lam, np.float64).reshape(len(lam), -1)
-    e = static_bias_energies(lam, np.ascontiguousarray(record["potential"], np.float64).ravel(),
-                             np.asarray(record["mins"], np.float64), np.asarray(record["widths"], np.float64),
-                             np.asarray(record["bins"], np.int64), np.asarray(record["periods"], np.float64),
-                             float(record["wall_kappa"]))
-    logw = beta * e
-    if len(logw):
-        logw = logw - logsumexp(logw)
+    grid = (np.asarray(record["mins"], np.float64), np.asarray(record["widths"], np.float64),
+            np.asarray(record["bins"], np.int64), np.asarray(record["periods"], np.float64),
+            float(record["wall_kappa"]))
+    pots = np.asarray(record["potentials"], np.float64) if "potentials" in record else np.zeros((0, 0))
+    if len(pots) <= 1:
+        pot = pots[0] if len(pots) else np.asarray(record["potential"], np.float64).ravel()
+        logw = beta * static_bias_energies(lam, np.ascontiguousarray(pot), *grid)
+        if len(logw):
+            logw = logw - logsumexp(logw)
+        return logw, {"estimator": "frozen", "frames": int(len(lam)), "frames_without_free_energy": 0,
+                      "fraction_without_free_energy": 0.0}
+    if steps is None:
+        raise ValueError("a stage frozen more than once needs its frames' steps to weight them")
+    starts = np.asarray(record["starts"], np.int64)
+    part = np.clip(np.searchsorted(starts, np.asarray(steps, np.int64), side="left") - 1, 0, len(starts) - 1)
+    u = np.array([beta * static_bias_energies(lam, np.ascontiguousarray(p), *grid) for p in pots])
+    counts = np.bincount(part, minlength=len(pots)).astype(float)
+    logw, f = mbar_log_weights(u, counts)
     return logw, {"estimator": "frozen", "frames": int(len(lam)), "frames_without_free_energy": 0,
-                  "fraction_without_free_energy": 0.0}
+                  "fraction_without_free_energy": 0.0, "frozen_biases": int(len(pots)),
+                  "frames_per_bias": counts.astype(int).tolist(), "mbar_free_energies_kT": f.tolist()}
+
+
+def mbar_log_weights(u: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """MBAR (Shirts & Chodera 2008) for frames drawn from K biased distributions
+    p_k(x) ∝ e^{−U(x)/kT − u_k(x)}: ``u`` (K, n) the reduced bias energies of every frame
+    under every bias, ``counts`` (K,) the frames drawn from each. Solves for the reduced free
+    energies f_k (f_0 = 0) by minimising the convex objective
+    Σ_n ln Σ_k N_k e^{f_k − u_k(n)} − Σ_k N_k f_k, and returns the normalised log-weights of
+    the frames for the unbiased distribution, −ln Σ_k N_k e^{f_k − u_k(n)}, and f."""
+    from scipy.optimize import minimize
+    u = np.asarray(u, np.float64)
+    logn = np.log(np.maximum(np.asarray(counts, np.float64), 1e-300))
+    used = np.asarray(counts) > 0
+    u, logn, counts = u[used], logn[used], np.asarray(counts, np.float64)[used]
+
+    def objective(g):
+        f = np.r_[0.0, g]
+        a = logn[:, None] + f[:, None] - u
+        lse = logsumexp(a, axis=0)
+        p = np.exp(a - lse[None, :])  # each frame's share of each bias
+        return lse.sum() - counts @ f, (p.sum(1) - counts)[1:]
+    g = minimize(objective, np.zeros(len(counts) - 1), jac=True, method="L-BFGS-B",
+                 options={"gtol": 1e-8, "ftol": 1e-14, "maxiter": 1000}).x
+    f = np.r_[0.0, g]
+    logw = -logsumexp(logn[:, None] + f[:, None] - u, axis=0)
+    full = np.full(len(used), np.nan)
+    full[used] = f
+    return logw - logsumexp(logw), full
 
 
 def frame_kappa(seg_dir, frame_steps: np.ndarray, kappa0: float) -> np.ndarray:
@@ -244,7 +291,7 @@ def stage_log_weights(seg_dir, beta: float, estimator: str = "extended", xi: np.
     if (seg_dir / "frozen_bias.npz").exists():  # a static bias: exact weights, whatever ``estimator``
         header, rows = art.read_csv(seg_dir / "colvar.csv")
         lam = rows[:, [i for i, h in enumerate(header) if h.startswith("lambda")]]
-        return log_weights_frozen(lam, np.load(seg_dir / "frozen_bias.npz"), beta)
+        return log_weights_frozen(lam, np.load(seg_dir / "frozen_bias.npz"), beta, rows[:, header.index("step")])
     if estimator == "extended" and not (seg_dir / "lambda.npz").exists():
         # no per-step λ statistics (the PLUMED engine, or a stage written before them): the
         # frames alone are too few for A(λ) on a 2-D grid in short stages, so use CZAR's

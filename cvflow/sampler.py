@@ -161,7 +161,7 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
                 cv_path: Path | None = None, grid: Grid | None = None, engine: str = "native",
                 start_positions: np.ndarray | None = None, progress=None, label: str = "md",
                 bias_start: Path | None = None, freeze: bool = False, pin_slot: int = 0,
-                extend=None) -> SegmentResult:
+                extend=None, refreeze_every: int = 0) -> SegmentResult:
     """Run (or resume) one segment of ``steps`` MD steps into ``out_dir`` (see
     :func:`_run_segment`); with ``md.pin`` on the CPU platform, on the cores of
     :func:`pinned_cores` (``pin_slot``: a walker's worker)."""
@@ -170,13 +170,13 @@ def run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, se
         cores = pinned_cores(cfg.md, pin_slot)
     with _pinned(cores):
         return _run_segment(cfg, bundle, out_dir, steps, seed, cv_path, grid, engine, start_positions, progress,
-                            label, bias_start, freeze, cores, extend)
+                            label, bias_start, freeze, cores, extend, refreeze_every)
 
 
 def _run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, seed: int,
                  cv_path: Path | None, grid: Grid | None, engine: str, start_positions: np.ndarray | None,
                  progress, label: str, bias_start: Path | None, freeze: bool,
-                 cores: list[int] | None, extend=None) -> SegmentResult:
+                 cores: list[int] | None, extend=None, refreeze_every: int = 0) -> SegmentResult:
     """Run (or resume) one segment of ``steps`` MD steps into ``out_dir``.
 
     Parameters
@@ -192,6 +192,10 @@ def _run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, s
     freeze : bool
         Freeze the bias at the start (:meth:`cvflow.bias.native.NativeEABF.freeze`): the
         segment runs under a static bias, and its frames get exact weights.
+    refreeze_every : int
+        With ``freeze``: every this many steps (a multiple of ``md.report_interval``), the
+        bias is frozen again from the statistics gathered so far, the frozen stage's
+        included (:meth:`cvflow.bias.native.NativeEABF.freeze`); 0: never.
     extend : callable(frames, steps) -> (steps, note), optional
         Called when the segment reaches its length, with its frames so far (of the saved
         atoms): the length it should have in all (more to go on) and a line that says why
@@ -270,6 +274,9 @@ def _run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, s
     last_ckpt = step
     runaway = runaway_distance(bundle)
     while step < steps:
+        if refreeze_every and step % refreeze_every == 0 and step > bias.last_freeze_step:
+            bias.freeze(step)  # (a resume from the checkpoint at this step freezes it again, alike)
+            log.debug(f"{label}: the bias frozen again at step {step:,}, from its statistics so far")
         n = min(report - step % report, steps - step)
         reason = None
         try:

@@ -765,7 +765,8 @@ class Workflow:
         out = self.run_dir / "production" / "frozen"
         info = self._production_segment(last_train, out, prev_md, self.cfg.convergence.production_frozen_steps, 1,
                                         "production MD, frozen bias", bias_start=prev_md / "bias_state.npz",
-                                        freeze=True, extend=extend)
+                                        freeze=True, extend=extend,
+                                        refreeze_every=self.cfg.convergence.production_frozen_refreeze)
         extension = art.read_json(out / "segment.json").get("extension")
         return {**info, "extension": extension} if extension else info
 

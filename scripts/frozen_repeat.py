@@ -29,7 +29,7 @@ from pathlib import Path
 
 
 def repeat(run_dir: Path, out: Path, seed: int, timestep_fs: float | None, kappa_factor: float,
-           steps: int | None, pdb: Path | None = None) -> dict:
+           steps: int | None, pdb: Path | None = None, refreeze: bool = False) -> dict:
     """One repeat in ``out`` (a hard-linked copy of ``run_dir``); returns its ΔF record."""
     import numpy as np
     import yaml
@@ -39,6 +39,9 @@ def repeat(run_dir: Path, out: Path, seed: int, timestep_fs: float | None, kappa
         shutil.copytree(run_dir, out, copy_function=os.link, ignore=shutil.ignore_patterns("frozen"))
         for name in ("weights.npy", "states.json", "fes_reweighted.csv"):
             (out / "production" / name).unlink(missing_ok=True)
+        if refreeze:  # start where the run's frozen stage ended, its statistics included
+            shutil.copytree(run_dir / "production" / "frozen", out / "production" / "refrozen_from",
+                            copy_function=os.link)
     from cvflow.config import config_from_dict
     cfg_dict = yaml.safe_load((run_dir / "config.resolved.yaml").read_text())["config"]
     if pdb is not None:  # the run's system file moved
@@ -55,7 +58,7 @@ def repeat(run_dir: Path, out: Path, seed: int, timestep_fs: float | None, kappa
     n_steps = steps or int(round(total_ps / cfg.md.timestep))
     wf = Workflow(cfg, out)
     last_train = wf.manifest.get(f"iter_{int(Path(wf.manifest.get('production/md')['cv']).parent.name[5:]):03d}/train")
-    prev_md = adaptive_production_dir(out)
+    prev_md = out / "production" / "refrozen_from" if refreeze else adaptive_production_dir(out)
     # the eABF's final bias state, its λ integrator set for this repeat's time step and κ
     state = dict(np.load(prev_md / "bias_state.npz"))
     prm = state["prm"].copy()
@@ -90,13 +93,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int)
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--pdb", type=Path, help="the system's PDB, when the run's has moved")
+    ap.add_argument("--refreeze", action="store_true",
+                    help="start from the end of the run's frozen stage and freeze the bias again from the "
+                         "statistics of the eABF and that stage together")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a worker: one seed, JSON on stdout
     a = ap.parse_args()
-    tag = f"dt{a.timestep_fs or 'run'}-k{a.kappa_factor:g}"
+    tag = f"dt{a.timestep_fs or 'run'}-k{a.kappa_factor:g}" + ("-refrozen" if a.refreeze else "")
     if a.one:
         print(json.dumps(repeat(a.run_dir.resolve(), a.out, a.seeds[0], a.timestep_fs, a.kappa_factor, a.steps,
-                                a.pdb and a.pdb.resolve())))
+                                a.pdb and a.pdb.resolve(),
+                                a.refreeze)))
         return
     env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", MKL_NUM_THREADS="1",
                OPENMM_CPU_THREADS="1")
@@ -110,6 +117,8 @@ def main() -> None:
             cmd += ["--steps", str(a.steps)]
         if a.pdb:
             cmd += ["--pdb", str(a.pdb)]
+        if a.refreeze:
+            cmd.append("--refreeze")
         r = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if r.returncode:
             return {"seed": seed, "failed": r.stderr.strip().splitlines()[-1:]}

@@ -395,6 +395,17 @@ def test_frozen_segment_resumes_bit_for_bit(tmp_path, es_config, x_cv, monkeypat
     stop_then_resume(monkeypatch, lambda: sampler.run_segment(cfg, bundle, tmp_path / "b", 6_000, seed=4, **kw), 50)
     assert np.array_equal(np.load(tmp_path / "b" / "traj.npy"), np.load(tmp_path / "ref" / "traj.npy"))
     assert (tmp_path / "b" / "colvar.csv").read_text() == (tmp_path / "ref" / "colvar.csv").read_text()
+    # frozen again every 1,000 steps: stopped at step 2,000, where it freezes again once
+    # resumed, it ends as an uninterrupted one, with the same biases
+    sampler.run_segment(cfg, bundle, tmp_path / "ref2", 6_000, seed=4, refreeze_every=1_000, **kw)
+    stop_then_resume(monkeypatch, lambda: sampler.run_segment(cfg, bundle, tmp_path / "c", 6_000, seed=4,
+                                                               refreeze_every=1_000, **kw), 40)
+    assert np.array_equal(np.load(tmp_path / "c" / "traj.npy"), np.load(tmp_path / "ref2" / "traj.npy"))
+    assert (tmp_path / "c" / "colvar.csv").read_text() == (tmp_path / "ref2" / "colvar.csv").read_text()
+    a, b = np.load(tmp_path / "c" / "frozen_bias.npz"), np.load(tmp_path / "ref2" / "frozen_bias.npz")
+    assert a["starts"].tolist() == b["starts"].tolist() == [0, 1_000, 2_000, 3_000, 4_000, 5_000]
+    assert np.array_equal(a["potentials"], b["potentials"])
+    assert not np.array_equal(b["potentials"][0], b["potentials"][-1])  # the statistics moved it
 
 
 def test_an_extended_segment_is_the_longer_segment_and_resumes_into_its_extension(tmp_path, es_config, x_cv,

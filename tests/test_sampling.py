@@ -192,14 +192,16 @@ def test_trajectory_frames_and_colvar_rows_are_the_same_steps(es_run, ala2_run):
     assert delta * 0.04888821 == pytest.approx(cfg.md.timestep, rel=1e-6)
 
 
-def _frozen_stage(cfg, bundle, out, cv, grid, adaptive_steps, frozen_steps, seed):
+def _frozen_stage(cfg, bundle, out, cv, grid, adaptive_steps, frozen_steps, seed, refreeze_every=0):
     """eABF for ``adaptive_steps``, then ``frozen_steps`` with that bias frozen (from the
-    adaptive segment's last state): the production's two stages."""
+    adaptive segment's last state; frozen again every ``refreeze_every`` steps): the
+    production's two stages."""
     from cvflow.sampler import last_positions
-    run_segment(cfg, bundle, out / "adaptive", adaptive_steps, seed=seed, cv_path=cv, grid=grid)
+    if not (out / "adaptive" / "segment.json").exists():
+        run_segment(cfg, bundle, out / "adaptive", adaptive_steps, seed=seed, cv_path=cv, grid=grid)
     return run_segment(cfg, bundle, out / "frozen", frozen_steps, seed=seed + 1, cv_path=cv, grid=grid,
                        start_positions=last_positions(out / "adaptive", bundle),
-                       bias_start=out / "adaptive" / "bias_state.npz", freeze=True)
+                       bias_start=out / "adaptive" / "bias_state.npz", freeze=True, refreeze_every=refreeze_every)
 
 
 def test_frozen_bias_weights_are_exact_even_on_a_cv_that_misses_the_slow_motion(tmp_path, es_config, x_cv, y_cv):
@@ -208,8 +210,10 @@ def test_frozen_bias_weights_are_exact_even_on_a_cv_that_misses_the_slow_motion(
     switch, biased along x (the slow motion) and along y (which misses it: the wells at
     x = ±1 are crossed only by diffusion in x), the frozen stage's frames reweighted that
     way give the exact F(x), binned as the frames (0.3 kT RMS where F ≤ 5 kT, as for the
-    CZAR test). The extended weights of the y-biased adaptive stage, which assume that the
-    frames at each λ are in equilibrium, are printed beside them for comparison."""
+    CZAR test). The same holds when the bias is frozen again every 30,000 steps from the
+    statistics so far (5 biases, their frames weighted together by MBAR). The extended
+    weights of the y-biased adaptive stage, which assume that the frames at each λ are in
+    equilibrium, are printed beside them for comparison."""
     from cvflow.dataset import stage_log_weights
     from cvflow.sampler import load_frames
     cfg = es_config.model_copy(deep=True)
@@ -217,9 +221,15 @@ def test_frozen_bias_weights_are_exact_even_on_a_cv_that_misses_the_slow_motion(
     bundle = build_system(cfg.system)
     edges = np.linspace(-2.0, 2.0, 26)
     exact = es_exact_along(lambda p: p[:, 0], edges)
-    for name, cv, grid in (("x", x_cv, Grid.from_dims([GridDim(min=-2.0, max=2.0, bins=50)])),
-                           ("y", y_cv, Grid.from_dims([GridDim(min=-1.5, max=2.5, bins=50)]))):
-        _frozen_stage(cfg, bundle, tmp_path / name, cv, grid, 50_000, 150_000, seed=21)
+    for name, cv, grid, every in (("x", x_cv, Grid.from_dims([GridDim(min=-2.0, max=2.0, bins=50)]), 0),
+                                  ("y", y_cv, Grid.from_dims([GridDim(min=-1.5, max=2.5, bins=50)]), 0),
+                                  ("y", y_cv, Grid.from_dims([GridDim(min=-1.5, max=2.5, bins=50)]), 30_000)):
+        if every:  # the same adaptive stage, a second frozen one
+            (tmp_path / name / "frozen").rename(tmp_path / name / "frozen-once")
+        _frozen_stage(cfg, bundle, tmp_path / name, cv, grid, 50_000, 150_000, seed=21, refreeze_every=every)
+        rec = np.load(tmp_path / name / "frozen" / "frozen_bias.npz")
+        assert rec["starts"].tolist() == list(range(0, 150_000, every or 150_000))
+        assert np.array_equal(rec["potentials"][-1], rec["potential"])
         rms = {}
         for part in ("adaptive", "frozen"):
             logw, info = stage_log_weights(tmp_path / name / part, BETA_ES)
@@ -229,7 +239,7 @@ def test_frozen_bias_weights_are_exact_even_on_a_cv_that_misses_the_slow_motion(
                 f = -np.log(p) / BETA_ES
             rms[part], nbins = rms_kT(f - np.nanmin(f[np.isfinite(f)]), exact, BETA_ES)
             rms[part + " estimator"] = info["estimator"]
-        print(f"biased along {name}: F(x) RMS {rms}")
+        print(f"biased along {name}, frozen {len(rec['starts'])} time(s): F(x) RMS {rms}")
         assert rms["frozen estimator"] == "frozen" and nbins >= 10
         assert rms["frozen"] < 0.3
 

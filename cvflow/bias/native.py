@@ -376,6 +376,7 @@ class NativeEABF:
         self.projection_interval = int(projection_interval) if self.prm[7] > 0 else 0
         self._poisson = Poisson2D(grid.widths, grid.periodic) if self.projection_interval else None
         self._regions_key, self._regions = None, None  # the visited bins' connected regions, cached
+        self.frozen_history: list[tuple[int, np.ndarray]] = []  # (first step, B per bin) of each freeze
         if self._poisson is not None:  # its compiled parts (connected_regions' too) compiled or loaded here, not in MD
             self._poisson.integrate(np.zeros((2, 2, 2)), np.ones((2, 2), bool))
         if start_lambda is not None:
@@ -492,12 +493,17 @@ class NativeEABF:
     def is_frozen(self) -> bool:
         return bool(self.prm[8] > 0)
 
-    def freeze(self) -> np.ndarray:
+    def freeze(self, step: int = 0) -> np.ndarray:
         """Make the bias static from here on: B(λ), the least-squares integral of the
         running estimate as applied (its curl-free part) on the main region of visited bins,
         each other bin taking the value of the nearest bin of that region. B is applied
         with its exact gradient (:func:`frozen_bias`), so the frames that follow have the
-        exact weights e^{β[B(λ) + W(λ)]}. Returns B on the grid (kJ/mol, minimum 0)."""
+        exact weights e^{β[B(λ) + W(λ)]}. Returns B on the grid (kJ/mol, minimum 0).
+
+        A frozen bias still gathers the statistics, so it can be frozen again later from
+        them (``step``, the segment's step from which the new B acts): each B and its first
+        step are kept (:meth:`frozen_record`), and the frames are weighted by all of them
+        together (:func:`cvflow.dataset.log_weights_frozen`)."""
         if self.dim > 2:
             raise ValueError("a frozen bias needs a CV of 1 or 2 dimensions")
         from scipy import ndimage
@@ -515,14 +521,27 @@ class NativeEABF:
         pot = pot - pot.min()
         self.frozen[:] = pot.ravel()
         self.prm[8] = 1.0
+        self.frozen_history = [(s, b) for s, b in self.frozen_history if s < step] + [(int(step), pot.ravel().copy())]
         return pot
+
+    @property
+    def last_freeze_step(self) -> int:
+        """The step from which the current frozen bias acts (−1 when it is not frozen)."""
+        return self.frozen_history[-1][0] if self.frozen_history else -1
 
     def frozen_record(self) -> dict:
         """What weights a frozen stage's frames: B per bin, the grid and the walls' κ
         (``frozen_bias.npz``; :func:`cvflow.dataset.log_weights_frozen`)."""
+        starts, pots = self._history_arrays()
         return {"potential": self.frozen, "mins": self.grid.mins, "widths": self.grid.widths,
                 "bins": np.asarray(self.grid.bins, np.int64), "periods": self._periods,
-                "wall_kappa": np.array(self.prm[6])}
+                "wall_kappa": np.array(self.prm[6]), "potentials": pots, "starts": starts}
+
+    def _history_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The frozen biases so far: their first steps (K,) and B per bin (K, bins)."""
+        starts = np.array([s for s, _ in self.frozen_history], np.int64)
+        pots = np.array([b for _, b in self.frozen_history]).reshape(len(starts), self.frozen.size)
+        return starts, pots
 
     def _initialise(self) -> None:
         """λ starts at ξ(x) of the first frame, its velocity from the Maxwell distribution."""
@@ -582,7 +601,8 @@ class NativeEABF:
                 "last_step": np.array(self._last_step), "pos": self._pos, "forces": self._forces,
                 "energy": np.array(self._energy),
                 "czar_count": self.czar_count, "czar_sum": self.czar_sum, "applied": self.applied,
-                "frozen": self.frozen,
+                "frozen": self.frozen, "frozen_starts": self._history_arrays()[0],
+                "frozen_history": self._history_arrays()[1],
                 "noise_counter": np.array(self.noise_counter), "initialised": np.array(self.initialised),
                 "vlam_rng": np.array(str(self._vlam_init_rng.bit_generator.state))}
 
@@ -591,6 +611,7 @@ class NativeEABF:
         velocity and the statistics carry over; the step count starts afresh."""
         self.load_state_arrays(d)
         self._last_step = -1
+        self.frozen_history = []  # a new segment: its own frozen biases, if any
 
     def load_state_arrays(self, d) -> None:
         for key in ("lam", "vlam", "abf_count", "abf_sum", "czar_count", "czar_sum"):
@@ -602,6 +623,11 @@ class NativeEABF:
         self._loop[...] = loop_sums(self.abf_count, self.abf_sum, self.grid.bins, self._periods, self.prm[5])
         if "frozen" in d.files:
             self.frozen[...] = d["frozen"]
+        self.frozen_history = []
+        if "frozen_starts" in d.files:
+            self.frozen_history = [(int(s), np.array(b)) for s, b in zip(d["frozen_starts"], d["frozen_history"])]
+        elif self.is_frozen:  # a checkpoint from before the history was kept: B from the start
+            self.frozen_history = [(0, self.frozen.copy())]
         if "applied" in d.files:
             self.applied[...] = d["applied"]
         elif self.projection_interval:  # a checkpoint from before projected ABF: project now,
