@@ -274,7 +274,7 @@ def _run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, s
     last_ckpt = step
     runaway = runaway_distance(bundle)
     while step < steps:
-        if refreeze_every and step % refreeze_every == 0 and step > bias.last_freeze_step:
+        if refreeze_every and bias.is_frozen and step % refreeze_every == 0 and step > bias.last_freeze_step:
             bias.freeze(step)  # (a resume from the checkpoint at this step freezes it again, alike)
             log.debug(f"{label}: the bias frozen again at step {step:,}, from its statistics so far")
         n = min(report - step % report, steps - step)

@@ -23,10 +23,11 @@ def test_ala2_short_paper_protocol(tmp_path):
     cfg = yaml.safe_load((ROOT / "configs" / "ala2-paper.yaml").read_text())
     cfg["system"]["pdb"] = str(ROOT / "systems" / "alanine-dipeptide" / "ala2.pdb")
     cfg["md"].update(steps=1_000_000, checkpoint_interval=250_000)
-    # the frozen stage goes on while C7eq <-> C7ax has made fewer than 4 transitions and
-    # their rate says 8 ns in all would do
+    # the frozen stage's bias is frozen again every 1 ns, and the stage goes on while
+    # C7eq <-> C7ax has made fewer than 4 transitions and their rate says 8 ns in all would do
     cfg["convergence"].update(max_iterations=3, production_steps=1_000_000, production_frozen_steps=1_000_000,
-                              production_frozen_min_transitions=4, production_frozen_max_steps=4_000_000)
+                              production_frozen_refreeze=500_000, production_frozen_min_transitions=4,
+                              production_frozen_max_steps=4_000_000)
     cfg["model"]["threads"] = 1
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))  # the first state is the reference
@@ -66,6 +67,9 @@ def test_ala2_short_paper_protocol(tmp_path):
     report = cfg["md"]["report_interval"]
     seg = json.loads((frozen / "segment.json").read_text())
     assert len(w) == t.n_frames == seg["steps"] // report and 1_000_000 <= seg["steps"] <= 4_000_000
+    # one frozen bias per 500,000 steps, their frames weighted together (MBAR)
+    rec = np.load(frozen / "frozen_bias.npz")
+    assert rec["starts"].tolist() == list(range(0, seg["steps"], 500_000)) and len(rec["potentials"]) >= 2
     # each decision to go on (or not) is frozen_extension's on the frames up to it
     from cvflow.states import frozen_extension
     checks = seg.get("extension", {}).get("checks", [])
