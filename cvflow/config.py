@@ -796,17 +796,14 @@ class Config(Strict):
                 raise ValueError("convergence.production_frozen_steps needs bias.engine: native (DRR's bias "
                                  "cannot be frozen from cvflow)")
         c = self.convergence
-        if c.production_frozen_refreeze:
-            if not c.production_frozen_steps:
-                raise ValueError("convergence.production_frozen_refreeze freezes the frozen stage's bias again; set "
-                                 "convergence.production_frozen_steps too")
-            if c.production_frozen_refreeze % self.md.report_interval:
-                raise ValueError(f"convergence.production_frozen_refreeze ({c.production_frozen_refreeze:,}) is not a "
-                                 f"multiple of md.report_interval ({self.md.report_interval:,})")
+        for key in ("production_frozen_refreeze", "production_frozen_min_transitions"):
+            if getattr(c, key) and not c.production_frozen_steps:
+                raise ValueError(f"convergence.{key} acts on the frozen stage; set convergence.production_frozen_steps "
+                                 "too")
+        if c.production_frozen_refreeze % self.md.report_interval:
+            raise ValueError(f"convergence.production_frozen_refreeze ({c.production_frozen_refreeze:,}) is not a "
+                             f"multiple of md.report_interval ({self.md.report_interval:,})")
         if c.production_frozen_min_transitions:
-            if not c.production_frozen_steps:
-                raise ValueError("convergence.production_frozen_min_transitions extends the frozen stage; set "
-                                 "convergence.production_frozen_steps too")
             if not self.states or len(self.states) < 2:
                 raise ValueError("convergence.production_frozen_min_transitions counts transitions between states; "
                                  "give at least two under states:")

@@ -594,6 +594,7 @@ class NativeEABF:
         self.kappa = float(kappa)
 
     def state_arrays(self) -> dict:
+        starts, pots = self._history_arrays()
         return {"lam": self.lam, "vlam": self.vlam, "abf_count": self.abf_count, "abf_sum": self.abf_sum,
                 "prm": self.prm,
                 # the last evaluation: a checkpoint taken after it (step 0 is evaluated when the
@@ -601,8 +602,7 @@ class NativeEABF:
                 "last_step": np.array(self._last_step), "pos": self._pos, "forces": self._forces,
                 "energy": np.array(self._energy),
                 "czar_count": self.czar_count, "czar_sum": self.czar_sum, "applied": self.applied,
-                "frozen": self.frozen, "frozen_starts": self._history_arrays()[0],
-                "frozen_history": self._history_arrays()[1],
+                "frozen": self.frozen, "frozen_starts": starts, "frozen_history": pots,
                 "noise_counter": np.array(self.noise_counter), "initialised": np.array(self.initialised),
                 "vlam_rng": np.array(str(self._vlam_init_rng.bit_generator.state))}
 
