@@ -734,8 +734,7 @@ class Workflow:
             art.write_json(out / "states.json", states)
             from .states import FEW_TRANSITIONS
             ref = states["reference_state"]
-            key = ("production_frozen_steps" if self.cfg.convergence.production_frozen_steps
-                   else "production_steps")
+            hint = self._sample_longer_hint()
             for k, d in states["delta_f"].items():
                 why = []
                 if d.get("error_note"):
@@ -743,9 +742,26 @@ class Workflow:
                 if d.get("transitions", FEW_TRANSITIONS) < FEW_TRANSITIONS:
                     why.append(f"it rests on {d['transitions']} transition(s) between them in {len(frames):,} frames")
                 if why:
-                    log.warning(f"production: ΔF({k} − {ref}): {'; '.join(why)}; sample longer before trusting "
-                                f"it (convergence.{key})")
+                    log.warning(f"production: ΔF({k} − {ref}): {'; '.join(why)}; {hint}")
         return {"weights": "production/weights.npy", "states": states, "fes_reweighted": "production/fes_reweighted.csv"}
+
+    def _sample_longer_hint(self) -> str:
+        """What to change when the production's ΔF rests on too few transitions: its length,
+        or, when the frozen stage declined to go on (its rate says even
+        ``production_frozen_max_steps`` falls short), that cap or a CV that separates the states."""
+        c = self.cfg.convergence
+        if not c.production_frozen_steps:
+            return "sample longer before trusting it (convergence.production_steps)"
+        if not c.production_frozen_min_transitions:
+            return ("sample longer before trusting it (convergence.production_frozen_steps, or "
+                    "production_frozen_min_transitions to go on until enough)")
+        seg = self.run_dir / "production" / "frozen" / "segment.json"
+        checks = (art.read_json(seg).get("extension") or {}).get("checks", []) if seg.exists() else []
+        if checks and "beyond the maximum length" in (checks[-1].get("note") or ""):
+            return ("the frozen stage did not go on, since at its rate even convergence.production_frozen_max_steps "
+                    "falls short: the final CV may not separate these states (check the Ramachandran or state "
+                    "plots in the report), or raise that maximum")
+        return "sample longer before trusting it (convergence.production_frozen_max_steps)"
 
     def _production(self, last_train) -> dict:
         """The production's eABF on the final CV, from the last frame of its iteration."""

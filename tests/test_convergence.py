@@ -182,3 +182,31 @@ def test_frozen_extension_goes_on_by_the_rate_seen_and_stops_where_the_cap_canno
         assert new == steps and note.endswith("beyond the maximum length (80,000,000 steps): not extended")
     new, note = frozen_extension({"C7ax": 29}, cap, 30, cap, 250)
     assert new == cap and "at its maximum length" in note
+
+
+def test_few_transitions_warning_names_what_to_change(tmp_path):
+    """The production's few-transitions warning names the setting that would help: the
+    production's length, the frozen stage's length or cap, and, when the frozen stage
+    declined to go on because even its cap falls short at its rate, the CV itself."""
+    from types import SimpleNamespace
+
+    from cvflow import artifacts as art
+    from cvflow.workflow import Workflow
+
+    def hint(frozen_steps, min_transitions, note=None):
+        c = SimpleNamespace(production_frozen_steps=frozen_steps, production_frozen_min_transitions=min_transitions)
+        seg = tmp_path / "production" / "frozen" / "segment.json"
+        if note is not None:
+            art.write_json(seg, {"extension": {"checks": [{"steps": 20_000_000, "to": 20_000_000, "note": note}]}})
+        elif seg.exists():
+            seg.unlink()
+        return Workflow._sample_longer_hint(SimpleNamespace(cfg=SimpleNamespace(convergence=c), run_dir=tmp_path))
+
+    assert hint(0, 0).endswith("(convergence.production_steps)")
+    assert "convergence.production_frozen_steps, or production_frozen_min_transitions" in hint(20_000_000, 0)
+    assert hint(20_000_000, 30).endswith("(convergence.production_frozen_max_steps)")
+    declined = hint(20_000_000, 30, "3 transition(s) between C7eq and C7ax in 20,000,000 steps, fewer than 30; at "
+                    "this rate 30 need about 200,000,000 steps, beyond the maximum length (80,000,000 steps): not extended")
+    assert "the final CV may not separate these states" in declined and "production_frozen_max_steps" in declined
+    at_cap = hint(20_000_000, 30, "29 transition(s) …; the stage is at its maximum length (80,000,000 steps): not extended")
+    assert at_cap.endswith("(convergence.production_frozen_max_steps)")
