@@ -37,6 +37,7 @@ class IterationRecord:
     cv: Path | None = None
     frames_so_far: int | None = None  # an MD stage under way or stopped: the frames it saved
     not_counted: str | None = None  # why a regscore that reached the threshold was not a pass
+    confirmation: str | None = None  # awaiting, confirmed or refuted (convergence.confirm)
 
 
 @dataclass
@@ -106,6 +107,7 @@ def load_run(run_dir) -> RunRecord:
                 rec.quantile_below_floor = ck.get("bootstrap_quantile")
             rec.converged = ck.get("converged")
             rec.not_counted = ck.get("not_counted")
+            rec.confirmation = ck.get("confirmation")
             rec.wall_seconds += ck.get("wall_seconds", 0.0)
         its.append(rec)
     summary = art.read_json(run_dir / "summary.json") if (run_dir / "summary.json").exists() else None
@@ -127,7 +129,11 @@ def converged_text(r: IterationRecord) -> str:
     if r.converged is None:
         return "-"
     if r.converged:
-        return "yes"
+        return "yes (confirmed)" if r.confirmation == "confirmed" else "yes"
+    if r.confirmation == "awaiting":
+        return "no (passed; one more iteration to confirm)"
+    if r.confirmation == "refuted":
+        return "no (does not confirm the stop)"
     return f"no (not counted: {r.not_counted})" if r.not_counted else "no"
 
 

@@ -44,6 +44,12 @@ EXECUTION_KEYS = {("md", "platform"), ("md", "threads"), ("md", "pin"), ("md", "
 EXECUTION_PREFIXES = {("execution", "cluster")}
 
 
+# an iteration's part in confirming a stop (convergence.confirm), in words
+CONFIRMATION_TEXT = {"awaiting": "the stop waits for one more iteration to confirm it",
+                     "confirmed": "confirms the previous iteration's stop",
+                     "refuted": "does not confirm the previous iteration's stop"}
+
+
 def score_text(entry: dict) -> str:
     """An iteration's convergence check in words, scores to 3 decimals."""
     if entry.get("regscore") is None:
@@ -52,6 +58,8 @@ def score_text(entry: dict) -> str:
     verdict = "passed" if entry.get("passed") else "not passed"
     if entry.get("not_counted"):
         verdict += f" (not counted: {entry['not_counted']})"
+    if entry.get("confirmation"):
+        verdict += f"; {CONFIRMATION_TEXT[entry['confirmation']]}"
     return f"regscore {entry['regscore']:.3f}, threshold {entry['threshold']:.3f}{floored}: {verdict}"
 
 
@@ -306,7 +314,7 @@ class Workflow:
                      "regscore_per_output": ck_info.get("regscore_per_output"),
                      "bootstrap_quantile": ck_info.get("bootstrap_quantile"),
                      "threshold_floored": ck_info.get("threshold_floored"), "passed": ck_info.get("passed"),
-                     "not_counted": ck_info.get("not_counted"),
+                     "not_counted": ck_info.get("not_counted"), "confirmation": ck_info.get("confirmation"),
                      "fes_regions": md_info.get("fes_regions"), "reweighting": tr_info.get("reweighting"),
                      "recoveries": md_info.get("recoveries", []), "states": tr_info.get("states"),
                      "cv": f"iter_{i:03d}/cv.pt", "fes": md_info.get("fes"), "frames": md_info["frames"],
@@ -341,7 +349,11 @@ class Workflow:
                                            f"threshold, threshold not floored, "
                                            + ("not warm-started from an unbiased iteration's network, "
                                               if cfg.model.warm_start else "")
-                                           + f"{cfg.convergence.consecutive} time(s) in a row",
+                                           + f"{cfg.convergence.consecutive} time(s) in a row"
+                                           + (", then confirmed by one more iteration (its bootstrap networks "
+                                              "agree, its regscore against the passing CV at least "
+                                              f"{cfg.convergence.bootstrap.min_threshold})"
+                                              if cfg.convergence.confirm else ""),
                                    "regscore": last["regscore"], "threshold": last["threshold"],
                                    "threshold_floored": last["threshold_floored"],
                                    "iterations": len(iterations)},
@@ -610,19 +622,28 @@ class Workflow:
         not yet determined by the data, and that never counts as convergence. With
         ``model.warm_start``, a pass also needs the network it started from to have been
         trained on biased frames (:meth:`_warm_start_unbiased`). The run has converged after
-        ``convergence.consecutive`` passes in a row."""
+        ``convergence.consecutive`` passes in a row; with ``convergence.confirm``, once one
+        more iteration confirms them (:meth:`_confirms`)."""
+        c = self.cfg.convergence
         reached = bool(score >= thr["threshold"])
         floored = bool(thr.get("threshold_floored", False))
         unbiased_start = self._warm_start_unbiased(prev)
         passed = reached and not floored and not unbiased_start
-        before = 0
+        before = {}
         if i > 0:
             prev_metrics = iteration_dir(self.run_dir, i - 1) / "metrics.json"
             if prev_metrics.exists():
-                before = int(art.read_json(prev_metrics).get("passes_in_a_row", 0))
-        in_a_row = before + 1 if passed else 0
-        out = {"passed": passed, "passes_in_a_row": in_a_row,
-               "converged": bool(in_a_row >= self.cfg.convergence.consecutive)}
+                before = art.read_json(prev_metrics)
+        in_a_row = int(before.get("passes_in_a_row", 0)) + 1 if passed else 0
+        out = {"passed": passed, "passes_in_a_row": in_a_row, "converged": bool(in_a_row >= c.consecutive)}
+        if c.confirm and before.get("confirmation") == "awaiting":
+            ok = self._confirms(i, score, floored)
+            out.update(converged=ok, confirmation="confirmed" if ok else "refuted")
+        elif c.confirm and out["converged"]:
+            out.update(converged=False, confirmation="awaiting")
+            if i + 1 >= c.max_iterations:
+                log.warning(f"iteration {i}: passed, but convergence.confirm needs one more iteration and "
+                            f"convergence.max_iterations ({c.max_iterations}) leaves none: not converged")
         if floored and reached:
             log.warning(f"iteration {i}: regscore {score:.4f} reaches the floored threshold, but the bootstrap "
                         "networks disagree (their quantile is below the floor): not converged")
@@ -632,6 +653,21 @@ class Workflow:
                      f"and its bootstrap's started from iteration {last_train_index(prev)}'s, which was trained "
                      "on unbiased frames only: a pass is counted from the next iteration on (model.warm_start)")
         return out
+
+    def _confirms(self, i: int, score: float, floored: bool) -> bool:
+        """Whether iteration ``i``, biased on the CV that passed, confirms the stop
+        (``convergence.confirm``): its bootstrap networks agree (the threshold was not
+        floored) and its CV agrees with the one that passed at least to
+        ``convergence.bootstrap.min_threshold``. Not the threshold itself, which near
+        convergence a good CV misses half the time."""
+        floor = self.cfg.convergence.bootstrap.min_threshold
+        ok = not floored and score >= floor
+        if not ok:
+            why = ("its bootstrap networks disagree (threshold floored)" if floored
+                   else f"its regscore {score:.3f} against the CV that passed is below {floor}")
+            log.warning(f"iteration {i}: does not confirm iteration {i - 1}'s stop: {why}; the new frames "
+                        "overturn that CV, so the loop goes on")
+        return ok
 
     def _warm_start_unbiased(self, prev) -> bool:
         """Whether this iteration's networks warm-started (``model.warm_start``) from a network

@@ -117,6 +117,7 @@ def analyse(config: str, out: Path) -> dict:
         rows.append({"delta_f_by_estimator": both, "iteration": it["index"], "regscore": it["regscore"],
                      "regscore_per_output": it.get("regscore_per_output"), "threshold": it["threshold"],
                      "bootstrap_quantile": it.get("bootstrap_quantile"), "floored": it.get("threshold_floored"),
+                     "confirmation": it.get("confirmation"),
                      "r2_ramachandran": regscore(ramachandran_features(t), xi),
                      "r2_knn": knn_r2(xi, ramachandran_features(t)),
                      "phi_positive": float(np.mean(phi > 0)), "recoveries": len(it.get("recoveries") or []),
@@ -187,13 +188,14 @@ def main() -> int:
             continue
         print(f"seed {seed}: converged={r['converged']} after {len(r['iterations'])} iterations, "
               f"{r['wall_seconds'] / 60:.1f} min of stage time")
-        print(f"  {'iter':>4} {'regscore':>9} {'threshold':>10} {'R2 phi/psi':>10} {'kNN R2':>6} {'phi>0':>6} {'recov':>5} "
+        print(f"  {'iter':>4} {'regscore':>9} {'threshold':>10} {'confirm':>9} {'R2 phi/psi':>10} {'kNN R2':>6} {'phi>0':>6} {'recov':>5} "
               f"{'md s':>6} {'train s':>7} {'boot s':>6} {'dF ext':>7} {'dF czar':>7}")
         for it in r["iterations"]:
             sec = it["seconds"] or {}
             f = lambda v, p: "-" if v is None else format(v, p)  # noqa: E731
             thr = f(it["threshold"], ".4f") + ("*" if it["floored"] else " ")
-            print(f"  {it['iteration']:>4} {f(it['regscore'], '.4f'):>9} {thr:>10} {it['r2_ramachandran']:>10.3f} "
+            print(f"  {it['iteration']:>4} {f(it['regscore'], '.4f'):>9} {thr:>10} {it.get('confirmation') or '-':>9} "
+                  f"{it['r2_ramachandran']:>10.3f} "
                   f"{it['r2_knn']:>6.3f} "
                   f"{it['phi_positive']:>6.3f} {it['recoveries']:>5} {f(sec.get('md'), '.0f'):>6} "
                   f"{f(sec.get('training'), '.0f'):>7} {f(sec.get('bootstrap'), '.0f'):>6} "

@@ -52,7 +52,9 @@ def main() -> int:
         first += bool(r["converged"] and len(its) == 2)
         within += dev is not None and abs(dev) <= args.tolerance
         err_text = fmt(err, ".2f") if not r.get("delta_f_error_note") else "undetermined"
-        print(f"| {seed} | {len(its)}{'' if r['converged'] else ' (not converged)'} | "
+        refuted = [it["iteration"] for it in its if it.get("confirmation") == "refuted"]
+        note = f", stop at {', '.join(str(k - 1) for k in refuted)} refuted" if refuted else ""
+        print(f"| {seed} | {len(its)}{'' if r['converged'] else ' (not converged)'}{note} | "
               f"{fmt(last['regscore'], '.4f')} vs {fmt(last['threshold'], '.4f')} | {fmt(passed_at, 'd')} | "
               f"{p['r2_ramachandran']:.3f} / {p['r2_knn']:.3f} | {fz.get('crossings', '-')} | "
               f"{fmt(df, '.2f')} ± {err_text} | {fmt(dev, '+.2f')} | {r['wall_seconds'] / 60:.1f} min |")

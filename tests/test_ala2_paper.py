@@ -1,7 +1,7 @@
 """Alanine dipeptide at a shortened paper protocol (slow): the part of the paper-protocol
 benchmark (scripts/ala2_paper.py) that fits in CI's time.
 
-configs/ala2-paper.yaml with 2-ns iterations (instead of 10), at most 3 of them, and a 2-ns
+configs/ala2-paper.yaml with 2-ns iterations (instead of 10), at most 4 of them, and a 2-ns
 production followed by 2 ns under its frozen bias: about 5 minutes on one core. The full protocol over seeds is a benchmark, not
 a test (docs/measurements/ala2-paper-cpu-vm.json)."""
 import json
@@ -25,7 +25,7 @@ def test_ala2_short_paper_protocol(tmp_path):
     cfg["md"].update(steps=1_000_000, checkpoint_interval=250_000)
     # the frozen stage's bias is frozen again every 1 ns, and the stage goes on while
     # C7eq <-> C7ax has made fewer than 4 transitions and their rate says 8 ns in all would do
-    cfg["convergence"].update(max_iterations=3, production_steps=1_000_000, production_frozen_steps=1_000_000,
+    cfg["convergence"].update(max_iterations=4, production_steps=1_000_000, production_frozen_steps=1_000_000,
                               production_frozen_refreeze=500_000, production_frozen_min_transitions=4,
                               production_frozen_max_steps=4_000_000)
     cfg["model"]["threads"] = 1
@@ -44,6 +44,12 @@ def test_ala2_short_paper_protocol(tmp_path):
             assert not it["threshold_floored"] and it["regscore"] >= it["threshold"]
     if s["converged"]:
         assert not s["convergence"]["threshold_floored"]
+    # convergence.confirm (the config's): a pass waits for the next iteration to confirm it
+    conf = [it.get("confirmation") for it in s["iterations"]]
+    for a, b in zip(conf, conf[1:]):
+        if a == "awaiting":
+            assert b in ("confirmed", "refuted")
+    assert s["converged"] == (conf[-1] == "confirmed")
     # iteration 1 warm-starts from iteration 0's network (unbiased frames): never a pass
     first = s["iterations"][1]
     assert not first["passed"]

@@ -450,3 +450,65 @@ def test_restarts_keep_the_start_with_the_lowest_validation_loss():
     # the returned network is the kept start's: the single start's when that is the lowest
     same = np.allclose(encode(many, x[:50]), encode(one, x[:50]))
     assert same == (int(np.argmin(many.start_losses)) == 0), many.start_losses
+
+
+def test_confirm_holds_a_stop_until_the_next_iteration_agrees(tmp_path):
+    """convergence.confirm: a pass does not stop the loop; the next iteration confirms the
+    stop when its bootstrap networks agree (threshold not floored) and its regscore reaches
+    bootstrap.min_threshold, even below its own threshold; it refutes it when its networks
+    disagree or its score is under the floor, and the loop goes on. The rule over a
+    sequence of checks, each iteration's metrics.json read by the next as in a run."""
+    from types import SimpleNamespace
+
+    from cvflow import artifacts as art
+    from cvflow.config import ConvergenceConfig
+    from cvflow.workflow import Workflow
+
+    conv = ConvergenceConfig(confirm=True, max_iterations=8, bootstrap={"min_threshold": 0.8})
+    fake = SimpleNamespace(cfg=SimpleNamespace(convergence=conv), run_dir=tmp_path)
+    fake._warm_start_unbiased = lambda prev: False
+    fake._confirms = lambda i, score, floored: Workflow._confirms(fake, i, score, floored)
+
+    def check(i, score, threshold, floored=False):
+        out = Workflow._stop_rule(fake, i, score, {"threshold": threshold, "threshold_floored": floored}, None)
+        art.write_json(tmp_path / f"iter_{i:03d}" / "metrics.json", out)
+        return out
+
+    one = check(1, 0.999, 0.98)
+    assert one["passed"] and not one["converged"] and one["confirmation"] == "awaiting"
+    two = check(2, 0.41, 0.8, floored=True)  # ala2 seed 9's next iteration: the networks disagree
+    assert not two["converged"] and two["confirmation"] == "refuted" and two["passes_in_a_row"] == 0
+    three = check(3, 0.99, 0.995)
+    assert not three["passed"] and not three["converged"] and "confirmation" not in three
+    assert check(4, 0.999, 0.995)["confirmation"] == "awaiting"
+    five = check(5, 0.79, 0.9)  # agreeing networks, but a CV that moved past the floor
+    assert five["confirmation"] == "refuted" and not five["converged"]
+    assert check(6, 0.999, 0.995)["confirmation"] == "awaiting"
+    seven = check(7, 0.985, 0.99)  # under its own threshold, over the floor: confirmed
+    assert seven["converged"] and seven["confirmation"] == "confirmed" and not seven["passed"]
+    # without confirm, the same pass stops the loop
+    fake.cfg = SimpleNamespace(convergence=ConvergenceConfig(max_iterations=8))
+    assert check(1, 0.999, 0.98)["converged"]
+
+
+def test_confirmed_run_records_the_confirmation(tmp_path):
+    """A run with convergence.confirm and a threshold every score reaches: iteration 1
+    passes and waits, iteration 2 confirms, the loop stops there; summary.json, the log
+    line and `cvflow status` say so, and the rule in summary.json names the confirmation."""
+    from rich.console import Console
+
+    from cvflow.report import load_run, status_table
+    from cvflow.workflow import score_text
+    run = tmp_path / "run"
+    cfg = quick_es(tmp_path, run, convergence={"threshold": 1e-6, "confirm": True, "bootstrap": {"min_threshold": 0.0}})
+    res = CliRunner().invoke(main, ["run", str(cfg), "-q"])
+    assert res.exit_code == 0, res.output
+    s = json.loads((run / "summary.json").read_text())
+    assert s["converged"] and len(s["iterations"]) == 3 and s["final_cv"] == "iter_002/cv.pt"
+    assert [it["confirmation"] for it in s["iterations"]] == [None, "awaiting", "confirmed"]
+    assert "confirmed by one more iteration" in s["convergence"]["rule"]
+    assert score_text(s["iterations"][1]).endswith("passed; the stop waits for one more iteration to confirm it")
+    con = Console(width=200, record=True)
+    con.print(status_table(load_run(run)))
+    text = con.export_text()
+    assert "no (passed; one more iteration to confirm)" in text and "yes (confirmed)" in text
