@@ -793,7 +793,10 @@ class Workflow:
                     "production_frozen_min_transitions to go on until enough)")
         seg = self.run_dir / "production" / "frozen" / "segment.json"
         checks = (art.read_json(seg).get("extension") or {}).get("checks", []) if seg.exists() else []
-        if checks and "beyond the maximum length" in (checks[-1].get("note") or ""):
+        # a check is recorded only when transitions fell short; one that kept the length
+        # below the cap declined because the rate says even the cap is too short
+        last = checks[-1] if checks else {}
+        if last and last.get("to") == last.get("steps") and last["steps"] < c.frozen_max_steps():
             return ("the frozen stage did not go on, since at its rate even convergence.production_frozen_max_steps "
                     "falls short: the final CV may not separate these states (check the Ramachandran or state "
                     "plots in the report), or raise that maximum")

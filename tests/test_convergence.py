@@ -193,11 +193,12 @@ def test_few_transitions_warning_names_what_to_change(tmp_path):
     from cvflow import artifacts as art
     from cvflow.workflow import Workflow
 
-    def hint(frozen_steps, min_transitions, note=None):
-        c = SimpleNamespace(production_frozen_steps=frozen_steps, production_frozen_min_transitions=min_transitions)
+    def hint(frozen_steps, min_transitions, note=None, steps=20_000_000, to=20_000_000):
+        c = SimpleNamespace(production_frozen_steps=frozen_steps, production_frozen_min_transitions=min_transitions,
+                            frozen_max_steps=lambda: 80_000_000)
         seg = tmp_path / "production" / "frozen" / "segment.json"
         if note is not None:
-            art.write_json(seg, {"extension": {"checks": [{"steps": 20_000_000, "to": 20_000_000, "note": note}]}})
+            art.write_json(seg, {"extension": {"checks": [{"steps": steps, "to": to, "note": note}]}})
         elif seg.exists():
             seg.unlink()
         return Workflow._sample_longer_hint(SimpleNamespace(cfg=SimpleNamespace(convergence=c), run_dir=tmp_path))
@@ -208,5 +209,10 @@ def test_few_transitions_warning_names_what_to_change(tmp_path):
     declined = hint(20_000_000, 30, "3 transition(s) between C7eq and C7ax in 20,000,000 steps, fewer than 30; at "
                     "this rate 30 need about 200,000,000 steps, beyond the maximum length (80,000,000 steps): not extended")
     assert "the final CV may not separate these states" in declined and "production_frozen_max_steps" in declined
-    at_cap = hint(20_000_000, 30, "29 transition(s) …; the stage is at its maximum length (80,000,000 steps): not extended")
+    at_cap = hint(20_000_000, 30, "29 transition(s) …; the stage is at its maximum length (80,000,000 steps): not extended",
+                  steps=80_000_000, to=80_000_000)
     assert at_cap.endswith("(convergence.production_frozen_max_steps)")
+    # an extension that went on and then fell short at the cap is not a declined one
+    went_on = hint(20_000_000, 30, "12 transition(s) …; at this rate 30 need about 50,000,000 steps: going on to "
+                   "60,000,000", to=60_000_000)
+    assert went_on.endswith("(convergence.production_frozen_max_steps)")
