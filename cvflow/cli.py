@@ -152,6 +152,7 @@ def validate(config, verbose, quiet):
     engine = resolve_engine(cfg.bias.engine, stride=cfg.bias.stride)
     kind = "toy potential" if bundle.is_toy else f"{bundle.n_atoms} atoms, {cfg.system.solvent}"
     gen = "; a generator section for cvflow generate" if cfg.generator is not None else ""
+    gen += "; a cg section for cvflow cg" if cfg.cg is not None else ""
     stride = (f", the bias every {cfg.bias.stride} steps ({cfg.bias.stride * cfg.md.timestep * 1000:g} fs between "
               "impulses)" if cfg.bias.stride > 1 and engine == "native" else "")
     click.echo(f"{config}: OK ({kind}; engine {engine}{stride}{gen})")
@@ -427,10 +428,14 @@ def cg(config, from_run, no_data, out, resume, verbose, quiet):
     _run_generative(CGRun(cfg, out, from_run, progress), prepare_cg_dir, format_cg, resume, "cg", config)
 
 
-EXAMPLES = ("entropic-switch", "ala2-vacuum", "ala2-implicit", "ala2-paper", "chignolin")
-# the structure each molecular example reads, written beside its config
-EXAMPLE_PDBS = {"ala2-vacuum": "alanine-dipeptide.pdb", "ala2-implicit": "alanine-dipeptide.pdb",
-                "ala2-paper": "alanine-dipeptide.pdb", "chignolin": "chignolin.pdb"}
+EXAMPLES = ("entropic-switch", "ala2-vacuum", "ala2-implicit", "ala2-paper", "chignolin", "circle-two-channels",
+            "cg-double-well", "bg-double-well")
+# the structure each molecular example reads (or another input file), written beside its config
+EXAMPLE_FILES = {"ala2-vacuum": "alanine-dipeptide.pdb", "ala2-implicit": "alanine-dipeptide.pdb",
+                "ala2-paper": "alanine-dipeptide.pdb", "chignolin": "chignolin.pdb",
+                "circle-two-channels": "circle-ts.txt"}
+# the command that runs an example, when it is not `cvflow run`
+EXAMPLE_COMMANDS = {"cg-double-well": "cvflow cg {} --no-data", "bg-double-well": "cvflow generate {}"}
 
 
 @main.command()
@@ -443,7 +448,10 @@ def init(example, output):
     """Write a commented example config (and, for a molecule, its PDB beside it):
     entropic-switch (a 2-D toy, a minute), ala2-vacuum and ala2-implicit (alanine
     dipeptide, minutes), ala2-paper (the paper's 10-ns protocol, under an hour on 2 cores),
-    chignolin (a 10-residue protein in water, for a GPU).
+    chignolin (a 10-residue protein in water, for a GPU), circle-two-channels (two
+    pathways, an autoencoder with two decoders, with saddle frames beside it),
+    cg-double-well (coarse-graining from the energy alone: cvflow cg --no-data),
+    bg-double-well (a Boltzmann generator: cvflow generate).
 
     \b
     Then: cvflow validate config.yaml && cvflow run config.yaml
@@ -457,14 +465,15 @@ def init(example, output):
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text((pkg / f"{example}.yaml").read_text())
     written, kept = [str(out)], ""
-    if example in EXAMPLE_PDBS:
-        pdb = out.parent / EXAMPLE_PDBS[example]
-        if not pdb.exists():
-            pdb.write_text((pkg / EXAMPLE_PDBS[example]).read_text())
-            written.append(str(pdb))
+    if example in EXAMPLE_FILES:
+        beside = out.parent / EXAMPLE_FILES[example]
+        if not beside.exists():
+            beside.write_text((pkg / EXAMPLE_FILES[example]).read_text())
+            written.append(str(beside))
         else:
-            kept = f"; kept the existing {pdb}, which the config reads"
-    click.echo(f"wrote {', '.join(written)}{kept}; next: cvflow validate {out} && cvflow run {out}")
+            kept = f"; kept the existing {beside}, which the config reads"
+    command = EXAMPLE_COMMANDS.get(example, "cvflow run {}").format(out)
+    click.echo(f"wrote {', '.join(written)}{kept}; next: cvflow validate {out} && {command}")
 
 
 def _console():

@@ -8,7 +8,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from cvflow.cli import EXAMPLE_PDBS, EXAMPLES, main
+from cvflow.cli import EXAMPLE_FILES, EXAMPLES, main
 
 
 def invoke(*args):
@@ -21,10 +21,29 @@ def test_init_writes_a_config_that_validates(tmp_path, example):
     res = invoke("init", "--example", example, "-o", cfg)
     assert res.exit_code == 0, res.output
     assert cfg.read_text().lstrip().startswith("#")  # commented for the user
-    if example in EXAMPLE_PDBS:
-        assert (tmp_path / EXAMPLE_PDBS[example]).exists()
+    if example in EXAMPLE_FILES:
+        assert (tmp_path / EXAMPLE_FILES[example]).exists()
     val = invoke("validate", cfg)
     assert val.exit_code == 0, val.output
+
+
+def test_init_examples_name_their_command_and_inputs(tmp_path):
+    """The generative examples name the command that runs them, and the two-channel one
+    writes its saddle frames where its commented ``transition_states`` line reads them."""
+    assert "cvflow cg " in invoke("init", "--example", "cg-double-well", "-o", tmp_path / "cg.yaml").output
+    assert "--no-data" in (tmp_path / "cg.yaml").read_text()
+    assert "cvflow generate " in invoke("init", "--example", "bg-double-well", "-o", tmp_path / "bg.yaml").output
+    res = invoke("init", "--example", "circle-two-channels", "-o", tmp_path / "circle.yaml")
+    assert "cvflow run " in res.output and "circle-ts.txt" in res.output
+    text = (tmp_path / "circle.yaml").read_text()
+    assert "  # transition_states: {source: file, file: circle-ts.txt" in text
+    (tmp_path / "circle-ts.yaml").write_text(text.replace("  # transition_states:", "  transition_states:")
+                                            .replace("  # consecutive: 2", "  consecutive: 2"))
+    val = invoke("validate", tmp_path / "circle-ts.yaml")
+    assert val.exit_code == 0, val.output
+    from cvflow.config import load_config
+    cfg = load_config(tmp_path / "circle-ts.yaml")
+    assert Path(cfg.model.transition_states.file) == tmp_path / "circle-ts.txt" and cfg.convergence.consecutive == 2
 
 
 @pytest.mark.parametrize("example", EXAMPLES)
@@ -36,9 +55,12 @@ def test_packaged_examples_are_the_shipped_configs(example):
     root = Path(__file__).resolve().parents[1]
     shipped = load_config(root / "configs" / f"{example}.yaml").model_dump()
     packaged = load_config(root / "cvflow" / "examples" / f"{example}.yaml").model_dump()
-    if example in EXAMPLE_PDBS:
+    if packaged["system"]["pdb"] is not None:
         assert Path(packaged["system"]["pdb"]).read_bytes() == Path(shipped["system"]["pdb"]).read_bytes()
         shipped["system"].pop("pdb"), packaged["system"].pop("pdb")
+    elif example in EXAMPLE_FILES:  # a toy's input file (saddle frames) is the one in systems/toys
+        packaged_file = root / "cvflow" / "examples" / EXAMPLE_FILES[example]
+        assert packaged_file.read_bytes() == (root / "systems" / "toys" / EXAMPLE_FILES[example]).read_bytes()
     assert packaged == shipped
 
 
