@@ -156,7 +156,9 @@ def frozen_extension(transitions: dict[str, int], steps: int, target: int, max_s
     ``steps``, up to ``max_steps``, a multiple of ``granularity``. No extension when
     ``steps`` already reaches ``max_steps``, or when that rate says ``max_steps`` is too
     short (a pair with no transition at all, or too few to reach ``target`` within it): the
-    stage ends and its ΔF carries the usual warning.
+    stage ends and its ΔF carries the usual warning. A ``target`` above
+    :data:`FEW_TRANSITIONS` (asked for a smaller error bar) that the cap cannot reach still
+    goes on to the cap when the rate says the cap gives at least :data:`FEW_TRANSITIONS`.
     Returns the new length and a line that says why (None when it has enough)."""
     if not transitions:
         return steps, None
@@ -169,7 +171,11 @@ def frozen_extension(transitions: dict[str, int], steps: int, target: int, max_s
     need = math.inf if fewest == 0 else steps * target / fewest
     if need > max_steps:
         at = "no transition yet" if fewest == 0 else f"at this rate {target} need about {need:,.0f} steps"
-        return steps, f"{made}; {at}, beyond the maximum length ({max_steps:,} steps): not extended"
+        at_cap = fewest * max_steps / steps
+        if at_cap < min(target, FEW_TRANSITIONS):
+            return steps, f"{made}; {at}, beyond the maximum length ({max_steps:,} steps): not extended"
+        return max_steps, (f"{made}; {at}, beyond the maximum length: going on to it ({max_steps:,} steps, "
+                           f"about {at_cap:.0f} at this rate)")
     new = max(1.2 * need, 1.25 * steps)
     new = min(max_steps, int(math.ceil(new / granularity)) * granularity)
     return new, f"{made}; at this rate {target} need about {need:,.0f} steps: going on to {new:,}"

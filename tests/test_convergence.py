@@ -182,6 +182,15 @@ def test_frozen_extension_goes_on_by_the_rate_seen_and_stops_where_the_cap_canno
         assert new == steps and note.endswith("beyond the maximum length (80,000,000 steps): not extended")
     new, note = frozen_extension({"C7ax": 29}, cap, 30, cap, 250)
     assert new == cap and "at its maximum length" in note
+    # a target above FEW_TRANSITIONS (a smaller error bar) that the cap cannot reach: on to
+    # the cap while the rate says the cap gives at least FEW_TRANSITIONS, else not extended
+    new, note = frozen_extension({"C7ax": 20}, steps, 100, cap, 250)  # 100 need 100M; the cap gives about 80
+    assert new == cap and note.endswith("beyond the maximum length: going on to it (80,000,000 steps, about 80 "
+                                        "at this rate)")
+    assert frozen_extension({"C7ax": 8}, steps, 100, cap, 250)[0] == cap  # about 32 at the cap
+    new, note = frozen_extension({"C7ax": 7}, steps, 100, cap, 250)  # about 28 at the cap: too few
+    assert new == steps and note.endswith("not extended")
+    assert frozen_extension({"C7ax": 51}, steps, 100, cap, 250)[0] == 47_059_000  # 1.2 × 20M × 100/51, rounded up to 250
 
 
 def test_few_transitions_warning_names_what_to_change(tmp_path):
