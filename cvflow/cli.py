@@ -155,7 +155,8 @@ def validate(config, verbose, quiet):
     gen += "; a cg section for cvflow cg" if cfg.cg is not None else ""
     stride = (f", the bias every {cfg.bias.stride} steps ({cfg.bias.stride * cfg.md.timestep * 1000:g} fs between "
               "impulses)" if cfg.bias.stride > 1 and engine == "native" else "")
-    click.echo(f"{config}: OK ({kind}; engine {engine}{stride}{gen})")
+    run = "cvflow run: " if gen else ""  # the engine is what `cvflow run` would use; cg and generate run no bias
+    click.echo(f"{config}: OK ({kind}; {run}engine {engine}{stride}{gen})")
 
 
 @main.command()

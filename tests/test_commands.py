@@ -25,6 +25,9 @@ def test_init_writes_a_config_that_validates(tmp_path, example):
         assert (tmp_path / EXAMPLE_FILES[example]).exists()
     val = invoke("validate", cfg)
     assert val.exit_code == 0, val.output
+    # a cg or generator config names the command its bias engine belongs to
+    generative = any(k in yaml.safe_load(cfg.read_text()) for k in ("cg", "generator"))
+    assert ("cvflow run: engine " in val.output) == generative, val.output
 
 
 def test_init_examples_name_their_command_and_inputs(tmp_path):
