@@ -149,15 +149,49 @@ def status_table(run: RunRecord):
                   fmt(r.threshold, ".4f") + (" (floor)" if r.quantile_below_floor is not None else ""),
                   converged_text(r),
                   f"{r.wall_seconds:.1f}")
-    if run.summary and run.summary.get("production"):
-        p = run.summary["production"]
-        t.add_row("production", fmt(p.get("frames"), "d"), "-", "-", "-", "-", f"{p.get('wall_seconds', 0):.1f}")
-        if p.get("frozen"):
-            fz = p["frozen"]
-            ext = fz.get("extension") or {}
-            label = "frozen bias" + (", extended" if ext.get("steps", 0) > ext.get("from_steps", 0) else "")
-            t.add_row(label, fmt(fz.get("frames"), "d"), "-", "-", "-", "-", f"{fz.get('wall_seconds', 0):.1f}")
+    for label, frames, wall in production_rows(run):
+        t.add_row(label, fmt(frames, "d"), "-", "-", "-", "-", f"{wall:.1f}")
     return t
+
+
+def production_rows(run: RunRecord) -> list[tuple[str, int | None, float]]:
+    """(label, frames, wall seconds) of the production's stages: its eABF stage, then the
+    stage under the frozen bias when there is one (``convergence.production_frozen_steps``)."""
+    p = (run.summary or {}).get("production")
+    if not p:
+        return []
+    rows = [("production", p.get("frames"), p.get("wall_seconds", 0.0))]
+    if p.get("frozen"):
+        fz = p["frozen"]
+        ext = fz.get("extension") or {}
+        label = "frozen bias" + (", extended" if ext.get("steps", 0) > ext.get("from_steps", 0) else "")
+        rows.append((label, fz.get("frames"), fz.get("wall_seconds", 0.0)))
+    return rows
+
+
+WEIGHTS_TEXT = {
+    "frozen": "the stage under the frozen bias, with its exact weights exp(βV)",
+    "extended": "reweighted by the extended variable, exp(−βA(λ))/ρ̃(λ)",
+    "czar": "reweighted by the CZAR free energy, exp(−βF(ξ))/ρ̃(ξ)",
+    "unbiased": "unbiased, every frame alike",
+}
+
+
+def production_weights(run: RunRecord) -> str | None:
+    """How the production's frames were weighed (``production/weights.npy``): extended,
+    czar, frozen or unbiased, from its ``states.json`` or its ``fes_reweighted.csv``."""
+    prod = run.dir / "production"
+    if (prod / "states.json").exists():
+        name = art.read_json(prod / "states.json").get("weights")
+        if name:
+            return name
+    fes = prod / "fes_reweighted.csv"
+    if fes.exists():
+        with open(fes) as fh:
+            first = fh.readline()
+        if "(weights: " in first:
+            return first.split("(weights: ", 1)[1].split(")", 1)[0]
+    return None
 
 
 def latest_states(run: RunRecord) -> tuple[str, dict | None]:
@@ -374,7 +408,8 @@ def _plot_ramachandran(run: RunRecord, out: Path) -> Path | None:
     h, _, _ = np.histogram2d(*angles, [edges, edges], weights=np.load(prod / "weights.npy"))
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.2, 4.4))
-    ramachandran_panel(fig, ax, h, run.kT, "production, reweighted")
+    frozen = production_weights(run) == "frozen"
+    ramachandran_panel(fig, ax, h, run.kT, "production, frozen bias" if frozen else "production, reweighted")
     return save_figure(fig, out)
 
 
@@ -579,8 +614,8 @@ def write_report(run_dir, out=None) -> Path:
              "training.png"),
             ("weights", "Reweighting factors of each biased iteration, with the effective sample size",
              _plot_weights, "weights.png"),
-            ("Ramachandran map", "Production frames reweighted by exp(−βF(ξ))/ρ̃(ξ): free energy on (φ, ψ)",
-             _plot_ramachandran, "ramachandran.png")):
+            ("Ramachandran map", "Free energy on (φ, ψ) of the production's frames: "
+             + WEIGHTS_TEXT.get(production_weights(run), "reweighted"), _plot_ramachandran, "ramachandran.png")):
         p = fn(run, out / name)
         if p is not None:
             figs.append((section, caption, p))
@@ -595,10 +630,9 @@ def write_report(run_dir, out=None) -> Path:
         f"<td>{'-' if r.threshold is None else f'{r.threshold:.4f}'}</td><td>{passed(r)}</td>"
         f"<td>{r.wall_seconds:.1f}</td></tr>"
         for r in run.iterations)
-    if run.summary and run.summary.get("production"):
-        pr = run.summary["production"]
-        rows += (f"<tr><td>production</td><td>{pr.get('frames', '-')}</td><td>-</td><td>-</td><td>-</td>"
-                 f"<td>-</td><td>{pr.get('wall_seconds', 0):.1f}</td></tr>")
+    for label, frames, wall in production_rows(run):
+        rows += (f"<tr><td>{html.escape(label)}</td><td>{'-' if frames is None else frames}</td><td>-</td><td>-</td>"
+                 f"<td>-</td><td>-</td><td>{wall:.1f}</td></tr>")
     verdict = ""
     if run.summary is not None:
         verdict = (" Converged: yes." if run.summary.get("converged")

@@ -365,6 +365,14 @@ def test_frozen_production_stage(tmp_path):
     # λ goes on from the eABF stage: the frozen stage starts where it ended
     adaptive_end = np.load(run / "production" / "md" / "bias_state.npz")["lam"]
     assert abs(lam[0, 0] - adaptive_end[0]) < 0.5
+    # the report lists the frozen stage beside the eABF one and names its weights as exact
+    from cvflow.report import load_run, production_rows, production_weights
+    rec = load_run(run)
+    assert [(label, frames) for label, frames, _ in production_rows(rec)] == [
+        ("production", len(np.load(run / "production" / "md" / "traj.npy"))), ("frozen bias", n)]
+    assert production_weights(rec) == "frozen"
+    assert CliRunner().invoke(main, ["report", str(run), "-q"]).exit_code == 0
+    assert f"<td>frozen bias</td><td>{n}</td>" in (run / "report" / "report.html").read_text()
 
 
 def _frozen_segment_setup(tmp_path, es_config, x_cv):
