@@ -155,8 +155,8 @@ def validate(config, verbose, quiet):
     gen += "; a cg section for cvflow cg" if cfg.cg is not None else ""
     stride = (f", the bias every {cfg.bias.stride} steps ({cfg.bias.stride * cfg.md.timestep * 1000:g} fs between "
               "impulses)" if cfg.bias.stride > 1 and engine == "native" else "")
-    run = "cvflow run: " if gen else ""  # the engine is what `cvflow run` would use; cg and generate run no bias
-    click.echo(f"{config}: OK ({kind}; {run}engine {engine}{stride}{gen})")
+    for_run = "cvflow run: " if gen else ""  # the engine is `cvflow run`'s; cg and generate run no bias
+    click.echo(f"{config}: OK ({kind}; {for_run}engine {engine}{stride}{gen})")
 
 
 @main.command()
