@@ -193,6 +193,10 @@ def state_free_energies(member: dict[str, np.ndarray], w: np.ndarray, kT: float,
     kT : float, kJ/mol
     min_dwell : frames in a row that make a stay in a state (:func:`state_transitions`);
         when given (frames of a trajectory), each ΔF records its ``transitions``
+
+    Each ΔF also records ``halves``: its value on the first and on the second half of the
+    frames alone (the usual check that an estimate is not drifting: a λ held in one basin
+    in the second half, as in seed 9 of the paper protocol, moves them far apart).
     """
     names = list(member)
     ref = names[0]
@@ -224,11 +228,16 @@ def state_free_energies(member: dict[str, np.ndarray], w: np.ndarray, kT: float,
         return float(vals.std(ddof=1)) if len(vals) > 1 else float("nan")
 
     moves = state_transitions(member, min_dwell) if min_dwell is not None else {}
+    mid = n // 2
+    halves = [_free_energies({k: m[part] for k, m in member.items()}, w[part], kT, ref)[1]
+              for part in (slice(0, mid), slice(mid, n))] if mid >= 1 else []
 
     def delta_f_entry(k):
         entry = {"value": dfs[k], "error": err(boot_f[k]), "blocks_with_weight": {ref: in_blocks[ref], k: in_blocks[k]}}
         if k in moves:
             entry["transitions"] = moves[k]
+        if halves:
+            entry["halves"] = [h[k] for h in halves]
         lost = int(np.sum(~np.isfinite(boot_f[k])))
         if lost and np.isfinite(dfs[k]):
             # resamples without weight in one of the two states have no ΔF; the spread of
@@ -256,6 +265,9 @@ def delta_f_text(d: dict) -> str | None:
         text = f"{v:.2f} kJ/mol, error undetermined: {d['error_note']}"
     else:
         text = f"{v:.2f} ± {e:.2f} kJ/mol" if e is not None and np.isfinite(e) else f"{v:.2f} kJ/mol"
+    if d.get("halves"):
+        text += " (halves " + ", ".join("undefined" if h is None or not np.isfinite(h) else f"{round(h, 2) + 0.0:.2f}"
+                                        for h in d["halves"]) + ")"
     t = d.get("transitions")
     if t is not None:
         text += (f", only {t} transition{'' if t == 1 else 's'} between them: too few for the error bar to hold"

@@ -162,6 +162,24 @@ def test_transitions_count_stays_not_recrossings_of_a_shared_box_edge():
     assert "transitions" not in state_free_energies({"C7eq": eq, "C7ax": ax}, np.ones(len(phi)), 2.494)["delta_f"]["C7ax"]
 
 
+def test_delta_f_records_its_halves():
+    """Each ΔF also gives its value on each half of the frames alone: here C7ax holds half the
+    weight in the first half and a quarter in the second, so the halves are 0 and kT ln 3,
+    and the whole, with C7ax at 3/8 of the weight, is kT ln(5/3)."""
+    from cvflow.states import delta_f_text, state_free_energies
+    kT = 2.494
+    ax = np.array([True, False] * 50 + [True, False, False, False] * 25)
+    w = np.ones(len(ax))
+    d = state_free_energies({"C7eq": ~ax, "C7ax": ax}, w, kT)["delta_f"]["C7ax"]
+    assert np.allclose(d["halves"], [0.0, kT * np.log(3.0)], atol=1e-12)
+    assert np.isclose(d["value"], kT * np.log(5.0 / 3.0))
+    assert "(halves 0.00, 2.74)" in delta_f_text(d)
+    # a half without weight in a state has no ΔF there, and says so
+    ax[:100] = False
+    d = state_free_energies({"C7eq": ~ax, "C7ax": ax}, w, kT)["delta_f"]["C7ax"]
+    assert np.isnan(d["halves"][0]) and "(halves undefined, 2.74)" in delta_f_text(d)
+
+
 def test_frozen_extension_goes_on_by_the_rate_seen_and_stops_where_the_cap_cannot_help():
     """frozen_extension: a stage with enough transitions stops; one short of them goes on
     to a fifth more than its rate says it needs (at least a quarter more, a multiple of the
