@@ -179,19 +179,13 @@ WEIGHTS_TEXT = {
 
 def production_weights(run: RunRecord) -> str | None:
     """How the production's frames were weighed (``production/weights.npy``): extended,
-    czar, frozen or unbiased, from its ``states.json`` or its ``fes_reweighted.csv``."""
-    prod = run.dir / "production"
-    if (prod / "states.json").exists():
-        name = art.read_json(prod / "states.json").get("weights")
-        if name:
-            return name
-    fes = prod / "fes_reweighted.csv"
-    if fes.exists():
-        with open(fes) as fh:
-            first = fh.readline()
-        if "(weights: " in first:
-            return first.split("(weights: ", 1)[1].split(")", 1)[0]
-    return None
+    czar, frozen or unbiased, as ``summary.json`` records it (``production_analysis``), or,
+    for a run written before that was recorded, as its ``production/states.json`` does."""
+    name = ((run.summary or {}).get("production_analysis") or {}).get("weights_estimator")
+    states = run.dir / "production" / "states.json"
+    if name is None and states.exists():
+        name = art.read_json(states).get("weights")
+    return name
 
 
 def latest_states(run: RunRecord) -> tuple[str, dict | None]:

@@ -779,7 +779,8 @@ class Workflow:
                     why.append(f"it rests on {d['transitions']} transition(s) between them in {len(frames):,} frames")
                 if why:
                     log.warning(f"production: ΔF({k} − {ref}): {'; '.join(why)}; {hint}")
-        return {"weights": "production/weights.npy", "states": states, "fes_reweighted": "production/fes_reweighted.csv"}
+        return {"weights": "production/weights.npy", "weights_estimator": estimator, "states": states,
+                "fes_reweighted": "production/fes_reweighted.csv"}
 
     def _sample_longer_hint(self) -> str:
         """What to change when the production's ΔF rests on too few transitions: its length,
