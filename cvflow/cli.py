@@ -103,7 +103,33 @@ def with_verbosity(f):
     return f
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Cli(click.Group):
+    """The command group, with click's usage errors (an unknown option, a bad choice, a
+    missing argument) in one line, like every other input error, instead of click's three
+    (usage, hint, error); exit status 2 as click gives them."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # a bare `cvflow` (click ≥ 8.2): the help, as click shows it
+                e.show()
+                sys.exit(e.exit_code)
+            where = e.ctx.command_path if e.ctx is not None else "cvflow"
+            click.echo(f"{where}: error: {e.format_message().rstrip('.')}; see {where} --help", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="cvflow")
 @click.option("-v", "--verbose", count=True, help="More log output (also accepted after the command).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors (also accepted after the command).")

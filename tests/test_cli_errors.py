@@ -134,6 +134,26 @@ def test_bad_inputs(tmp_path, monkeypatch):
     assert not failures, "\n".join(failures)
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["init", "--example", "nope"], "cvflow init: error: Invalid value for '--example'"),
+    (["run"], "cvflow run: error: Missing argument 'CONFIG'"),
+    (["run", "--bogus", "c.yaml"], "cvflow run: error: No such option '--bogus'"),
+    (["frob"], "cvflow: error: No such command 'frob'"),
+])
+def test_command_line_mistakes_are_one_line(args, needle):
+    """click's usage errors (a bad choice, a missing argument, an unknown option or command)
+    are one line that names the command and points at its --help, exit status 2, as every
+    other input error; --help and --version still exit 0."""
+    runner = CliRunner()
+    result = runner.invoke(main, args, prog_name="cvflow")
+    out = result.output.strip()
+    assert result.exit_code == 2, (result.exit_code, out)
+    assert len(out.splitlines()) == 1 and out.startswith(needle) and out.endswith("--help"), out
+    assert "Traceback" not in out and isinstance(result.exception, SystemExit)
+    for ok in (["--version"], ["init", "--help"]):
+        assert runner.invoke(main, ok).exit_code == 0
+
+
 def test_sample_refuses_non_empty_out(tmp_path, x_cv):
     out = tmp_path / "o"
     out.mkdir()
