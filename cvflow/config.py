@@ -965,23 +965,56 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
     return "\n".join(lines)
 
 
-def _resolve_paths(cfg: Config, base: Path) -> Config:
-    def res(p):
-        if p is None:
-            return None
-        p = Path(p).expanduser()
-        return p if p.is_absolute() else (base / p).resolve()
-    cfg.system.pdb = res(cfg.system.pdb)
-    cfg.bias.cv = res(cfg.bias.cv)
-    cfg.features.reference = res(cfg.features.reference)
+def _input_slots(cfg: Config) -> list[tuple[str, object, str]]:
+    """(key, section, attribute) of every input file a config can name."""
+    slots = [("system.pdb", cfg.system, "pdb"), ("bias.cv", cfg.bias, "cv"),
+             ("features.reference", cfg.features, "reference")]
     if cfg.model.transition_states is not None:
-        cfg.model.transition_states.file = res(cfg.model.transition_states.file)
+        slots.append(("model.transition_states.file", cfg.model.transition_states, "file"))
     if cfg.generator is not None:
-        cfg.generator.data = res(cfg.generator.data)
-    for st in (cfg.states or {}).values():
+        slots.append(("generator.data", cfg.generator, "data"))
+    for name, st in (cfg.states or {}).items():
         if st.rmsd is not None:
-            st.rmsd.reference = res(st.rmsd.reference)
+            slots.append((f"states.{name}.rmsd.reference", st.rmsd, "reference"))
+    return slots
+
+
+def input_files(cfg: Config) -> list[tuple[str, Path]]:
+    """(key, path) of the input files the config names."""
+    return [(key, Path(getattr(sec, attr))) for key, sec, attr in _input_slots(cfg)
+            if getattr(sec, attr) is not None]
+
+
+def _map_input_files(cfg: Config, fn) -> Config:
+    for key, sec, attr in _input_slots(cfg):
+        if getattr(sec, attr) is not None:
+            setattr(sec, attr, fn(key, Path(getattr(sec, attr))))
     return cfg
+
+
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    def res(_key, p):
+        p = p.expanduser()
+        return p if p.is_absolute() else (base / p).resolve()
+    return _map_input_files(cfg, res)
+
+
+KEPT_INPUTS = "inputs"
+
+
+def kept_input(run_dir: Path, key: str, path: Path) -> Path:
+    """Where a run directory keeps its copy of the input file ``key`` (``inputs/KEY/NAME``)."""
+    return Path(run_dir) / KEPT_INPUTS / key / Path(path).name
+
+
+def with_kept_inputs(cfg: Config, run_dir: Path) -> Config:
+    """``cfg`` (a run's recorded config) with each input file that is no longer where the
+    run found it replaced by the run directory's copy, where there is one: a run moved to
+    another machine, or whose PDB was moved, still reports and resumes."""
+    def kept(_key, p):
+        copy = kept_input(Path(run_dir).resolve(), _key, p)
+        return copy if not p.is_file() and copy.is_file() else p
+    return _map_input_files(cfg, kept)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -1016,12 +1049,15 @@ def load_config(path: str | Path, check_files: bool = True) -> Config:
         raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (system:, md:, bias:, ...)")
-    if is_resolved_record(data):
+    record = is_resolved_record(data)
+    if record:
         # a run's config.resolved.yaml: the config it ran (every default filled in, input
         # paths absolute) beside the seeds, versions and threads; run again from the config
         data = data["config"]
     cfg = config_from_dict(data, source=str(path))
     cfg = _resolve_paths(cfg, path.parent.resolve())
+    if record:  # inputs moved since: the run directory's copies
+        cfg = with_kept_inputs(cfg, path.parent)
     if check_files:
         check_input_files(cfg)
     return cfg
@@ -1042,16 +1078,9 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
 
 def check_input_files(cfg: Config) -> None:
     """Every file the config names must exist."""
-    for key, p in (("system.pdb", cfg.system.pdb), ("bias.cv", cfg.bias.cv),
-                   ("features.reference", cfg.features.reference),
-                   ("model.transition_states.file",
-                    cfg.model.transition_states.file if cfg.model.transition_states else None),
-                   ("generator.data", cfg.generator.data if cfg.generator else None)):
-        if p is not None and not Path(p).is_file():
+    for key, p in input_files(cfg):
+        if not p.is_file():
             raise ConfigError(f"{key}: file not found: {p}")
-    for name, st in (cfg.states or {}).items():
-        if st.rmsd is not None and not Path(st.rmsd.reference).is_file():
-            raise ConfigError(f"states.{name}.rmsd.reference: file not found: {st.rmsd.reference}")
 
 
 def dump_config(cfg: Config) -> dict:

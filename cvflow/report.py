@@ -70,6 +70,13 @@ class RunRecord:
         return kT(parse_quantity(self.config["md"]["temperature"], "temperature"))
 
 
+def run_config(run: RunRecord):
+    """The run's recorded config, its input files where they are now: where one has moved
+    since, the run directory's copy (``inputs/``)."""
+    from .config import config_from_dict, with_kept_inputs
+    return with_kept_inputs(config_from_dict(run.config, f"{run.dir}/config.resolved.yaml"), run.dir)
+
+
 def load_run(run_dir) -> RunRecord:
     """Read a run directory; a clear error names what is missing."""
     run_dir = Path(run_dir)
@@ -410,14 +417,13 @@ def _plot_ramachandran(run: RunRecord, out: Path) -> Path | None:
 def _plot_cv_map(run: RunRecord, out: Path) -> Path | None:
     """Molecules: the Ramachandran plane coloured by each CV component. Toys: the CV's
     contours over the potential."""
-    from .config import config_from_dict
     from .system import build_system, toy_positions
     from .workflow import cv_values
     final_cv = run.dir / run.summary["final_cv"] if run.summary else next(
         (r.cv for r in reversed(run.iterations) if r.cv is not None and r.cv.exists()), None)
     if final_cv is None or not run.config:
         return None
-    cfg = config_from_dict(run.config, f"{run.dir}/config.resolved.yaml")
+    cfg = run_config(run)
     bundle = build_system(cfg.system, cfg.features.atoms)
     plt = _plt()
     if bundle.is_toy:
@@ -517,13 +523,12 @@ def _decoders(run: RunRecord, out_dir: Path) -> Path | None:
     others at the grid's centre), one model per value and decoder, as a multi-model PDB of
     the feature atoms that a viewer opens (``decoded.pdb``). None without a decoder."""
     import torch
-    from .config import config_from_dict
     from .system import build_system
     path, grid = _final_decoder(run)
     if path is None or not run.config:
         return None
     dec = torch.jit.load(str(path))
-    cfg = config_from_dict(run.config, f"{run.dir}/config.resolved.yaml")
+    cfg = run_config(run)
     bundle = build_system(cfg.system, cfg.features.atoms)
     lo_z, hi_z = np.array([g["min"] for g in grid]), np.array([g["max"] for g in grid])
     if not bundle.is_toy:
@@ -689,10 +694,9 @@ def export_run(run_dir, to) -> list[Path]:
     plumed_dir = cv.parent / "plumed"
     if not (plumed_dir / "plumed.dat").exists():  # a run from before cvflow wrote it: write it now
         from .bias.plumed import export_plumed
-        from .config import config_from_dict
         from .fes import Grid
         from .system import build_system
-        cfg = config_from_dict(run.config, f"{run.dir}/config.resolved.yaml")
+        cfg = run_config(run)
         stage = art.read_json(run.dir / "manifest.json")["stages"][f"{cv.parent.name}/train"]
         grid = Grid.from_dims(cfg.bias.grid) if cfg.bias.grid is not None else Grid.from_list(stage["grid"])
         plumed_dir = to / "_plumed"
@@ -702,11 +706,9 @@ def export_run(run_dir, to) -> list[Path]:
             written.append(Path(shutil.copy2(plumed_dir / name, to / name)))
     if plumed_dir == to / "_plumed":
         shutil.rmtree(plumed_dir)
-    pdb = run.config.get("system", {}).get("pdb")
-    if pdb:
-        src = Path(pdb) if Path(pdb).is_absolute() else (run.dir / pdb)
-        if src.exists():
-            written.append(Path(shutil.copy2(src, to / "reference.pdb")))
+    pdb = run_config(run).system.pdb if run.config else None
+    if pdb is not None and Path(pdb).is_file():
+        written.append(Path(shutil.copy2(pdb, to / "reference.pdb")))
     try:
         fes, _ = fes_path(run, None)
         written.append(Path(shutil.copy2(fes, to / "fes.csv")))

@@ -99,6 +99,8 @@ def confine_toy(context: mm.Context, bundle: "SystemBundle", timestep_ps: float)
 
 def _build_molecule(cfg: SystemConfig, atoms: str) -> SystemBundle:
     pdb_path = Path(cfg.pdb)
+    if not pdb_path.is_file():  # a run's record whose PDB has moved since, and no copy kept
+        raise ConfigError(f"system.pdb: file not found: {pdb_path}")
     try:
         pdb = app.PDBFile(str(pdb_path))
     except Exception as e:

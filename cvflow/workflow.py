@@ -16,7 +16,8 @@ import yaml
 
 from . import __version__
 from . import artifacts as art
-from .config import Config, ConfigError, check_loop_config, dump_config, recorded_config
+from .config import (Config, ConfigError, check_loop_config, dump_config, input_files, kept_input,
+                     recorded_config)
 from .convergence import SCORES, bootstrap_threshold
 from .dataset import (effective_sample_size, expand_frames, make_features, normalised_weights,
                       stage_log_weights)
@@ -133,13 +134,17 @@ def _flatten(d, prefix=()):
     return out
 
 
-def config_differences(old: dict, new: dict) -> list[str]:
-    """Keys whose values differ, other than run length."""
+def config_differences(old: dict, new: dict, run_dir: Path | None = None) -> list[str]:
+    """Keys whose values differ, other than run length. With ``run_dir``, an input file
+    that is the run directory's copy of the recorded one (:func:`keep_inputs`) is no change."""
     a, b = _flatten(old), _flatten(new)
     diffs = []
     for key in sorted(set(a) | set(b)):
         if key in RUN_LENGTH_KEYS or key in EXECUTION_KEYS or key[:1] == ("output",) \
                 or key[:2] in EXECUTION_PREFIXES:
+            continue
+        if run_dir is not None and isinstance(a.get(key), str) and isinstance(b.get(key), str) and \
+                Path(b[key]).resolve() == kept_input(Path(run_dir).resolve(), ".".join(key), Path(a[key])):
             continue
         if a.get(key) != b.get(key):
             diffs.append(f"{'.'.join(key)}: {a.get(key)!r} -> {b.get(key)!r}")
@@ -157,6 +162,22 @@ def _checkpoint_steps(run_dir: Path) -> dict[str, int]:
         if step > 0:
             out[str(prog.parent.parent.relative_to(run_dir))] = step
     return out
+
+
+def keep_inputs(cfg: Config, run_dir: Path) -> None:
+    """Copy every input file the config names (PDB, CV, references, saddle frames) into
+    ``RUN_DIR/inputs/KEY/NAME``, once: ``cvflow report``, ``export`` and ``--resume`` from
+    ``config.resolved.yaml`` use the copy when the file is no longer where the run found it
+    (:func:`cvflow.config.with_kept_inputs`), so a run directory moved to another machine
+    still holds what it needs."""
+    import shutil
+    for key, src in input_files(cfg):
+        dest = kept_input(run_dir, key, src)
+        if dest.is_file() or not src.is_file():
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with art.atomic_path(dest) as tmp:
+            shutil.copyfile(src, tmp)
 
 
 def run_dir_state(run_dir: Path) -> str:
@@ -192,7 +213,7 @@ def _clear_stranded(run_dir: Path) -> None:
     no MD step past 0), so that the directory can be used again."""
     import shutil
     for p in Path(run_dir).iterdir():
-        if p.is_dir() and (p.name.startswith("iter_") or p.name == "production"):
+        if p.is_dir() and (p.name.startswith("iter_") or p.name in ("production", "inputs")):
             shutil.rmtree(p)
         elif p.name in ("manifest.json", "config.resolved.yaml", "blowup.json"):
             p.unlink()
@@ -226,7 +247,7 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> dict:
                               f"or choose another output directory")
         if resolved_path.exists():
             recorded = recorded_config(yaml.safe_load(resolved_path.read_text())["config"])
-            diffs = config_differences(recorded, current)
+            diffs = config_differences(recorded, current, run_dir)
             if diffs:
                 raise ConfigError(f"--resume: the config differs from the one recorded in {resolved_path}: "
                                   + "; ".join(diffs[:5]))
@@ -238,6 +259,7 @@ def prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> dict:
         probe.unlink()
     except OSError as e:
         raise ConfigError(f"output: cannot write to {run_dir}: {e.strerror}") from None
+    keep_inputs(cfg, run_dir)
     seeds = {"root": cfg.seed}
     for i in range(cfg.convergence.max_iterations):
         seeds[f"iter_{i:03d}"] = {"md": derive_seed(cfg.seed, i, 0), "train": derive_seed(cfg.seed, i, 1),

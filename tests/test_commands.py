@@ -168,6 +168,41 @@ def test_export_of_ala2_carries_the_reference_structure(ala2_run, tmp_path):
     assert (Path(out) / "report" / "cv_map.png").exists()
 
 
+def test_a_moved_run_reports_exports_and_resumes_from_its_kept_inputs(ala2_run, tmp_path):
+    """A run directory keeps a copy of its input files (inputs/KEY/NAME). Moved to where
+    the PDB it names does not exist (another machine), report, export and --resume from
+    its config.resolved.yaml use that copy; the recorded path to it counts as no change."""
+    import shutil
+    from cvflow.config import load_config
+    from cvflow.workflow import prepare_run_dir
+    out, _ = ala2_run
+    kept = Path(out) / "inputs" / "system.pdb"
+    assert [f.name for f in kept.iterdir()] == [Path(yaml.safe_load(
+        (Path(out) / "config.resolved.yaml").read_text())["config"]["system"]["pdb"]).name]
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved, ignore=shutil.ignore_patterns("report"))
+    resolved = moved / "config.resolved.yaml"
+    record = yaml.safe_load(resolved.read_text())
+    gone = tmp_path / "elsewhere" / "ala2.pdb"  # where the PDB was on the machine that ran it
+    record["config"]["system"]["pdb"] = str(gone)
+    resolved.write_text(yaml.safe_dump(record, sort_keys=False))
+    rep = invoke("report", moved)
+    assert rep.exit_code == 0, rep.output
+    assert (moved / "report" / "cv_map.png").exists() and (moved / "report" / "decoded.pdb").exists()
+    res = invoke("export", moved, "--to", tmp_path / "exported")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "exported" / "reference.pdb").read_bytes() == next(kept.iterdir()).read_bytes()
+    cfg = load_config(resolved)
+    assert cfg.system.pdb == (moved / "inputs" / "system.pdb" / "ala2.pdb").resolve()
+    prepare_run_dir(cfg, moved, resume=True)  # no "the config differs"
+    # a PDB that is neither where the record says nor kept is named in one line
+    resolved.write_text(yaml.safe_dump(record, sort_keys=False))  # resuming recorded the copy's path
+    shutil.rmtree(moved / "inputs")
+    rep = invoke("report", moved)
+    assert rep.exit_code == 2 and f"system.pdb: file not found: {gone}" in rep.output, rep.output
+    assert len(rep.output.strip().splitlines()) == 1, rep.output
+
+
 def test_report_renders_in_headless_chromium(es_run):
     """The report opens in headless Chromium (Debian's `chromium`) with no console messages;
     skipped where Chromium is not installed."""
