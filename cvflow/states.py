@@ -122,6 +122,14 @@ TRANSITION_DWELL_PS = 5.0
 #: README, "Transitions between states")
 FEW_TRANSITIONS = 30
 
+#: a ΔF whose two halves (first and second half of the frames) differ by more than this many
+#: standard errors of their difference (each half's own block bootstrap) is said to drift.
+#: On a stationary two-state series (40,000 frames, C7ax at 5 %, log-normal weights, 200
+#: seeds each) 1.9 %, 0 % and 1.0 % of runs with 30, 100 and 300 transitions exceed 3; where
+#: C7ax's share halves in the second half (ΔF moves by kT ln 2), 3 %, 13 % and 53 % do, and
+#: where it falls to a quarter, 15 %, 67 % and 99 % (scripts/drift_check.py; README, "The two halves")
+DRIFT_Z = 3.0
+
 
 def state_transitions(member: dict[str, np.ndarray], min_dwell: int) -> dict[str, int]:
     """Transitions between the reference state (the first) and each other state, in frame
@@ -196,7 +204,9 @@ def state_free_energies(member: dict[str, np.ndarray], w: np.ndarray, kT: float,
 
     Each ΔF also records ``halves``: its value on the first and on the second half of the
     frames alone (the usual check that an estimate is not drifting: a λ held in one basin
-    in the second half, as in seed 9 of the paper protocol, moves them far apart).
+    in the second half, as in seed 9 of the paper protocol, moves them far apart), and
+    ``halves_errors`` (σ₁, σ₂: each half's own block bootstrap) and ``halves_z``: their
+    difference over its standard error √(σ₁² + σ₂²); above :data:`DRIFT_Z` the estimate drifts (:func:`drifts`).
     """
     names = list(member)
     ref = names[0]
@@ -205,20 +215,8 @@ def state_free_energies(member: dict[str, np.ndarray], w: np.ndarray, kT: float,
     pops, dfs = _free_energies(member, w, kT, ref)
     edges = np.linspace(0, n, min(blocks, n) + 1).astype(int)
     rng = np.random.default_rng(seed)
-    boot_p = {k: [] for k in names}
-    boot_f = {k: [] for k in names}
     nb = len(edges) - 1
-    done = 0
-    for _ in range(resamples if nb >= 2 else 0):
-        pick = rng.integers(nb, size=nb)
-        idx = np.concatenate([np.arange(edges[b], edges[b + 1]) for b in pick])
-        if w[idx].sum() <= 0:
-            continue
-        done += 1
-        p, f = _free_energies({k: m[idx] for k, m in member.items()}, w[idx], kT, ref)
-        for k in names:
-            boot_p[k].append(p[k])
-            boot_f[k].append(f[k])
+    boot_p, boot_f, done = _block_bootstrap(member, w, kT, ref, edges, resamples, rng)
     in_blocks = {k: sum(bool(w[edges[b]:edges[b + 1]][m[edges[b]:edges[b + 1]]].sum() > 0) for b in range(nb))
                  for k, m in member.items()}
 
@@ -229,8 +227,16 @@ def state_free_energies(member: dict[str, np.ndarray], w: np.ndarray, kT: float,
 
     moves = state_transitions(member, min_dwell) if min_dwell is not None else {}
     mid = n // 2
-    halves = [_free_energies({k: m[part] for k, m in member.items()}, w[part], kT, ref)[1]
-              for part in (slice(0, mid), slice(mid, n))] if mid >= 1 else []
+    parts = (slice(0, mid), slice(mid, n)) if mid >= 1 else ()
+    halves = [_free_energies({k: m[part] for k, m in member.items()}, w[part], kT, ref)[1] for part in parts]
+    # each half's own block-bootstrap error: the whole's includes the drift it is to detect
+    # (with 10 blocks, |h1 − h2| / 2σ_whole cannot exceed about √10 however far they drift)
+    half_errors = []
+    for part in parts:
+        hm, hw = {k: m[part] for k, m in member.items()}, w[part]
+        hedges = np.linspace(0, len(hw), min(blocks, len(hw)) + 1).astype(int)
+        boot = _block_bootstrap(hm, hw, kT, ref, hedges, resamples, rng)[1]
+        half_errors.append({k: err(v) if np.all(np.isfinite(v)) else float("nan") for k, v in boot.items()})
 
     def delta_f_entry(k):
         entry = {"value": dfs[k], "error": err(boot_f[k]), "blocks_with_weight": {ref: in_blocks[ref], k: in_blocks[k]}}
@@ -246,12 +252,38 @@ def state_free_energies(member: dict[str, np.ndarray], w: np.ndarray, kT: float,
             entry["error"] = float("nan")
             entry["error_note"] = (f"{rare} has weight in {in_blocks[rare]} of {nb} blocks of frames, so "
                                    f"{lost} of {done} block resamples had none; sample longer")
+        if half_errors:
+            entry["halves_errors"] = [e[k] for e in half_errors]
+        spread = float(np.hypot(*[e[k] for e in half_errors])) if half_errors else float("nan")
+        if halves and np.all(np.isfinite(entry["halves"])) and np.isfinite(spread) and spread > 0:
+            entry["halves_z"] = float(abs(entry["halves"][1] - entry["halves"][0]) / spread)
         return entry
     return {"reference_state": ref, "frames": int(n), "blocks": nb,
             "populations": {k: {"value": pops[k], "error": err(boot_p[k])} for k in names},
             "delta_f": {k: delta_f_entry(k) for k in names if k != ref},
             "units": "kJ/mol; delta_f = F(state) - F(reference_state); errors: block bootstrap standard deviation, "
                      "undetermined (null, with error_note) when a block resample has no weight in a state"}
+
+
+def _block_bootstrap(member: dict[str, np.ndarray], w: np.ndarray, kT: float, ref: str, edges: np.ndarray,
+                     resamples: int, rng) -> tuple[dict, dict, int]:
+    """Populations and ΔF of ``resamples`` resamples of the blocks between ``edges`` (name →
+    list of values each), and how many resamples had weight at all."""
+    boot_p = {k: [] for k in member}
+    boot_f = {k: [] for k in member}
+    nb = len(edges) - 1
+    done = 0
+    for _ in range(resamples if nb >= 2 else 0):
+        pick = rng.integers(nb, size=nb)
+        idx = np.concatenate([np.arange(edges[b], edges[b + 1]) for b in pick])
+        if w[idx].sum() <= 0:
+            continue
+        done += 1
+        p, f = _free_energies({k: m[idx] for k, m in member.items()}, w[idx], kT, ref)
+        for k in member:
+            boot_p[k].append(p[k])
+            boot_f[k].append(f[k])
+    return boot_p, boot_f, done
 
 
 def delta_f_text(d: dict) -> str | None:
@@ -268,11 +300,20 @@ def delta_f_text(d: dict) -> str | None:
     if d.get("halves"):
         text += " (halves " + ", ".join("undefined" if h is None or not np.isfinite(h) else f"{round(h, 2) + 0.0:.2f}"
                                         for h in d["halves"]) + ")"
+    if drifts(d):
+        text += f", drifting: its halves differ by {d['halves_z']:.1f} times the spread its error bar allows"
     t = d.get("transitions")
     if t is not None:
         text += (f", only {t} transition{'' if t == 1 else 's'} between them: too few for the error bar to hold"
                  if t < FEW_TRANSITIONS else f", {t} transitions")
     return text
+
+
+def drifts(d: dict) -> bool:
+    """Whether a ΔF entry's two halves differ by more than :data:`DRIFT_Z` times the spread
+    its error bar allows (a state held through one half: the estimate is not converged)."""
+    z = d.get("halves_z")
+    return z is not None and z > DRIFT_Z
 
 
 def population_text(p: dict) -> str:

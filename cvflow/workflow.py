@@ -790,7 +790,7 @@ class Workflow:
         states = self._states(frames, md_dir, xi, (w, estimator))
         if states is not None:
             art.write_json(out / "states.json", states)
-            from .states import FEW_TRANSITIONS
+            from .states import FEW_TRANSITIONS, drifts
             ref = states["reference_state"]
             hint = self._sample_longer_hint()
             for k, d in states["delta_f"].items():
@@ -799,6 +799,11 @@ class Workflow:
                     why.append(f"its error is undetermined ({d['error_note']})")
                 if d.get("transitions", FEW_TRANSITIONS) < FEW_TRANSITIONS:
                     why.append(f"it rests on {d['transitions']} transition(s) between them in {len(frames):,} frames")
+                if drifts(d):
+                    h1, h2 = d["halves"]
+                    why.append(f"it drifts: {h1:.2f} kJ/mol on the first half of the frames and {h2:.2f} on the "
+                               f"second, {d['halves_z']:.1f} times the spread its error bar allows (a state held "
+                               "through one half)")
                 if why:
                     log.warning(f"production: ΔF({k} − {ref}): {'; '.join(why)}; {hint}")
         return {"weights": "production/weights.npy", "weights_estimator": estimator, "states": states,

@@ -180,6 +180,31 @@ def test_delta_f_records_its_halves():
     assert np.isnan(d["halves"][0]) and "(halves undefined, 2.74)" in delta_f_text(d)
 
 
+def test_a_delta_f_whose_halves_disagree_is_said_to_drift(fixed_rng):
+    """halves_z is the halves' difference over its standard error, from each half's own
+    block bootstrap (the whole's would contain the drift). A stationary two-state series
+    stays under DRIFT_Z; one whose second half holds C7ax three times less often than its
+    first goes over it, and its text says so."""
+    from cvflow.states import DRIFT_Z, delta_f_text, drifts, state_free_energies
+    kT = 2.494
+
+    def series(p_first, p_second, n=20_000, dwell=50):
+        # stays of `dwell` frames, each in C7ax with probability p (first half, second half)
+        p = np.where(np.arange(n // dwell) < n // dwell // 2, p_first, p_second)
+        return np.repeat(fixed_rng.random(n // dwell) < p, dwell)
+
+    w = np.ones(20_000)
+    steady = state_free_energies({"C7eq": ~(ax := series(0.3, 0.3)), "C7ax": ax}, w, kT)["delta_f"]["C7ax"]
+    assert 0 <= steady["halves_z"] < DRIFT_Z and not drifts(steady) and "drifting" not in delta_f_text(steady)
+    moved = state_free_energies({"C7eq": ~(ax := series(0.45, 0.15)), "C7ax": ax}, w, kT)["delta_f"]["C7ax"]
+    h1, h2 = moved["halves"]
+    assert np.isclose(moved["halves_z"], abs(h2 - h1) / np.hypot(*moved["halves_errors"]))
+    assert moved["halves_z"] > DRIFT_Z and drifts(moved)
+    # the whole's error contains the drift: the halves differ by little more than 2σ of it
+    assert abs(h2 - h1) / (2 * moved["error"]) < DRIFT_Z
+    assert f"drifting: its halves differ by {moved['halves_z']:.1f} times" in delta_f_text(moved)
+
+
 def test_frozen_extension_goes_on_by_the_rate_seen_and_stops_where_the_cap_cannot_help():
     """frozen_extension: a stage with enough transitions stops; one short of them goes on
     to a fifth more than its rate says it needs (at least a quarter more, a multiple of the
