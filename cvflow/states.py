@@ -206,7 +206,8 @@ def state_free_energies(member: dict[str, np.ndarray], w: np.ndarray, kT: float,
     frames alone (the usual check that an estimate is not drifting: a λ held in one basin
     in the second half, as in seed 9 of the paper protocol, moves them far apart), and
     ``halves_errors`` (σ₁, σ₂: each half's own block bootstrap) and ``halves_z``: their
-    difference over its standard error √(σ₁² + σ₂²); above :data:`DRIFT_Z` the estimate drifts (:func:`drifts`).
+    difference over its standard error √(σ₁² + σ₂²); above :data:`DRIFT_Z` the estimate
+    drifts (:func:`drifts`).
     """
     names = list(member)
     ref = names[0]
@@ -301,7 +302,7 @@ def delta_f_text(d: dict) -> str | None:
         text += " (halves " + ", ".join("undefined" if h is None or not np.isfinite(h) else f"{round(h, 2) + 0.0:.2f}"
                                         for h in d["halves"]) + ")"
     if drifts(d):
-        text += f", drifting: its halves differ by {d['halves_z']:.1f} times the spread its error bar allows"
+        text += f", drifting: its halves differ by {d['halves_z']:.1f} standard errors"
     t = d.get("transitions")
     if t is not None:
         text += (f", only {t} transition{'' if t == 1 else 's'} between them: too few for the error bar to hold"
@@ -310,8 +311,8 @@ def delta_f_text(d: dict) -> str | None:
 
 
 def drifts(d: dict) -> bool:
-    """Whether a ΔF entry's two halves differ by more than :data:`DRIFT_Z` times the spread
-    its error bar allows (a state held through one half: the estimate is not converged)."""
+    """Whether a ΔF entry's two halves differ by more than :data:`DRIFT_Z` standard errors of
+    their difference (a state held through one half: the estimate is not converged)."""
     z = d.get("halves_z")
     return z is not None and z > DRIFT_Z
 

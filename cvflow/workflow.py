@@ -802,8 +802,7 @@ class Workflow:
                 if drifts(d):
                     h1, h2 = d["halves"]
                     why.append(f"it drifts: {h1:.2f} kJ/mol on the first half of the frames and {h2:.2f} on the "
-                               f"second, {d['halves_z']:.1f} times the spread its error bar allows (a state held "
-                               "through one half)")
+                               f"second, {d['halves_z']:.1f} standard errors apart (a state held through one half)")
                 if why:
                     log.warning(f"production: ΔF({k} − {ref}): {'; '.join(why)}; {hint}")
         return {"weights": "production/weights.npy", "weights_estimator": estimator, "states": states,

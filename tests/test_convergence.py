@@ -202,7 +202,7 @@ def test_a_delta_f_whose_halves_disagree_is_said_to_drift(fixed_rng):
     assert moved["halves_z"] > DRIFT_Z and drifts(moved)
     # the whole's error contains the drift: the halves differ by little more than 2σ of it
     assert abs(h2 - h1) / (2 * moved["error"]) < DRIFT_Z
-    assert f"drifting: its halves differ by {moved['halves_z']:.1f} times" in delta_f_text(moved)
+    assert f"drifting: its halves differ by {moved['halves_z']:.1f} standard errors" in delta_f_text(moved)
 
 
 def test_frozen_extension_goes_on_by_the_rate_seen_and_stops_where_the_cap_cannot_help():
