@@ -523,6 +523,9 @@ def status(run_dir):
     if not sys.stdout.isatty():
         from rich import box
         table.box = box.ASCII
+    # where the run stands, on a line of its own: as the table's title it wraps to the table's width
+    click.echo(table.title)
+    table.title = None
     _console().print(table)
     _echo_states(run)
 
