@@ -125,9 +125,9 @@ FEW_TRANSITIONS = 30
 #: a ΔF whose two halves (first and second half of the frames) differ by more than this many
 #: standard errors of their difference (each half's own block bootstrap) is said to drift.
 #: On a stationary two-state series (40,000 frames, C7ax at 5 %, log-normal weights, 200
-#: seeds each) 1.9 %, 0 % and 1.0 % of runs with 30, 100 and 300 transitions exceed 3; where
-#: C7ax's share halves in the second half (ΔF moves by kT ln 2), 3 %, 13 % and 53 % do, and
-#: where it falls to a quarter, 15 %, 67 % and 99 % (scripts/drift_check.py; README, "The two halves")
+#: seeds each) 1.5 %, 0 % and 1.0 % of runs with 30, 100 and 300 transitions exceed 3; where
+#: C7ax's share halves in the second half (ΔF moves by kT ln 2), 2 %, 13 % and 53 % do, and
+#: where it falls to a quarter, 12 %, 67 % and 99 % (scripts/drift_check.py; README, "The two halves")
 DRIFT_Z = 3.0
 
 
@@ -206,8 +206,8 @@ def state_free_energies(member: dict[str, np.ndarray], w: np.ndarray, kT: float,
     frames alone (the usual check that an estimate is not drifting: a λ held in one basin
     in the second half, as in seed 9 of the paper protocol, moves them far apart), and
     ``halves_errors`` (σ₁, σ₂: each half's own block bootstrap) and ``halves_z``: their
-    difference over its standard error √(σ₁² + σ₂²); above :data:`DRIFT_Z` the estimate
-    drifts (:func:`drifts`).
+    difference over its standard error √(σ₁² + σ₂²), with √2 σ for a half whose own error is
+    undetermined (σ the whole's); above :data:`DRIFT_Z` the estimate drifts (:func:`drifts`).
     """
     names = list(member)
     ref = names[0]
@@ -255,7 +255,10 @@ def state_free_energies(member: dict[str, np.ndarray], w: np.ndarray, kT: float,
                                    f"{lost} of {done} block resamples had none; sample longer")
         if half_errors:
             entry["halves_errors"] = [e[k] for e in half_errors]
-        spread = float(np.hypot(*[e[k] for e in half_errors])) if half_errors else float("nan")
+        # a half whose own resamples lost a state (its error undetermined) counts √2 times the
+        # whole's error, what half the frames would give were they stationary
+        spread = float(np.hypot(*[e[k] if np.isfinite(e[k]) else np.sqrt(2.0) * entry["error"]
+                                  for e in half_errors])) if half_errors else float("nan")
         if halves and np.all(np.isfinite(entry["halves"])) and np.isfinite(spread) and spread > 0:
             entry["halves_z"] = float(abs(entry["halves"][1] - entry["halves"][0]) / spread)
         return entry

@@ -202,6 +202,15 @@ def test_a_delta_f_whose_halves_disagree_is_said_to_drift(fixed_rng):
     assert moved["halves_z"] > DRIFT_Z and drifts(moved)
     # the whole's error contains the drift: the halves differ by little more than 2σ of it
     assert abs(h2 - h1) / (2 * moved["error"]) < DRIFT_Z
+    # a second half that holds C7ax only at its start has no error of its own (resamples
+    # without C7ax): it counts √2 times the whole's, and the drift is still found
+    held = series(0.45, 0.45)
+    held[11_000:] = False
+    d = state_free_energies({"C7eq": ~held, "C7ax": held}, w, kT)["delta_f"]["C7ax"]
+    assert np.isfinite(d["halves_errors"][0]) and np.isnan(d["halves_errors"][1]) and np.isfinite(d["error"])
+    assert np.isclose(d["halves_z"], abs(d["halves"][1] - d["halves"][0])
+                      / np.hypot(d["halves_errors"][0], np.sqrt(2) * d["error"]))
+    assert drifts(d)
     assert f"drifting: its halves differ by {moved['halves_z']:.1f} standard errors" in delta_f_text(moved)
 
 
