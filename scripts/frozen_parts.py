@@ -1,0 +1,56 @@
+"""Where the weight of a frozen-bias stage lies, bias by bias: for a stage frozen again along
+the way (``convergence.production_frozen_refreeze``), each frozen bias's frames, their share
+of the exact (MBAR) weight, the MBAR free energy of the bias, and where λ and ξ were.
+
+    python scripts/frozen_parts.py RUN_DIR [--json FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def parts(run_dir: Path) -> dict:
+    from cvflow import artifacts as art
+    from cvflow.config import load_config
+    from cvflow.dataset import stage_log_weights
+    from cvflow.units import kT
+    seg = run_dir / "production" / "frozen"
+    cfg = load_config(run_dir / "config.resolved.yaml")
+    beta = 1.0 / kT(cfg.md.temperature)
+    logw, info = stage_log_weights(seg, beta, "frozen")
+    rec = np.load(seg / "frozen_bias.npz")
+    starts = np.asarray(rec["starts"], np.int64) if "starts" in rec else np.zeros(1, np.int64)
+    header, rows = art.read_csv(seg / "colvar.csv")
+    col = lambda prefix: rows[:, [i for i, h in enumerate(header) if h.startswith(prefix)]]  # noqa: E731
+    lam, xi, steps = col("lambda"), col("cv"), rows[:, header.index("step")]
+    part = np.clip(np.searchsorted(starts, steps, side="left") - 1, 0, len(starts) - 1)
+    w = np.exp(logw - logw.max())
+    w /= w.sum()
+    f = info.get("mbar_free_energies_kT", [0.0])
+    out = []
+    for k, s in enumerate(starts):
+        m = part == k
+        out.append({"from_step": int(s), "frames": int(m.sum()), "weight_share": float(w[m].sum()),
+                    "mbar_f_kT": float(f[k]), "lambda_mean": lam[m].mean(0).tolist(), "xi_mean": xi[m].mean(0).tolist()})
+        print(f"from step {s:>11,}: {m.sum():>6} frames, weight {w[m].sum():9.2g}, f {f[k]:6.1f} kT, "
+              f"λ mean {np.round(lam[m].mean(0), 2)}, ξ mean {np.round(xi[m].mean(0), 2)}")
+    return {"run": str(run_dir), "kish_ess": float(1.0 / np.sum(w ** 2)), "parts": out}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    res = parts(a.run)
+    print(f"Kish ESS {res['kish_ess']:.0f} of {sum(p['frames'] for p in res['parts'])} frames")
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
