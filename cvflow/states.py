@@ -203,8 +203,8 @@ def state_free_energies(member: dict[str, np.ndarray], w: np.ndarray, kT: float,
         when given (frames of a trajectory), each ΔF records its ``transitions``
 
     Each ΔF also records ``halves``: its value on the first and on the second half of the
-    frames alone (the usual check that an estimate is not drifting: a λ held in one basin
-    in the second half, as in seed 9 of the paper protocol, moves them far apart), and
+    frames alone (the usual check that an estimate is not drifting: a λ held in one region
+    through the second half, as in seed 9 of the paper protocol, moves them far apart), and
     ``halves_errors`` (σ₁, σ₂: each half's own block bootstrap) and ``halves_z``: their
     difference over its standard error √(σ₁² + σ₂²), with √2 σ for a half whose own error is
     undetermined (σ the whole's); above :data:`DRIFT_Z` the estimate drifts (:func:`drifts`).
