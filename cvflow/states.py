@@ -208,6 +208,7 @@ def state_free_energies(member: dict[str, np.ndarray], w: np.ndarray, kT: float,
     ``halves_errors`` (σ₁, σ₂: each half's own block bootstrap) and ``halves_z``: their
     difference over its standard error √(σ₁² + σ₂²), with √2 σ for a half whose own error is
     undetermined (σ the whole's); above :data:`DRIFT_Z` the estimate drifts (:func:`drifts`).
+    ``halves_weight``: each half's share of the weight.
     """
     names = list(member)
     ref = names[0]
@@ -262,7 +263,9 @@ def state_free_energies(member: dict[str, np.ndarray], w: np.ndarray, kT: float,
         if halves and np.all(np.isfinite(entry["halves"])) and np.isfinite(spread) and spread > 0:
             entry["halves_z"] = float(abs(entry["halves"][1] - entry["halves"][0]) / spread)
         return entry
+    total = w.sum()
     return {"reference_state": ref, "frames": int(n), "blocks": nb,
+            "halves_weight": [float(w[part].sum() / total) if total > 0 else float("nan") for part in parts],
             "populations": {k: {"value": pops[k], "error": err(boot_p[k])} for k in names},
             "delta_f": {k: delta_f_entry(k) for k in names if k != ref},
             "units": "kJ/mol; delta_f = F(state) - F(reference_state); errors: block bootstrap standard deviation, "

@@ -801,8 +801,10 @@ class Workflow:
                     why.append(f"it rests on {d['transitions']} transition(s) between them in {len(frames):,} frames")
                 if drifts(d):
                     h1, h2 = d["halves"]
+                    shares = " and ".join(f"{x:.2g}" for x in states.get("halves_weight", []))
                     why.append(f"it drifts: {h1:.2f} kJ/mol on the first half of the frames and {h2:.2f} on the "
-                               f"second, {d['halves_z']:.1f} standard errors apart (a state held through one half)")
+                               f"second, {d['halves_z']:.1f} standard errors apart (a state held through one half; "
+                               f"the halves' shares of the weight: {shares})")
                 if why:
                     log.warning(f"production: ΔF({k} − {ref}): {'; '.join(why)}; {hint}")
         return {"weights": "production/weights.npy", "weights_estimator": estimator, "states": states,

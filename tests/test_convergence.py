@@ -211,6 +211,8 @@ def test_a_delta_f_whose_halves_disagree_is_said_to_drift(fixed_rng):
     assert np.isclose(d["halves_z"], abs(d["halves"][1] - d["halves"][0])
                       / np.hypot(d["halves_errors"][0], np.sqrt(2) * d["error"]))
     assert drifts(d)
+    res = state_free_energies({"C7eq": ~held, "C7ax": held}, np.r_[np.ones(10_000), np.full(10_000, 3.0)], kT)
+    assert np.allclose(res["halves_weight"], [0.25, 0.75])
     assert f"drifting: its halves differ by {moved['halves_z']:.1f} standard errors" in delta_f_text(moved)
 
 
