@@ -323,6 +323,24 @@ def drifts(d: dict) -> bool:
     return z is not None and z > DRIFT_Z
 
 
+#: a half of the frames with less than this share of the weight holds next to nothing
+NO_WEIGHT = 1e-6
+
+
+def weightless_half_hint(states: dict) -> str | None:
+    """What to say instead of "sample longer" when one half of the frames carries almost no
+    weight (``halves_weight`` under :data:`NO_WEIGHT`): the bias held the system where the
+    unbiased ensemble hardly goes (seed 9 of the paper protocol: 3.6·10⁻¹⁶ in its second
+    half), which more of the same sampling does not mend. None otherwise."""
+    shares = states.get("halves_weight") or []
+    if not shares or not all(np.isfinite(shares)) or min(shares) >= NO_WEIGHT:
+        return None
+    which = "first" if shares[0] < shares[1] else "second"
+    return (f"the {which} half of the frames carries {min(shares):.2g} of the weight: the bias held the system where "
+            "the unbiased ensemble hardly goes, which sampling longer does not mend; check that the final CV "
+            "separates these states (the report's state and Ramachandran plots)")
+
+
 def population_text(p: dict) -> str:
     """"value ± error" of a population entry (the error omitted when it is undefined)."""
     e = p.get("error")

@@ -790,7 +790,7 @@ class Workflow:
         states = self._states(frames, md_dir, xi, (w, estimator))
         if states is not None:
             art.write_json(out / "states.json", states)
-            from .states import FEW_TRANSITIONS, drifts
+            from .states import FEW_TRANSITIONS, drifts, weightless_half_hint
             ref = states["reference_state"]
             hint = self._sample_longer_hint()
             for k, d in states["delta_f"].items():
@@ -806,7 +806,8 @@ class Workflow:
                                f"second, {d['halves_z']:.1f} standard errors apart (a state held through one half; "
                                f"the halves' shares of the weight: {shares})")
                 if why:
-                    log.warning(f"production: ΔF({k} − {ref}): {'; '.join(why)}; {hint}")
+                    stuck = weightless_half_hint(states) if drifts(d) else None
+                    log.warning(f"production: ΔF({k} − {ref}): {'; '.join(why)}; {stuck or hint}")
         return {"weights": "production/weights.npy", "weights_estimator": estimator, "states": states,
                 "fes_reweighted": "production/fes_reweighted.csv"}
 

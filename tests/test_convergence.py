@@ -185,7 +185,7 @@ def test_a_delta_f_whose_halves_disagree_is_said_to_drift(fixed_rng):
     block bootstrap (the whole's would contain the drift). A stationary two-state series
     stays under DRIFT_Z; one whose second half holds C7ax three times less often than its
     first goes over it, and its text says so."""
-    from cvflow.states import DRIFT_Z, delta_f_text, drifts, state_free_energies
+    from cvflow.states import DRIFT_Z, delta_f_text, drifts, state_free_energies, weightless_half_hint
     kT = 2.494
 
     def series(p_first, p_second, n=20_000, dwell=50):
@@ -212,7 +212,10 @@ def test_a_delta_f_whose_halves_disagree_is_said_to_drift(fixed_rng):
                       / np.hypot(d["halves_errors"][0], np.sqrt(2) * d["error"]))
     assert drifts(d)
     res = state_free_energies({"C7eq": ~held, "C7ax": held}, np.r_[np.ones(10_000), np.full(10_000, 3.0)], kT)
-    assert np.allclose(res["halves_weight"], [0.25, 0.75])
+    assert np.allclose(res["halves_weight"], [0.25, 0.75]) and weightless_half_hint(res) is None
+    # a second half without weight (seed 9 of the paper protocol): not "sample longer"
+    res = state_free_energies({"C7eq": ~held, "C7ax": held}, np.r_[np.ones(10_000), np.full(10_000, 1e-16)], kT)
+    assert weightless_half_hint(res).startswith("the second half of the frames carries 1e-16 of the weight")
     assert f"drifting: its halves differ by {moved['halves_z']:.1f} standard errors" in delta_f_text(moved)
 
 
