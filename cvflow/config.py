@@ -1011,8 +1011,8 @@ def with_kept_inputs(cfg: Config, run_dir: Path) -> Config:
     """``cfg`` (a run's recorded config) with each input file that is no longer where the
     run found it replaced by the run directory's copy, where there is one: a run moved to
     another machine, or whose PDB was moved, still reports and resumes."""
-    def kept(_key, p):
-        copy = kept_input(Path(run_dir).resolve(), _key, p)
+    def kept(key, p):
+        copy = kept_input(Path(run_dir).resolve(), key, p)
         return copy if not p.is_file() and copy.is_file() else p
     return _map_input_files(cfg, kept)
 

@@ -230,12 +230,12 @@ def state_free_energies(member: dict[str, np.ndarray], w: np.ndarray, kT: float,
     moves = state_transitions(member, min_dwell) if min_dwell is not None else {}
     mid = n // 2
     parts = (slice(0, mid), slice(mid, n)) if mid >= 1 else ()
-    halves = [_free_energies({k: m[part] for k, m in member.items()}, w[part], kT, ref)[1] for part in parts]
-    # each half's own block-bootstrap error: the whole's includes the drift it is to detect
-    # (with 10 blocks, |h1 − h2| / 2σ_whole cannot exceed about √10 however far they drift)
-    half_errors = []
+    # each half's ΔF and its own block-bootstrap error: the whole's error includes the drift
+    # it is to detect (with 10 blocks, |h1 − h2| / 2σ_whole cannot exceed about √10)
+    halves, half_errors = [], []
     for part in parts:
         hm, hw = {k: m[part] for k, m in member.items()}, w[part]
+        halves.append(_free_energies(hm, hw, kT, ref)[1])
         hedges = np.linspace(0, len(hw), min(blocks, len(hw)) + 1).astype(int)
         boot = _block_bootstrap(hm, hw, kT, ref, hedges, resamples, rng)[1]
         half_errors.append({k: err(v) if np.all(np.isfinite(v)) else float("nan") for k, v in boot.items()})
