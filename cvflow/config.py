@@ -458,6 +458,12 @@ class ConvergenceConfig(Strict):
     # corrects that. The frames of all the parts are weighted together by MBAR
     # (cvflow.dataset.log_weights_frozen); 0: one freeze
     production_frozen_refreeze: NonNegativeInt = 0
+    # a frozen bias flattens λ's free energy up to this many kT above its lowest bin, and
+    # no further: regions higher than that carry under e^-20 of the weight, and a bias that
+    # fills them in full can hold the system there for good (measured on alanine dipeptide:
+    # seed 9's B spanned 166 kJ/mol and held λ past the CV's tanh edge for 105 ns; README,
+    # "A ceiling on the frozen bias"). The weights stay exact. null: flatten all of it
+    production_frozen_fill_kT: Optional[Annotated[float, Field(gt=0)]] = 20.0
     # with states: the frozen stage goes on past production_frozen_steps until every ΔF
     # between the reference state and another rests on at least this many transitions
     # (cvflow.states.state_transitions), as far as the rate seen so far says that

@@ -120,7 +120,15 @@ def make_bias(cfg: Config, bundle: SystemBundle, cv_path, grid: Grid, seed: int)
     return NativeEABF(cv, grid, kappa=kappa, mass=b.ext_mass(kappa), friction=b.friction,
                       temperature=cfg.md.temperature, timestep=cfg.md.timestep,
                       fullsamples=b.fullsamples, seed=seed, report_interval=cfg.md.report_interval,
-                      wall_kappa=b.wall_kappa, projection_interval=b.projection_interval, stride=b.stride)
+                      wall_kappa=b.wall_kappa, projection_interval=b.projection_interval, stride=b.stride,
+                      freeze_fill=frozen_fill(cfg))
+
+
+def frozen_fill(cfg: Config) -> float | None:
+    """The height (kJ/mol) up to which a frozen bias flattens λ's free energy
+    (``convergence.production_frozen_fill_kT``; None: all of it)."""
+    fill = cfg.convergence.production_frozen_fill_kT
+    return None if fill is None else fill * kT(cfg.md.temperature)
 
 
 def md_threads(md_cfg) -> int | None:

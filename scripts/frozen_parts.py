@@ -1,6 +1,8 @@
 """Where the weight of a frozen-bias stage lies, bias by bias: for a stage frozen again along
 the way (``convergence.production_frozen_refreeze``), each frozen bias's frames, their share
-of the exact (MBAR) weight, the MBAR free energy of the bias, and where λ and ξ were.
+of the exact (MBAR) weight, the MBAR free energy of the bias, where λ and ξ were, the span of
+the bias (kJ/mol), and the free energy A = max B − B that it assigns to its frames' λ bins
+(median and 99th percentile): frames at a high A carry little weight.
 
     python scripts/frozen_parts.py RUN_DIR [--json FILE]
 """
@@ -28,17 +30,27 @@ def parts(run_dir: Path) -> dict:
     col = lambda prefix: rows[:, [i for i, h in enumerate(header) if h.startswith(prefix)]]  # noqa: E731
     lam, xi, steps = col("lambda"), col("cv"), rows[:, header.index("step")]
     part = np.clip(np.searchsorted(starts, steps, side="left") - 1, 0, len(starts) - 1)
+    pots = np.asarray(rec["potentials"]) if "potentials" in rec else np.asarray(rec["potential"])[None]
+    nb, mins, widths = np.asarray(rec["bins"]), np.asarray(rec["mins"]), np.asarray(rec["widths"])
+    cell = np.clip(np.floor((lam - mins) / widths).astype(np.int64), 0, nb - 1)
+    flat = np.ravel_multi_index(tuple(cell.T), tuple(nb))
     w = np.exp(logw - logw.max())
     w /= w.sum()
     f = info.get("mbar_free_energies_kT", [0.0])
     out = []
     for k, s in enumerate(starts):
         m = part == k
+        a = pots[k].max() - pots[k][flat[m]]
         out.append({"from_step": int(s), "frames": int(m.sum()), "weight_share": float(w[m].sum()),
-                    "mbar_f_kT": float(f[k]), "lambda_mean": lam[m].mean(0).tolist(), "xi_mean": xi[m].mean(0).tolist()})
+                    "mbar_f_kT": float(f[k]), "lambda_mean": lam[m].mean(0).tolist(), "xi_mean": xi[m].mean(0).tolist(),
+                    "bias_span_kJmol": float(np.ptp(pots[k])),
+                    "a_at_frames_kJmol": {"q50": float(np.median(a)), "q99": float(np.quantile(a, 0.99))}})
         print(f"from step {s:>11,}: {m.sum():>6} frames, weight {w[m].sum():9.2g}, f {f[k]:6.1f} kT, "
-              f"λ mean {np.round(lam[m].mean(0), 2)}, ξ mean {np.round(xi[m].mean(0), 2)}")
-    return {"run": str(run_dir), "kish_ess": float(1.0 / np.sum(w ** 2)), "parts": out}
+              f"λ mean {np.round(lam[m].mean(0), 2)}, ξ mean {np.round(xi[m].mean(0), 2)}, "
+              f"B spans {np.ptp(pots[k]):.0f} kJ/mol, A at its frames {np.median(a):.0f} (q99 {np.quantile(a, 0.99):.0f})")
+    fill = float(rec["fill"]) if "fill" in rec else float("nan")
+    return {"run": str(run_dir), "kish_ess": float(1.0 / np.sum(w ** 2)), "frames": int(len(w)),
+            "fill_kJmol": None if np.isnan(fill) else fill, "parts": out}
 
 
 def main():

@@ -8,6 +8,7 @@ from cvflow.config import GridDim
 from cvflow.fes import Grid, read_fes
 from cvflow.sampler import make_bias, run_segment
 from cvflow.system import build_system
+from cvflow.units import kT
 from conftest import (BETA_ES, es_exact_along, es_exact_fx, linear_toy_cv, random_neural_cv, rms_kT,
                       stop_then_resume)
 
@@ -211,9 +212,11 @@ def test_frozen_bias_weights_are_exact_even_on_a_cv_that_misses_the_slow_motion(
     x = ±1 are crossed only by diffusion in x), the frozen stage's frames reweighted that
     way give the exact F(x), binned as the frames (0.3 kT RMS where F ≤ 5 kT, as for the
     CZAR test). The same holds when the bias is frozen again every 30,000 steps from the
-    statistics so far (5 biases, their frames weighted together by MBAR). The extended
-    weights of the y-biased adaptive stage, which assume that the frames at each λ are in
-    equilibrium, are printed beside them for comparison."""
+    statistics so far (5 biases, their frames weighted together by MBAR), and when the
+    bias flattens F only up to 10 kT, over the barrier but under the ends
+    (``convergence.production_frozen_fill_kT``: the bias that is applied weighs the frames). The extended weights of the y-biased adaptive
+    stage, which assume that the frames at each λ are in equilibrium, are printed beside
+    them for comparison."""
     from cvflow.dataset import stage_log_weights
     from cvflow.sampler import load_frames
     cfg = es_config.model_copy(deep=True)
@@ -221,15 +224,24 @@ def test_frozen_bias_weights_are_exact_even_on_a_cv_that_misses_the_slow_motion(
     bundle = build_system(cfg.system)
     edges = np.linspace(-2.0, 2.0, 26)
     exact = es_exact_along(lambda p: p[:, 0], edges)
-    for name, cv, grid, every in (("x", x_cv, Grid.from_dims([GridDim(min=-2.0, max=2.0, bins=50)]), 0),
-                                  ("y", y_cv, Grid.from_dims([GridDim(min=-1.5, max=2.5, bins=50)]), 0),
-                                  ("y", y_cv, Grid.from_dims([GridDim(min=-1.5, max=2.5, bins=50)]), 30_000)):
-        if every:  # the same adaptive stage, a second frozen one
-            (tmp_path / name / "frozen").rename(tmp_path / name / "frozen-once")
+    x_grid = Grid.from_dims([GridDim(min=-2.0, max=2.0, bins=50)])
+    y_grid = Grid.from_dims([GridDim(min=-1.5, max=2.5, bins=50)])
+    done = {}
+    for name, cv, grid, every, fill in (("x", x_cv, x_grid, 0, None), ("y", y_cv, y_grid, 0, None),
+                                        ("y", y_cv, y_grid, 30_000, None), ("x", x_cv, x_grid, 0, 10.0)):
+        if name in done:  # the same adaptive stage, another frozen one
+            (tmp_path / name / "frozen").rename(tmp_path / name / done[name])
+        done[name] = f"frozen-{every}-{fill}"
+        cfg.convergence.production_frozen_fill_kT = fill
         _frozen_stage(cfg, bundle, tmp_path / name, cv, grid, 50_000, 150_000, seed=21, refreeze_every=every)
         rec = np.load(tmp_path / name / "frozen" / "frozen_bias.npz")
         assert rec["starts"].tolist() == list(range(0, 150_000, every or 150_000))
         assert np.array_equal(rec["potentials"][-1], rec["potential"])
+        if fill:  # it binds: the full bias spans 14 kT, the barrier at x = 0 is 9.5 kT high
+            full = np.load(tmp_path / name / "frozen-0-None" / "frozen_bias.npz")["potential"]
+            assert np.ptp(full) > (fill + 2) * kT(cfg.md.temperature)
+            assert np.ptp(rec["potential"]) == pytest.approx(fill * kT(cfg.md.temperature))
+            assert rec["fill"] == pytest.approx(fill * kT(cfg.md.temperature))
         rms = {}
         for part in ("adaptive", "frozen"):
             logw, info = stage_log_weights(tmp_path / name / part, BETA_ES)
@@ -239,7 +251,7 @@ def test_frozen_bias_weights_are_exact_even_on_a_cv_that_misses_the_slow_motion(
                 f = -np.log(p) / BETA_ES
             rms[part], nbins = rms_kT(f - np.nanmin(f[np.isfinite(f)]), exact, BETA_ES)
             rms[part + " estimator"] = info["estimator"]
-        print(f"biased along {name}, frozen {len(rec['starts'])} time(s): F(x) RMS {rms}")
+        print(f"biased along {name}, frozen {len(rec['starts'])} time(s), fill {fill} kT: F(x) RMS {rms}")
         assert rms["frozen estimator"] == "frozen" and nbins >= 10
         assert rms["frozen"] < 0.3
 
@@ -276,6 +288,36 @@ def test_frozen_bias_is_a_potential_with_its_exact_gradient(tmp_path, es_config,
     rec = np.load(tmp_path / "frozen" / "frozen_bias.npz")
     assert state["prm"][8] == 1.0 and np.array_equal(state["frozen"], rec["potential"])
     assert rec["potential"].min() == 0.0 and np.isfinite(rec["potential"]).all()
+
+
+def test_frozen_bias_flattens_only_up_to_its_fill(es_config, x_cv):
+    """``convergence.production_frozen_fill_kT``: the frozen bias B flattens λ's free
+    energy A = max B − B up to the fill above its lowest bin and leaves the excess. On a
+    known mean force (A = 30 kT λ²/4 on [−2, 2], every bin past the ramp), B is the integral
+    unchanged wherever A is under the fill, flat where A is over it, and spans the fill
+    exactly; without a fill it spans the whole 30 kT (the bins' centres: 28.8 kT)."""
+    cfg = es_config.model_copy(deep=True)
+    bundle = build_system(cfg.system)
+    grid = Grid.from_dims([GridDim(min=-2.0, max=2.0, bins=50)])
+    centres = grid.mins[0] + (np.arange(50) + 0.5) * grid.widths[0]
+    kt = kT(cfg.md.temperature)
+    a_exact = 30 * kt * centres ** 2 / 4
+    pots = {}
+    for fill in (None, 10.0):
+        cfg.convergence.production_frozen_fill_kT = fill
+        bias = make_bias(cfg, bundle, x_cv, grid, seed=1)
+        bias.abf_count[:] = 10 ** 6
+        bias.abf_sum[:, 0] = 10 ** 6 * (-30 * kt * centres / 2)  # −dA/dλ
+        pots[fill] = bias.freeze()
+        recorded = float(bias.frozen_record()["fill"])
+        assert np.isnan(recorded) if fill is None else recorded == pytest.approx(fill * kt)
+    full, capped = pots[None], pots[10.0]
+    assert np.ptp(full) == pytest.approx(np.ptp(a_exact), rel=1e-6)
+    assert np.allclose(full.max() - full, a_exact - a_exact.min(), atol=1e-9)
+    assert np.ptp(capped) == pytest.approx(10 * kt)
+    below = (full.max() - full) <= 10 * kt
+    assert below.sum() >= 10 and np.allclose(capped[below], full[below] - (full.max() - 10 * kt))
+    assert np.all(capped[~below] == 0.0)
 
 
 # -- multiple time stepping (bias.stride) ------------------------------------------------------

@@ -309,13 +309,16 @@ class NativeEABF:
         :func:`cvflow.sampler.advance`), and there it applies ``stride`` times its force, while λ
         takes one step of ``stride`` × ``timestep``. ``report_interval`` and
         ``projection_interval`` must be multiples of it.
+    freeze_fill : float, kJ/mol, optional
+        A frozen bias (:meth:`freeze`) flattens λ's free energy up to this height above its
+        lowest bin and no further; None: all of it.
     """
 
     name = "native"
 
     def __init__(self, cv: CVEvaluator, grid: Grid, kappa, mass, friction, temperature, timestep,
                  fullsamples, seed, report_interval, wall_kappa=None, start_lambda=None,
-                 projection_interval: int | None = None, stride: int = 1):
+                 projection_interval: int | None = None, stride: int = 1, freeze_fill: float | None = None):
         from ..units import kT as _kT
         stride = int(stride)
         if stride < 1:
@@ -377,6 +380,7 @@ class NativeEABF:
         self._poisson = Poisson2D(grid.widths, grid.periodic) if self.projection_interval else None
         self._regions_key, self._regions = None, None  # the visited bins' connected regions, cached
         self.frozen_history: list[tuple[int, np.ndarray]] = []  # (first step, B per bin) of each freeze
+        self.freeze_fill = None if freeze_fill is None else float(freeze_fill)
         if self._poisson is not None:  # its compiled parts (connected_regions' too) compiled or loaded here, not in MD
             self._poisson.integrate(np.zeros((2, 2, 2)), np.ones((2, 2), bool))
         if start_lambda is not None:
@@ -500,6 +504,13 @@ class NativeEABF:
         with its exact gradient (:func:`frozen_bias`), so the frames that follow have the
         exact weights e^{β[B(λ) + W(λ)]}. Returns B on the grid (kJ/mol, minimum 0).
 
+        With ``freeze_fill``, B flattens the free energy A = max B − B only up to that height
+        above its lowest bin: B is raised to at least max B − fill, so where A is higher the
+        excess is left. Such regions carry under e^{−β fill} of the weight, and a B that
+        fills them in full (an estimate that runs away where ξ saturates and λ goes past
+        it) can hold the system there (README, "A ceiling on the frozen bias"). The weights
+        stay exact: they use the B that is applied.
+
         A frozen bias still gathers the statistics, so it can be frozen again later from
         them (``step``, the segment's step from which the new B acts): each B and its first
         step are kept (:meth:`frozen_record`), and the frames are weighted by all of them
@@ -518,6 +529,8 @@ class NativeEABF:
         # is −A, the bias that flattens it
         idx = ndimage.distance_transform_edt(~main, return_distances=False, return_indices=True)
         pot = pot[tuple(idx)]
+        if self.freeze_fill is not None:
+            pot = np.maximum(pot, pot.max() - self.freeze_fill)
         pot = pot - pot.min()
         self.frozen[:] = pot.ravel()
         self.prm[8] = 1.0
@@ -535,7 +548,8 @@ class NativeEABF:
         starts, pots = self._history_arrays()
         return {"potential": self.frozen, "mins": self.grid.mins, "widths": self.grid.widths,
                 "bins": np.asarray(self.grid.bins, np.int64), "periods": self._periods,
-                "wall_kappa": np.array(self.prm[6]), "potentials": pots, "starts": starts}
+                "wall_kappa": np.array(self.prm[6]), "potentials": pots, "starts": starts,
+                "fill": np.array(np.nan if self.freeze_fill is None else self.freeze_fill)}
 
     def _history_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """The frozen biases so far: their first steps (K,) and B per bin (K, bins)."""
