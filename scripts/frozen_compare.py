@@ -1,0 +1,79 @@
+"""Finished runs' frozen stages side by side: for each run directory, the frozen bias's fill
+(``convergence.production_frozen_fill_kT``), the stage's length, its transitions, ΔF between
+the states with its block error and its difference from the reference, the drift check on
+the halves, the Kish effective sample size of the exact weights, the span of the frozen
+biases, and the stage's wall time.
+
+    python scripts/frozen_compare.py RUN_DIR [RUN_DIR ...] [--json FILE]
+
+Made to compare one seed's frozen stage run again with another fill (the stage's seed is
+the run's, so the two differ only by the bias; ``scripts/frozen_parts.py`` gives a stage
+bias by bias).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT / "docs" / "measurements" / "ala2-reference-combined.json"
+
+
+def reference() -> float:
+    """ΔF(C7ax − C7eq) of the metadynamics reference with its bias frozen (exact weights)."""
+    return float(json.loads(REFERENCE.read_text())["exact"]["delta_f"])
+
+
+def compare(run: Path, ref: float) -> dict:
+    from cvflow.config import load_config
+    from cvflow.dataset import stage_log_weights
+    from cvflow.units import kT
+    cfg = load_config(run / "config.resolved.yaml")
+    seg = run / "production" / "frozen"
+    summary = json.loads((run / "summary.json").read_text())
+    states = summary["states"]
+    target = next(iter(states["delta_f"]))
+    d = states["delta_f"][target]
+    logw, _ = stage_log_weights(seg, 1.0 / kT(cfg.md.temperature), "frozen")
+    w = np.exp(logw - logw.max())
+    w /= w.sum()
+    rec = np.load(seg / "frozen_bias.npz")
+    pots = np.asarray(rec["potentials"]) if "potentials" in rec else np.asarray(rec["potential"])[None]
+    segment = json.loads((seg / "segment.json").read_text())
+    fill = float(rec["fill"]) if "fill" in rec else float("nan")  # as applied (none before it existed)
+    return {"run": str(run), "fill_kT": None if np.isnan(fill) else round(fill / kT(cfg.md.temperature), 6),
+            "delta_f_of": f"{target} - {states['reference_state']}",
+            "ns": segment["steps"] * cfg.md.timestep / 1000.0, "transitions": d.get("transitions"),
+            "delta_f": d["value"], "error": d.get("error"), "minus_reference": d["value"] - ref,
+            "halves": d.get("halves"), "halves_z": d.get("halves_z"), "halves_weight": states.get("halves_weight"),
+            "kish_ess": float(1.0 / np.sum(w ** 2)), "frames": int(len(w)),
+            "bias_span_kJmol": [float(np.ptp(p)) for p in pots], "frozen_biases": int(len(pots)),
+            "stage_minutes": segment["wall_seconds"] / 60.0, "converged": summary.get("converged")}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", type=Path, nargs="+")
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    ref = reference()
+    rows = [compare(r, ref) for r in a.runs]
+    print(f"reference {ref:.2f} kJ/mol")
+    print(f"{'run':<40} {'fill':>5} {'ns':>6} {'trans':>5} {'ΔF':>14} {'−ref':>6} {'halves_z':>8} "
+          f"{'ESS/frames':>11} {'B span':>9} {'min':>5}")
+    for r in rows:
+        err = f"{r['error']:.2f}" if r["error"] is not None else "undet."
+        z = f"{r['halves_z']:.1f}" if r["halves_z"] is not None else "-"
+        print(f"{r['run'][-40:]:<40} {str(r['fill_kT']):>5} {r['ns']:6.1f} {r['transitions']:>5} "
+              f"{r['delta_f']:7.2f} ± {err:<5} {r['minus_reference']:+6.2f} {z:>8} "
+              f"{r['kish_ess'] / r['frames']:11.3f} {min(r['bias_span_kJmol']):4.0f}-{max(r['bias_span_kJmol']):<4.0f} "
+              f"{r['stage_minutes']:5.1f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"reference": ref, "runs": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
