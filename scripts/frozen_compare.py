@@ -1,8 +1,9 @@
 """Finished runs' frozen stages side by side: for each run directory, the frozen bias's fill
 (``convergence.production_frozen_fill_kT``), the stage's length, its transitions, ΔF between
 the states with its block error and its difference from the reference, the drift check on
-the halves, the Kish effective sample size of the exact weights, the span of the frozen
-biases, and the stage's wall time.
+the halves, the Kish effective sample size of the exact weights, the share of frames whose
+weight is under e⁻²⁰ of the largest (time spent where the ensemble hardly goes), the span of
+the frozen biases, and the stage's wall time.
 
     python scripts/frozen_compare.py RUN_DIR [RUN_DIR ...] [--json FILE]
 
@@ -50,6 +51,7 @@ def compare(run: Path, ref: float) -> dict:
             "delta_f": d["value"], "error": d.get("error"), "minus_reference": d["value"] - ref,
             "halves": d.get("halves"), "halves_z": d.get("halves_z"), "halves_weight": states.get("halves_weight"),
             "kish_ess": float(1.0 / np.sum(w ** 2)), "frames": int(len(w)),
+            "weightless_share": float(np.mean(logw < logw.max() - 20.0)),
             "bias_span_kJmol": [float(np.ptp(p)) for p in pots], "frozen_biases": int(len(pots)),
             "stage_minutes": segment["wall_seconds"] / 60.0, "converged": summary.get("converged")}
 
@@ -63,13 +65,13 @@ def main():
     rows = [compare(r, ref) for r in a.runs]
     print(f"reference {ref:.2f} kJ/mol")
     print(f"{'run':<40} {'fill':>5} {'ns':>6} {'trans':>5} {'ΔF':>14} {'−ref':>6} {'halves_z':>8} "
-          f"{'ESS/frames':>11} {'B span':>9} {'min':>5}")
+          f"{'ESS/frames':>11} {'<e-20':>6} {'B span':>9} {'min':>5}")
     for r in rows:
         err = f"{r['error']:.2f}" if r["error"] is not None else "undet."
         z = f"{r['halves_z']:.1f}" if r["halves_z"] is not None else "-"
         print(f"{r['run'][-40:]:<40} {str(r['fill_kT']):>5} {r['ns']:6.1f} {r['transitions']:>5} "
               f"{r['delta_f']:7.2f} ± {err:<5} {r['minus_reference']:+6.2f} {z:>8} "
-              f"{r['kish_ess'] / r['frames']:11.3f} {min(r['bias_span_kJmol']):4.0f}-{max(r['bias_span_kJmol']):<4.0f} "
+              f"{r['kish_ess'] / r['frames']:11.3f} {r['weightless_share']:6.3f} {min(r['bias_span_kJmol']):4.0f}-{max(r['bias_span_kJmol']):<4.0f} "
               f"{r['stage_minutes']:5.1f}")
     if a.json:
         Path(a.json).write_text(json.dumps({"reference": ref, "runs": rows}, indent=1))
