@@ -214,9 +214,9 @@ def test_frozen_bias_weights_are_exact_even_on_a_cv_that_misses_the_slow_motion(
     CZAR test). The same holds when the bias is frozen again every 30,000 steps from the
     statistics so far (5 biases, their frames weighted together by MBAR), and when the
     bias flattens F only up to 10 kT, over the barrier but under the ends
-    (``convergence.production_frozen_fill_kT``: the bias that is applied weighs the frames). The extended weights of the y-biased adaptive
-    stage, which assume that the frames at each λ are in equilibrium, are printed beside
-    them for comparison."""
+    (``convergence.production_frozen_fill_kT``: the bias that is applied weighs the
+    frames). The extended weights of the y-biased adaptive stage, which assume that the
+    frames at each λ are in equilibrium, are printed beside them for comparison."""
     from cvflow.dataset import stage_log_weights
     from cvflow.sampler import load_frames
     cfg = es_config.model_copy(deep=True)
