@@ -337,7 +337,8 @@ def weightless_half_hint(states: dict) -> str | None:
         return None
     which = "first" if shares[0] < shares[1] else "second"
     return (f"the {which} half of the frames carries {min(shares):.2g} of the weight: the bias held the system where "
-            "the unbiased ensemble hardly goes, which sampling longer does not mend; check that the final CV "
+            "the unbiased ensemble hardly goes, which sampling longer does not mend; a frozen bias filled without a "
+            "ceiling does that (convergence.production_frozen_fill_kT, 20 by default), else check that the final CV "
             "separates these states (the report's state and Ramachandran plots)")
 
 

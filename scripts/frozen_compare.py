@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from frozen_parts import frozen_stage  # noqa: E402
 REFERENCE = ROOT / "docs" / "measurements" / "ala2-reference-combined.json"
 
 
@@ -29,20 +32,15 @@ def reference() -> float:
 
 
 def compare(run: Path, ref: float) -> dict:
-    from cvflow.config import load_config
-    from cvflow.dataset import stage_log_weights
     from cvflow.units import kT
-    cfg = load_config(run / "config.resolved.yaml")
+    cfg, logw, _, pots, rec = frozen_stage(run)
     seg = run / "production" / "frozen"
     summary = json.loads((run / "summary.json").read_text())
     states = summary["states"]
     target = next(iter(states["delta_f"]))
     d = states["delta_f"][target]
-    logw, _ = stage_log_weights(seg, 1.0 / kT(cfg.md.temperature), "frozen")
     w = np.exp(logw - logw.max())
     w /= w.sum()
-    rec = np.load(seg / "frozen_bias.npz")
-    pots = np.asarray(rec["potentials"]) if "potentials" in rec else np.asarray(rec["potential"])[None]
     segment = json.loads((seg / "segment.json").read_text())
     fill = float(rec["fill"]) if "fill" in rec else float("nan")  # as applied (none before it existed)
     return {"run": str(run), "fill_kT": None if np.isnan(fill) else round(fill / kT(cfg.md.temperature), 6),

@@ -10,27 +10,47 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
 
-def parts(run_dir: Path) -> dict:
-    from cvflow import artifacts as art
-    from cvflow.config import load_config
+def _fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2."""
+    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def frozen_stage(run_dir: Path):
+    """A finished run's frozen stage: its config, the frames' exact log weights and what
+    the weighting says of itself, the frozen biases as applied (K, bins) and the record
+    (``frozen_bias.npz``). Exits with a one-line error when there is no finished stage."""
+    from cvflow.config import ConfigError, load_config
     from cvflow.dataset import stage_log_weights
     from cvflow.units import kT
     seg = run_dir / "production" / "frozen"
-    cfg = load_config(run_dir / "config.resolved.yaml")
-    beta = 1.0 / kT(cfg.md.temperature)
-    logw, info = stage_log_weights(seg, beta, "frozen")
+    if not (seg / "segment.json").exists() or not (run_dir / "config.resolved.yaml").exists():
+        _fail(f"{run_dir}: no finished frozen stage ({seg / 'segment.json'} not found)")
+    try:
+        cfg = load_config(run_dir / "config.resolved.yaml")
+    except ConfigError as e:
+        _fail(str(e))
+    logw, info = stage_log_weights(seg, 1.0 / kT(cfg.md.temperature), "frozen")
     rec = np.load(seg / "frozen_bias.npz")
+    pots = np.asarray(rec["potentials"]) if "potentials" in rec else np.asarray(rec["potential"])[None]
+    return cfg, logw, info, pots, rec
+
+
+def parts(run_dir: Path) -> dict:
+    from cvflow import artifacts as art
+    seg = run_dir / "production" / "frozen"
+    _, logw, info, pots, rec = frozen_stage(run_dir)
     starts = np.asarray(rec["starts"], np.int64) if "starts" in rec else np.zeros(1, np.int64)
     header, rows = art.read_csv(seg / "colvar.csv")
     col = lambda prefix: rows[:, [i for i, h in enumerate(header) if h.startswith(prefix)]]  # noqa: E731
     lam, xi, steps = col("lambda"), col("cv"), rows[:, header.index("step")]
     part = np.clip(np.searchsorted(starts, steps, side="left") - 1, 0, len(starts) - 1)
-    pots = np.asarray(rec["potentials"]) if "potentials" in rec else np.asarray(rec["potential"])[None]
     nb, mins, widths = np.asarray(rec["bins"]), np.asarray(rec["mins"]), np.asarray(rec["widths"])
     cell = np.clip(np.floor((lam - mins) / widths).astype(np.int64), 0, nb - 1)
     flat = np.ravel_multi_index(tuple(cell.T), tuple(nb))
