@@ -462,7 +462,9 @@ class ConvergenceConfig(Strict):
     # no further: regions higher than that carry under e^-20 of the weight, and a bias that
     # fills them in full can hold the system there for good (measured on alanine dipeptide:
     # seed 9's B spanned 166 kJ/mol and held λ past the CV's tanh edge for 105 ns; README,
-    # "A ceiling on the frozen bias"). The weights stay exact. null: flatten all of it
+    # "A ceiling on the frozen bias"). A freeze raises it to 1 kT over the level at which
+    # the basins holding 99.9 % of λ's weight join, should that be higher, so it never
+    # leaves a barrier between them. The weights stay exact. null: flatten all of it
     production_frozen_fill_kT: Optional[Annotated[float, Field(gt=0)]] = 20.0
     # with states: the frozen stage goes on past production_frozen_steps until every ΔF
     # between the reference state and another rests on at least this many transitions

@@ -237,6 +237,35 @@ def _region_labels(flat, shape, periodic):
     return labels
 
 
+def joining_level(a: np.ndarray, periodic, kT: float, weight: float = 0.999) -> tuple[float, float]:
+    """Where the basins of a free energy ``a`` on a grid join. The basins are the bins
+    under the level ``cut`` below which the grid holds ``weight`` of e^{−a/kT}; the
+    joining level is the lowest L at which the bins with a ≤ L connect all of them in one
+    region (neighbours along each axis, across a periodic edge too): the highest saddle on
+    the lowest paths between the basins. Returns (cut, L), in a's units above its minimum.
+    Used to keep a frozen bias's ceiling from cutting a barrier between basins that carry
+    the weight (:meth:`cvflow.bias.native.NativeEABF.freeze`)."""
+    a = np.asarray(a, np.float64)
+    a = a - a.min()
+    flat = np.sort(a.ravel())
+    w = np.cumsum(np.exp(-flat / kT))
+    cut = float(flat[min(int(np.searchsorted(w, weight * w[-1])), flat.size - 1)])
+    basins = a <= cut
+
+    def joined(level: float) -> bool:
+        return np.unique(connected_regions(a <= level, periodic)[basins]).size == 1
+
+    levels = flat[flat >= cut]
+    lo, hi = 0, levels.size - 1  # the whole grid is one region: levels[-1] joins them
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if joined(levels[mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    return cut, float(levels[lo])
+
+
 def main_region(labels: np.ndarray, count: np.ndarray) -> np.ndarray:
     """Mask of the labelled region that holds the most samples (ties: the lowest label)."""
     n = int(labels.max())

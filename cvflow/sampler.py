@@ -131,6 +131,20 @@ def frozen_fill(cfg: Config) -> float | None:
     return None if fill is None else fill * kT(cfg.md.temperature)
 
 
+def _note_fill(bias: NativeEABF, label: str, said: bool) -> bool:
+    """Say when a freeze raised the frozen bias's fill above
+    ``convergence.production_frozen_fill_kT``: a warning the first time in a stage (``said``
+    False), the debug log after. Returns whether it has been said."""
+    if not bias.fill_raised:
+        return said
+    cut, joins, fill = bias.frozen_levels[-1] / bias.kT
+    (log.debug if said else log.warning)(
+        f"{label}: the basins of λ that hold 99.9% of its weight (up to {cut:.1f} kT) join only at "
+        f"{joins:.1f} kT, over convergence.production_frozen_fill_kT ({bias.freeze_fill / bias.kT:.3g}); "
+        f"the frozen bias fills up to {fill:.1f} kT so that it does not leave that barrier")
+    return True
+
+
 def md_threads(md_cfg) -> int | None:
     """The CPU platform's thread count for ``md``: ``md.threads``; 1 when unset and pinned
     (``md.pin``); else None, OpenMM's default (every core, or ``OPENMM_CPU_THREADS``)."""
@@ -251,6 +265,7 @@ def _run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, s
     extension = art.read_json(extension_file) if extension_file.exists() else {"from_steps": steps, "checks": []}
     steps = max(steps, int(extension.get("steps", steps)))
     step = 0
+    fill_said = False  # whether a freeze's raised fill has been said (a warning once a stage)
     if progress_file.exists():
         step = _restore_checkpoint(sim, bias, ckpt_dir, chunk_dir)
     else:
@@ -258,6 +273,7 @@ def _run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, s
             bias.continue_from(np.load(bias_start))
         if freeze:
             bias.freeze()
+            fill_said = _note_fill(bias, label, fill_said)
         start = bundle.positions if start_positions is None else start_positions
         sim.context.setPositions(start * u.nanometer)
         if bundle.box is not None:
@@ -285,6 +301,7 @@ def _run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, s
         if refreeze_every and bias.is_frozen and step % refreeze_every == 0 and step > bias.last_freeze_step:
             bias.freeze(step)  # (a resume from the checkpoint at this step freezes it again, alike)
             log.debug(f"{label}: the bias frozen again at step {step:,}, from its statistics so far")
+            fill_said = _note_fill(bias, label, fill_said)
         n = min(report - step % report, steps - step)
         reason = None
         try:

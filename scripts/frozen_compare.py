@@ -1,5 +1,6 @@
 """Finished runs' frozen stages side by side: for each run directory, the frozen bias's fill
-(``convergence.production_frozen_fill_kT``), the stage's length, its transitions, ΔF between
+(``convergence.production_frozen_fill_kT``) and the highest level at which its weighted
+basins join (where recorded: the fill is raised to clear it), the stage's length, its transitions, ΔF between
 the states with its block error and its difference from the reference, the drift check on
 the halves, the Kish effective sample size of the exact weights, the share of frames whose
 weight is under e⁻²⁰ of the largest (time spent where the ensemble hardly goes), the span of
@@ -42,8 +43,13 @@ def compare(run: Path, ref: float) -> dict:
     w = np.exp(logw - logw.max())
     w /= w.sum()
     segment = json.loads((seg / "segment.json").read_text())
-    fill = float(rec["fill"]) if "fill" in rec else float("nan")  # as applied (none before it existed)
-    return {"run": str(run), "fill_kT": None if np.isnan(fill) else round(fill / kT(cfg.md.temperature), 6),
+    kt = kT(cfg.md.temperature)
+    fill = float(rec["fill"]) if "fill" in rec else float("nan")  # as set (none before it existed)
+    # per freeze: the weighted basins' cut, the level where they join, the fill as applied
+    levels = rec["levels"] / kt if "levels" in rec else np.full((len(pots), 3), np.nan)
+    top = lambda col: None if np.all(np.isnan(col)) else round(float(np.nanmax(col)), 3)  # noqa: E731
+    return {"run": str(run), "fill_kT": None if np.isnan(fill) else round(fill / kt, 6),
+            "joins_kT": top(levels[:, 1]), "fill_applied_kT": top(levels[:, 2]),
             "delta_f_of": f"{target} - {states['reference_state']}",
             "ns": segment["steps"] * cfg.md.timestep / 1000.0, "transitions": d.get("transitions"),
             "delta_f": d["value"], "error": d.get("error"), "minus_reference": d["value"] - ref,
@@ -62,12 +68,12 @@ def main():
     ref = reference()
     rows = [compare(r, ref) for r in a.runs]
     print(f"reference {ref:.2f} kJ/mol")
-    print(f"{'run':<40} {'fill':>5} {'ns':>6} {'trans':>5} {'ΔF':>14} {'−ref':>6} {'halves_z':>8} "
+    print(f"{'run':<40} {'fill':>5} {'joins':>5} {'ns':>6} {'trans':>5} {'ΔF':>14} {'−ref':>6} {'halves_z':>8} "
           f"{'ESS/frames':>11} {'<e-20':>6} {'B span':>9} {'min':>5}")
     for r in rows:
         err = f"{r['error']:.2f}" if r["error"] is not None else "undet."
         z = f"{r['halves_z']:.1f}" if r["halves_z"] is not None else "-"
-        print(f"{r['run'][-40:]:<40} {str(r['fill_kT']):>5} {r['ns']:6.1f} {r['transitions']:>5} "
+        print(f"{r['run'][-40:]:<40} {str(r['fill_kT']):>5} {str(r['joins_kT']):>5} {r['ns']:6.1f} {r['transitions']:>5} "
               f"{r['delta_f']:7.2f} ± {err:<5} {r['minus_reference']:+6.2f} {z:>8} "
               f"{r['kish_ess'] / r['frames']:11.3f} {r['weightless_share']:6.3f} {min(r['bias_span_kJmol']):4.0f}-{max(r['bias_span_kJmol']):<4.0f} "
               f"{r['stage_minutes']:5.1f}")

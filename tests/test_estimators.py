@@ -7,8 +7,8 @@ import torch
 
 from cvflow.convergence import regscore, regscores
 from cvflow.dataset import extended_grid, log_weights_extended, log_weights_from_fes, normalised_weights
-from cvflow.fes import (CZARStats, Grid, connected_regions, fes_on_frames, histogram_free_energy, read_fes,
-                        write_fes, write_histogram_fes)
+from cvflow.fes import (CZARStats, Grid, connected_regions, fes_on_frames, histogram_free_energy, joining_level,
+                        read_fes, write_fes, write_histogram_fes)
 
 KT = 1.0
 BARRIER = 8.0  # kT
@@ -362,6 +362,27 @@ def test_two_islands_2d_and_periodic_wrap():
     assert lab.max() == 1
     # along y only (not periodic in x), still two
     assert connected_regions(count > 0, np.array([False, True])).max() == 2
+
+
+def test_joining_level_is_the_lowest_pass_between_the_weighted_basins():
+    """``joining_level`` on a surface built bin by bin: two basins (0 and 1 kT, 100 bins
+    each) in a plateau at 30 kT, joined by a corridor at 12 kT and, across the x edge, by a
+    row at 7 kT. The basins hold all but e⁻¹¹ of the weight, so the cut is 1 kT; they join
+    at 12 kT, or at 7 kT where x is periodic. A second basin at 10 kT holds under 0.1 % of
+    the weight: it is not a basin, and the basins join where they are cut."""
+    a = np.full((40, 40), 30.0)
+    a[5:15, 5:15] = 0.0
+    a[5:15, 25:35] = 1.0
+    a[30, 10:31] = 12.0      # the corridor: down from each basin, along row 30
+    a[15:30, 10] = 12.0
+    a[15:30, 30] = 12.0
+    a[10, 35:] = 7.0         # the row across the edge of x (the second axis)
+    a[10, :5] = 7.0
+    assert joining_level(a, [False, False], KT) == (1.0, 12.0)
+    assert joining_level(a, [False, True], KT) == (1.0, 7.0)
+    assert joining_level(a + 5.0, [False, False], KT) == (1.0, 12.0)  # levels above the minimum
+    a[5:15, 25:35] = 10.0
+    assert joining_level(a, [False, False], KT) == (0.0, 0.0)
 
 
 def test_connected_regions_against_a_breadth_first_search(fixed_rng):

@@ -1,4 +1,6 @@
 """eABF + CZAR against exact free energies; forces against finite differences."""
+import logging
+
 import numpy as np
 import openmm as mm
 import pytest
@@ -213,9 +215,10 @@ def test_frozen_bias_weights_are_exact_even_on_a_cv_that_misses_the_slow_motion(
     way give the exact F(x), binned as the frames (0.3 kT RMS where F ≤ 5 kT, as for the
     CZAR test). The same holds when the bias is frozen again every 30,000 steps from the
     statistics so far (5 biases, their frames weighted together by MBAR), and when the
-    bias flattens F only up to 10 kT, over the barrier but under the ends
+    bias flattens F only up to 11 kT, over the barrier but under the ends
     (``convergence.production_frozen_fill_kT``: the bias that is applied weighs the
-    frames). The extended weights of the y-biased adaptive stage, which assume that the
+    frames; the barrier, where the wells join, is found at 9.5 kT, and 11 kT is over the
+    1 kT margin the freeze keeps above it, so the fill is not raised). The extended weights of the y-biased adaptive stage, which assume that the
     frames at each λ are in equilibrium, are printed beside them for comparison."""
     from cvflow.dataset import stage_log_weights
     from cvflow.sampler import load_frames
@@ -228,7 +231,7 @@ def test_frozen_bias_weights_are_exact_even_on_a_cv_that_misses_the_slow_motion(
     y_grid = Grid.from_dims([GridDim(min=-1.5, max=2.5, bins=50)])
     done = {}
     for name, cv, grid, every, fill in (("x", x_cv, x_grid, 0, None), ("y", y_cv, y_grid, 0, None),
-                                        ("y", y_cv, y_grid, 30_000, None), ("x", x_cv, x_grid, 0, 10.0)):
+                                        ("y", y_cv, y_grid, 30_000, None), ("x", x_cv, x_grid, 0, 11.0)):
         if name in done:  # the same adaptive stage, another frozen one
             (tmp_path / name / "frozen").rename(tmp_path / name / done[name])
         done[name] = f"frozen-{every}-{fill}"
@@ -237,11 +240,15 @@ def test_frozen_bias_weights_are_exact_even_on_a_cv_that_misses_the_slow_motion(
         rec = np.load(tmp_path / name / "frozen" / "frozen_bias.npz")
         assert rec["starts"].tolist() == list(range(0, 150_000, every or 150_000))
         assert np.array_equal(rec["potentials"][-1], rec["potential"])
+        cut, joins, applied = rec["levels"][-1] / kT(cfg.md.temperature)
+        print(f"  basins up to {cut:.2f} kT join at {joins:.2f} kT; fill applied {applied:.2f} kT")
+        if name == "x":  # the wells at x = ±1 join over the barrier at x = 0 (9.5 kT)
+            assert 8.5 < joins < 10.5
         if fill:  # it binds: the full bias spans 14 kT, the barrier at x = 0 is 9.5 kT high
             full = np.load(tmp_path / name / "frozen-0-None" / "frozen_bias.npz")["potential"]
             assert np.ptp(full) > (fill + 2) * kT(cfg.md.temperature)
             assert np.ptp(rec["potential"]) == pytest.approx(fill * kT(cfg.md.temperature))
-            assert rec["fill"] == pytest.approx(fill * kT(cfg.md.temperature))
+            assert rec["fill"] == pytest.approx(fill * kT(cfg.md.temperature)) and applied == pytest.approx(fill)
         rms = {}
         for part in ("adaptive", "frozen"):
             logw, info = stage_log_weights(tmp_path / name / part, BETA_ES)
@@ -318,6 +325,47 @@ def test_frozen_bias_flattens_only_up_to_its_fill(es_config, x_cv):
     below = (full.max() - full) <= 10 * kt
     assert below.sum() >= 10 and np.allclose(capped[below], full[below] - (full.max() - 10 * kt))
     assert np.all(capped[~below] == 0.0)
+
+
+def test_frozen_bias_fill_never_cuts_the_barrier_between_weighted_basins(es_config, x_cv, caplog):
+    """A fill under the barrier between two basins that both carry weight would leave that
+    barrier in the frozen stage. On a known mean force, A = 25 kT (λ² − 1)² on [−2, 2] (two
+    equal wells, a barrier of 25 kT; integrated from the bins' mean forces, 24.8 kT), the
+    levels are recorded without a fill, and the wells join at the barrier's bin. A fill of
+    20 kT is raised to 1 kT over that level, and the frozen bias then flattens A exactly
+    along the path between the wells (A + B constant on |λ| ≤ 1). A fill of 30 kT is kept."""
+    from cvflow.sampler import _note_fill
+    cfg = es_config.model_copy(deep=True)
+    bundle = build_system(cfg.system)
+    grid = Grid.from_dims([GridDim(min=-2.0, max=2.0, bins=50)])
+    centres = grid.mins[0] + (np.arange(50) + 0.5) * grid.widths[0]
+    kt = kT(cfg.md.temperature)
+    a = None
+    for fill in (None, 20.0, 30.0):
+        cfg.convergence.production_frozen_fill_kT = fill
+        bias = make_bias(cfg, bundle, x_cv, grid, seed=1)
+        bias.abf_count[:] = 10 ** 6
+        bias.abf_sum[:, 0] = 10 ** 6 * (-100 * kt * centres * (centres ** 2 - 1))  # −dA/dλ, A = 25 kT (λ² − 1)²
+        pot = bias.freeze()
+        cut, joins, applied = bias.frozen_record()["levels"][-1] / kt
+        if a is None:  # the whole bias: A as integrated
+            a = pot.max() - pot
+            barrier = a[np.abs(centres) < 0.5].max() / kt
+            assert 24 < barrier < 25 and np.isnan(applied)
+        assert joins == pytest.approx(barrier, rel=1e-9) and cut < 5
+        assert bias.fill_raised == (fill == 20.0)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="cvflow"):
+            assert _note_fill(bias, "production/frozen", False) == bias.fill_raised
+        said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(said) == bias.fill_raised
+        if said:  # one line, naming the stage, the key and the fill applied
+            assert said[0].startswith("production/frozen: the basins of λ") and "\n" not in said[0]
+            assert "convergence.production_frozen_fill_kT (20)" in said[0] and f"{applied:.1f} kT" in said[0]
+        if fill is not None:
+            assert applied == pytest.approx(max(fill, barrier + 1), rel=1e-9)
+            assert np.ptp(pot) == pytest.approx(applied * kt, rel=1e-9)
+            assert np.ptp((a + pot)[np.abs(centres) <= 1]) < 1e-9 * kt
 
 
 # -- multiple time stepping (bias.stride) ------------------------------------------------------

@@ -26,7 +26,7 @@ import openmm as mm
 
 from ..arena import JAC, POS, XI, Arena, f1, f2, f3, i1
 from ..cvs import torsions_packed
-from ..fes import CZARStats, Grid, Poisson2D, connected_regions, integrate_1d, main_region
+from ..fes import CZARStats, Grid, Poisson2D, connected_regions, integrate_1d, joining_level, main_region
 from ..fastcv import CVEvaluator, aligned_mlp_packed
 
 _NOISE_BLOCK = 8192
@@ -380,6 +380,7 @@ class NativeEABF:
         self._poisson = Poisson2D(grid.widths, grid.periodic) if self.projection_interval else None
         self._regions_key, self._regions = None, None  # the visited bins' connected regions, cached
         self.frozen_history: list[tuple[int, np.ndarray]] = []  # (first step, B per bin) of each freeze
+        self.frozen_levels: list[np.ndarray] = []  # (basins' cut, their joining level, fill applied) of each
         self.freeze_fill = None if freeze_fill is None else float(freeze_fill)
         if self._poisson is not None:  # its compiled parts (connected_regions' too) compiled or loaded here, not in MD
             self._poisson.integrate(np.zeros((2, 2, 2)), np.ones((2, 2), bool))
@@ -509,7 +510,11 @@ class NativeEABF:
         excess is left. Such regions carry under e^{−β fill} of the weight, and a B that
         fills them in full (an estimate that runs away where ξ saturates and λ goes past
         it) can hold the system there (README, "A ceiling on the frozen bias"). The weights
-        stay exact: they use the B that is applied.
+        stay exact: they use the B that is applied. The fill is raised, where needed, to
+        1 kT above the level at which the basins holding 99.9 % of λ's weight join
+        (:func:`cvflow.fes.joining_level`): the ceiling leaves out regions without weight
+        but never a barrier between the states. Each freeze's cut, joining level and fill
+        are kept (``frozen_levels``).
 
         A frozen bias still gathers the statistics, so it can be frozen again later from
         them (``step``, the segment's step from which the new B acts): each B and its first
@@ -529,13 +534,26 @@ class NativeEABF:
         # is −A, the bias that flattens it
         idx = ndimage.distance_transform_edt(~main, return_distances=False, return_indices=True)
         pot = pot[tuple(idx)]
-        if self.freeze_fill is not None:
-            pot = np.maximum(pot, pot.max() - self.freeze_fill)
+        cut, joins = joining_level(pot.max() - pot, self.grid.periodic, self.kT)
+        fill = self.freeze_fill
+        if fill is not None:
+            fill = max(fill, joins + self.kT)  # never under the saddle between the weighted basins
+            pot = np.maximum(pot, pot.max() - fill)
         pot = pot - pot.min()
         self.frozen[:] = pot.ravel()
         self.prm[8] = 1.0
-        self.frozen_history = [(s, b) for s, b in self.frozen_history if s < step] + [(int(step), pot.ravel().copy())]
+        earlier = [i for i, (s, _) in enumerate(self.frozen_history) if s < step]
+        self.frozen_history = [self.frozen_history[i] for i in earlier] + [(int(step), pot.ravel().copy())]
+        self.frozen_levels = [self.frozen_levels[i] for i in earlier] + [
+            np.array([cut, joins, np.nan if fill is None else fill])]
         return pot
+
+    @property
+    def fill_raised(self) -> bool:
+        """Whether the last freeze raised ``freeze_fill`` to clear the saddle between the
+        basins that carry λ's weight (:meth:`freeze`)."""
+        return bool(self.frozen_levels) and self.freeze_fill is not None and \
+            self.frozen_levels[-1][2] > self.freeze_fill
 
     @property
     def last_freeze_step(self) -> int:
@@ -549,7 +567,18 @@ class NativeEABF:
         return {"potential": self.frozen, "mins": self.grid.mins, "widths": self.grid.widths,
                 "bins": np.asarray(self.grid.bins, np.int64), "periods": self._periods,
                 "wall_kappa": np.array(self.prm[6]), "potentials": pots, "starts": starts,
-                "fill": np.array(np.nan if self.freeze_fill is None else self.freeze_fill)}
+                "fill": np.array(np.nan if self.freeze_fill is None else self.freeze_fill),
+                # per freeze, kJ/mol above λ's lowest free energy: the level under which the
+                # grid holds 99.9 % of the weight, the level at which those basins join, and
+                # the fill as applied (raised to 1 kT over the joining level where needed)
+                "levels": self._levels_array()}
+
+    def _levels_array(self) -> np.ndarray:
+        """``frozen_levels`` as a (K, 3) array; NaN rows for freezes recorded before they were kept."""
+        levels = np.full((len(self.frozen_history), 3), np.nan)
+        if len(self.frozen_levels) == len(self.frozen_history):
+            levels[:] = np.reshape(self.frozen_levels, levels.shape)
+        return levels
 
     def _history_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """The frozen biases so far: their first steps (K,) and B per bin (K, bins)."""
@@ -617,6 +646,7 @@ class NativeEABF:
                 "energy": np.array(self._energy),
                 "czar_count": self.czar_count, "czar_sum": self.czar_sum, "applied": self.applied,
                 "frozen": self.frozen, "frozen_starts": starts, "frozen_history": pots,
+                "frozen_levels": self._levels_array(),
                 "noise_counter": np.array(self.noise_counter), "initialised": np.array(self.initialised),
                 "vlam_rng": np.array(str(self._vlam_init_rng.bit_generator.state))}
 
@@ -625,7 +655,7 @@ class NativeEABF:
         velocity and the statistics carry over; the step count starts afresh."""
         self.load_state_arrays(d)
         self._last_step = -1
-        self.frozen_history = []  # a new segment: its own frozen biases, if any
+        self.frozen_history, self.frozen_levels = [], []  # a new segment: its own frozen biases, if any
 
     def load_state_arrays(self, d) -> None:
         for key in ("lam", "vlam", "abf_count", "abf_sum", "czar_count", "czar_sum"):
@@ -642,6 +672,8 @@ class NativeEABF:
             self.frozen_history = [(int(s), np.array(b)) for s, b in zip(d["frozen_starts"], d["frozen_history"])]
         elif self.is_frozen:  # a checkpoint from before the history was kept: B from the start
             self.frozen_history = [(0, self.frozen.copy())]
+        levels = d["frozen_levels"] if "frozen_levels" in d.files else np.full((len(self.frozen_history), 3), np.nan)
+        self.frozen_levels = [np.array(row) for row in levels]
         if "applied" in d.files:
             self.applied[...] = d["applied"]
         elif self.projection_interval:  # a checkpoint from before projected ABF: project now,
