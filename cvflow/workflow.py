@@ -164,18 +164,36 @@ def _checkpoint_steps(run_dir: Path) -> dict[str, int]:
     return out
 
 
+KEEP_INPUT_MAX_BYTES = 256 * 2 ** 20  # larger input files are recorded, not copied
+
+
 def keep_inputs(cfg: Config, run_dir: Path) -> None:
     """Copy every input file the config names (PDB, CV, references, saddle frames) into
     ``RUN_DIR/inputs/KEY/NAME``, once: ``cvflow report``, ``export`` and ``--resume`` from
     ``config.resolved.yaml`` use the copy when the file is no longer where the run found it
     (:func:`cvflow.config.with_kept_inputs`), so a run directory moved to another machine
-    still holds what it needs."""
+    still holds what it needs. A file over :data:`KEEP_INPUT_MAX_BYTES` (a long trajectory
+    of saddle frames or generator data) is not copied into every run: its path, size and
+    SHA-256 go to ``inputs/KEY/NAME.source.json`` instead, with a warning."""
+    import hashlib
     import shutil
     for key, src in input_files(cfg):
         dest = kept_input(run_dir, key, src)
-        if dest.is_file() or not src.is_file():
+        source = dest.with_name(dest.name + ".source.json")
+        if dest.is_file() or source.is_file() or not src.is_file():
             continue
         dest.parent.mkdir(parents=True, exist_ok=True)
+        size = src.stat().st_size
+        if size > KEEP_INPUT_MAX_BYTES:
+            digest = hashlib.sha256()
+            with open(src, "rb") as f:
+                for block in iter(lambda: f.read(2 ** 20), b""):
+                    digest.update(block)
+            art.write_json(source, {"key": key, "path": str(src), "bytes": size, "sha256": digest.hexdigest()})
+            log.warning(f"inputs: {key} ({src}, {size / 2 ** 20:,.0f} MiB) is over the "
+                        f"{KEEP_INPUT_MAX_BYTES / 2 ** 20:,.0f} MiB a run directory copies; its path and "
+                        f"SHA-256 are kept in {source.relative_to(run_dir)}, so a moved run needs it where it was")
+            continue
         with art.atomic_path(dest) as tmp:
             shutil.copyfile(src, tmp)
 

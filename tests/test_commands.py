@@ -203,6 +203,37 @@ def test_a_moved_run_reports_exports_and_resumes_from_its_kept_inputs(ala2_run, 
     assert len(rep.output.strip().splitlines()) == 1, rep.output
 
 
+def test_an_input_over_the_size_limit_is_recorded_not_copied(tmp_path, monkeypatch, caplog):
+    """keep_inputs copies a small input file into inputs/KEY/NAME. One over
+    KEEP_INPUT_MAX_BYTES (here lowered to 1 KiB) is not copied: its path, size and SHA-256
+    go to inputs/KEY/NAME.source.json, with a one-line warning naming the key, and a second
+    call (a resume) neither copies nor warns again."""
+    import hashlib
+    import logging
+    from conftest import ALA2_PDB
+    from cvflow import workflow
+    from cvflow.config import Config, SystemConfig
+    big = tmp_path / "big.pdb"
+    big.write_bytes(Path(ALA2_PDB).read_bytes())
+    assert big.stat().st_size > 1024
+    cfg = Config(system=SystemConfig(pdb=big))
+    run = tmp_path / "run"
+    workflow.keep_inputs(cfg, run)
+    assert (run / "inputs" / "system.pdb" / "big.pdb").read_bytes() == big.read_bytes()
+    monkeypatch.setattr(workflow, "KEEP_INPUT_MAX_BYTES", 1024)
+    run = tmp_path / "run2"
+    with caplog.at_level(logging.WARNING, logger="cvflow"):
+        workflow.keep_inputs(cfg, run)
+        workflow.keep_inputs(cfg, run)
+    kept = run / "inputs" / "system.pdb"
+    assert [f.name for f in kept.iterdir()] == ["big.pdb.source.json"]
+    record = yaml.safe_load((kept / "big.pdb.source.json").read_text())
+    assert record == {"key": "system.pdb", "path": str(big), "bytes": big.stat().st_size,
+                      "sha256": hashlib.sha256(big.read_bytes()).hexdigest()}
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(said) == 1 and said[0].startswith("inputs: system.pdb (") and "\n" not in said[0]
+
+
 def test_report_renders_in_headless_chromium(es_run):
     """The report opens in headless Chromium (Debian's `chromium`) with no console messages;
     skipped where Chromium is not installed."""
