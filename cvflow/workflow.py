@@ -870,6 +870,7 @@ class Workflow:
                                         "production MD, frozen bias", bias_start=prev_md / "bias_state.npz",
                                         freeze=True, extend=extend,
                                         refreeze_every=self.cfg.convergence.production_frozen_refreeze)
+        info = {**info, **frozen_levels_summary(out / "frozen_bias.npz", kT(self.cfg.md.temperature))}
         extension = art.read_json(out / "segment.json").get("extension")
         return {**info, "extension": extension} if extension else info
 
@@ -894,6 +895,22 @@ class Workflow:
         info["fes"] = str((out / "fes.csv").relative_to(self.run_dir))
         info["cv"] = last_train["cv"]
         return info
+
+
+def frozen_levels_summary(record: Path, kt: float) -> dict:
+    """For ``summary.json``: the frozen biases' fill as set, the highest fill as applied and
+    the highest level at which λ's weighted basins joined, in kT
+    (:meth:`cvflow.bias.native.NativeEABF.freeze`); empty for a record without levels."""
+    if not record.exists():
+        return {}
+    d = np.load(record)
+    if "levels" not in d.files or not np.isfinite(d["levels"][:, 1]).any():
+        return {}
+    levels = d["levels"] / kt
+    fill = float(d["fill"]) / kt
+    top = lambda col: float(np.nanmax(col)) if np.isfinite(col).any() else None  # noqa: E731
+    return {"fill_kT": fill if np.isfinite(fill) else None, "fill_applied_kT": top(levels[:, 2]),
+            "basins_join_kT": top(levels[:, 1])}
 
 
 def adaptive_production_dir(run_dir: Path) -> Path:

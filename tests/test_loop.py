@@ -343,6 +343,7 @@ def test_frozen_production_stage(tmp_path):
     stage's, and its weights are the exact e^{β[B(λ) + W(λ)]} of the frozen bias."""
     from cvflow.dataset import normalised_weights
     from cvflow.bias.native import static_bias_energies
+    from cvflow.units import kT
     from cvflow.workflow import production_md_dir
     cfg = quick_es(tmp_path, tmp_path / "run", convergence={"max_iterations": 2, "production_frozen_steps": 10_000})
     res = CliRunner().invoke(main, ["run", str(cfg), "-q"])
@@ -352,12 +353,18 @@ def test_frozen_production_stage(tmp_path):
     frozen = run / "production" / "frozen"
     assert production_md_dir(run) == frozen and s["final_fes"] == "production/frozen/fes.csv"
     assert s["production"]["frozen"]["steps"] == 10_000 and (run / "production" / "md" / "bias_state.npz").exists()
+    # the fill as set (the default 20 kT), as applied, and where λ's weighted basins joined
+    levels = np.load(frozen / "frozen_bias.npz")["levels"]
+    assert levels.shape == (1, 3) and np.isfinite(levels).all()
+    fz = s["production"]["frozen"]
+    assert fz["fill_kT"] == pytest.approx(20.0) and fz["fill_applied_kT"] >= 20.0
+    assert fz["basins_join_kT"] == pytest.approx(levels[0, 1] / kT(30.0694))
+    assert fz["fill_applied_kT"] == pytest.approx(max(20.0, fz["basins_join_kT"] + 1.0))
     w = np.load(run / "production" / "weights.npy")
     n = len(np.load(frozen / "traj.npy"))
     assert len(w) == n == 10_000 // 50
     rec = np.load(frozen / "frozen_bias.npz")
     lam = np.loadtxt(frozen / "colvar.csv", delimiter=",", comments="#", skiprows=2)[:, 3:4]
-    from cvflow.units import kT
     beta = 1.0 / kT(30.0694)  # the shipped config's temperature (β ≈ 4 mol/kJ)
     expect = normalised_weights(beta * static_bias_energies(lam, rec["potential"], rec["mins"], rec["widths"],
                                                             rec["bins"], rec["periods"], float(rec["wall_kappa"])))
