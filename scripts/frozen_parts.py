@@ -1,8 +1,9 @@
 """Where the weight of a frozen-bias stage lies, bias by bias: for a stage frozen again along
 the way (``convergence.production_frozen_refreeze``), each frozen bias's frames, their share
 of the exact (MBAR) weight, the MBAR free energy of the bias, where λ and ξ were, the span of
-the bias (kJ/mol), and the free energy A = max B − B that it assigns to its frames' λ bins
-(median and 99th percentile): frames at a high A carry little weight.
+the bias (kJ/mol), the free energy A = max B − B that it assigns to its frames' λ bins
+(median and 99th percentile): frames at a high A carry little weight, and (where recorded)
+the level at which λ's weighted basins join and the fill as applied.
 
     python scripts/frozen_parts.py RUN_DIR [--json FILE]
 """
@@ -42,6 +43,10 @@ def frozen_stage(run_dir: Path):
     return cfg, logw, info, pots, rec
 
 
+def _num(v) -> float | None:
+    return float(v) if np.isfinite(v) else None
+
+
 def parts(run_dir: Path) -> dict:
     from cvflow import artifacts as art
     seg = run_dir / "production" / "frozen"
@@ -57,6 +62,8 @@ def parts(run_dir: Path) -> dict:
     w = np.exp(logw - logw.max())
     w /= w.sum()
     f = info.get("mbar_free_energies_kT", [0.0])
+    # per freeze (where recorded): the weighted basins' cut, where they join, the fill as applied
+    levels = np.asarray(rec["levels"]) if "levels" in rec else np.full((len(starts), 3), np.nan)
     out = []
     for k, s in enumerate(starts):
         m = part == k
@@ -64,10 +71,12 @@ def parts(run_dir: Path) -> dict:
         out.append({"from_step": int(s), "frames": int(m.sum()), "weight_share": float(w[m].sum()),
                     "mbar_f_kT": float(f[k]), "lambda_mean": lam[m].mean(0).tolist(), "xi_mean": xi[m].mean(0).tolist(),
                     "bias_span_kJmol": float(np.ptp(pots[k])),
+                    "basins_join_kJmol": _num(levels[k, 1]), "fill_applied_kJmol": _num(levels[k, 2]),
                     "a_at_frames_kJmol": {"q50": float(np.median(a)), "q99": float(np.quantile(a, 0.99))}})
         print(f"from step {s:>11,}: {m.sum():>6} frames, weight {w[m].sum():9.2g}, f {f[k]:6.1f} kT, "
               f"λ mean {np.round(lam[m].mean(0), 2)}, ξ mean {np.round(xi[m].mean(0), 2)}, "
-              f"B spans {np.ptp(pots[k]):.0f} kJ/mol, A at its frames {np.median(a):.0f} (q99 {np.quantile(a, 0.99):.0f})")
+              f"B spans {np.ptp(pots[k]):.0f} kJ/mol, A at its frames {np.median(a):.0f} (q99 {np.quantile(a, 0.99):.0f})"
+              + (f", basins join at {levels[k, 1]:.3g} kJ/mol" if np.isfinite(levels[k, 1]) else ""))
     fill = float(rec["fill"]) if "fill" in rec else float("nan")
     return {"run": str(run_dir), "kish_ess": float(1.0 / np.sum(w ** 2)), "frames": int(len(w)),
             "fill_kJmol": None if np.isnan(fill) else fill, "parts": out}
