@@ -1,6 +1,7 @@
 """Finished runs' frozen stages side by side: for each run directory, the frozen bias's fill
 (``convergence.production_frozen_fill_kT``) and the highest level at which its weighted
-basins join (where recorded: the fill is raised to clear it), the stage's length, its transitions, ΔF between
+basins join (the fill is raised to clear it; for a run recorded before that, found on the
+biases as applied), the stage's length, its transitions, ΔF between
 the states with its block error and its difference from the reference, the drift check on
 the halves, the Kish effective sample size of the exact weights, the share of frames whose
 weight is under e⁻²⁰ of the largest (time spent where the ensemble hardly goes), the span of
@@ -23,7 +24,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from frozen_parts import frozen_stage  # noqa: E402
+from frozen_parts import _fail, frozen_stage  # noqa: E402
 REFERENCE = ROOT / "docs" / "measurements" / "ala2-reference-combined.json"
 
 
@@ -37,7 +38,9 @@ def compare(run: Path, ref: float) -> dict:
     cfg, logw, _, pots, rec = frozen_stage(run)
     seg = run / "production" / "frozen"
     summary = json.loads((run / "summary.json").read_text())
-    states = summary["states"]
+    states = summary.get("states") or {}
+    if not states.get("delta_f"):
+        _fail(f"{run}: no ΔF between states in its summary.json (the config names no 'states:' to compare)")
     target = next(iter(states["delta_f"]))
     d = states["delta_f"][target]
     w = np.exp(logw - logw.max())
@@ -47,6 +50,12 @@ def compare(run: Path, ref: float) -> dict:
     fill = float(rec["fill"]) if "fill" in rec else float("nan")  # as set (none before it existed)
     # per freeze: the weighted basins' cut, the level where they join, the fill as applied
     levels = rec["levels"] / kt if "levels" in rec else np.full((len(pots), 3), np.nan)
+    if "levels" not in rec:  # recorded before the freeze kept them: from the biases as applied,
+        from cvflow.fes import joining_level  # exact where the basins join under the fill
+        periodic = np.asarray(rec["periods"]) > 0
+        for k, p in enumerate(pots):
+            b = np.reshape(p, tuple(rec["bins"]))
+            levels[k, :2] = np.array(joining_level(b.max() - b, periodic, kt)) / kt
     top = lambda col: None if np.all(np.isnan(col)) else round(float(np.nanmax(col)), 3)  # noqa: E731
     return {"run": str(run), "fill_kT": None if np.isnan(fill) else round(fill / kt, 6),
             "joins_kT": top(levels[:, 1]), "fill_applied_kT": top(levels[:, 2]),
