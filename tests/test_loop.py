@@ -421,6 +421,9 @@ def test_frozen_segment_resumes_bit_for_bit(tmp_path, es_config, x_cv, monkeypat
     assert a["starts"].tolist() == b["starts"].tolist() == [0, 1_000, 2_000, 3_000, 4_000, 5_000]
     assert np.array_equal(a["potentials"], b["potentials"])
     assert not np.array_equal(b["potentials"][0], b["potentials"][-1])  # the statistics moved it
+    # each freeze's levels (cut, joining level, fill as applied) survive the checkpoint too
+    assert a["levels"].shape == (6, 3) and np.isfinite(a["levels"]).all()
+    assert np.array_equal(a["levels"], b["levels"])
 
 
 def test_an_extended_segment_is_the_longer_segment_and_resumes_into_its_extension(tmp_path, es_config, x_cv,
