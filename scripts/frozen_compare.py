@@ -59,6 +59,7 @@ def compare(run: Path, ref: float) -> dict:
     top = lambda col: None if np.all(np.isnan(col)) else round(float(np.nanmax(col)), 3)  # noqa: E731
     return {"run": str(run), "fill_kT": None if np.isnan(fill) else round(fill / kt, 6),
             "joins_kT": top(levels[:, 1]), "fill_applied_kT": top(levels[:, 2]),
+            "levels_kT_per_freeze": [[None if np.isnan(v) else round(float(v), 4) for v in row] for row in levels],
             "delta_f_of": f"{target} - {states['reference_state']}",
             "ns": segment["steps"] * cfg.md.timestep / 1000.0, "transitions": d.get("transitions"),
             "delta_f": d["value"], "error": d.get("error"), "minus_reference": d["value"] - ref,
