@@ -218,10 +218,10 @@ def _run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, s
         With ``freeze``: every this many steps (a multiple of ``md.report_interval``), the
         bias is frozen again from the statistics gathered so far, the frozen stage's
         included (:meth:`cvflow.bias.native.NativeEABF.freeze`); 0: never.
-    extend : callable(frames, steps) -> (steps, note), optional
+    extend : callable(frames, steps, log_weights) -> (steps, note), optional
         Called when the segment reaches its length, with its frames so far (of the saved
-        atoms): the length it should have in all (more to go on) and a line that says why
-        (or None). Its decisions are kept in ``extension.json``, so a resumed segment runs
+        atoms) and, under a frozen bias, their exact log weights (else None): the length it
+        should have in all (more to go on) and a line that says why (or None). Its decisions are kept in ``extension.json``, so a resumed segment runs
         to the extended length, and in ``segment.json`` (``extension``).
     """
     out_dir = Path(out_dir)
@@ -347,7 +347,8 @@ def _run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, s
             so_far = _concat(chunk_dir, "frames")
             if frames:
                 so_far = np.concatenate([so_far.reshape(-1, *frames[0].shape), np.array(frames)])
-            new, note = extend(so_far, steps)
+            steps_so_far = np.concatenate([_concat(chunk_dir, "steps"), np.asarray(frame_steps, float)])
+            new, note = extend(so_far, steps, _frozen_log_weights(bias, chunk_dir, steps_so_far))
             if note is not None:
                 extension["checks"] = [c for c in extension["checks"] if c["steps"] != steps]
                 extension["checks"].append({"steps": int(steps), "to": int(max(new, steps)), "note": note})
@@ -497,6 +498,21 @@ def frames_so_far(seg_dir: Path) -> int | None:
         with contextlib.suppress(OSError, ValueError):
             counts.append(len(np.load(f, mmap_mode="r")))
     return sum(counts) if counts else None
+
+
+def _frozen_log_weights(bias, chunk_dir: Path, frame_steps: np.ndarray) -> np.ndarray | None:
+    """The exact log weights (:func:`cvflow.dataset.log_weights_frozen`) of a frozen
+    segment's frames so far, at ``frame_steps``, from its CV rows (the checkpoints' and those
+    not yet written) and its frozen biases; None for a bias that is not frozen, or rows that
+    do not match the frames."""
+    if bias is None or not getattr(bias, "is_frozen", False):
+        return None
+    from .dataset import log_weights_frozen
+    rows = np.concatenate([_concat(chunk_dir, "colvar", 1 + 2 * bias.dim), bias.peek_colvar()])
+    rows = rows[np.isin(rows[:, 0].astype(np.int64), frame_steps.astype(np.int64))]
+    if len(rows) != len(frame_steps) or not np.array_equal(rows[:, 0], frame_steps):
+        return None
+    return log_weights_frozen(rows[:, 1 + bias.dim:], bias.frozen_record(), 1.0 / bias.kT, rows[:, 0])[0]
 
 
 def _concat(chunk_dir: Path, prefix: str, width: int | None = None) -> np.ndarray:

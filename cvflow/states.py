@@ -189,6 +189,24 @@ def frozen_extension(transitions: dict[str, int], steps: int, target: int, max_s
     return new, f"{made}; at this rate {target} need about {need:,.0f} steps: going on to {new:,}"
 
 
+def drift_extension(delta_f: dict, steps: int, max_steps: int, granularity: int = 1,
+                    reference: str = "the reference state") -> tuple[int, str | None]:
+    """How long a frozen-bias stage should run in all when, after ``steps`` steps, a ΔF
+    between states drifts (:func:`drifts`: its two halves differ by more than
+    :data:`DRIFT_Z` standard errors): twice as long, up to ``max_steps``, a multiple of
+    ``granularity``, so that its halves then compare what it has sampled with as much again.
+    ``steps`` and None when nothing drifts or the stage is at its maximum length (the final
+    analysis's warning then says so). The most drifting ΔF names the reason."""
+    drifting = [(k, d) for k, d in delta_f.items() if drifts(d)]
+    if not drifting or steps >= max_steps:
+        return steps, None
+    name, d = max(drifting, key=lambda kv: kv[1]["halves_z"])
+    new = min(max_steps, int(math.ceil(2 * steps / granularity)) * granularity)
+    h1, h2 = d["halves"]
+    return new, (f"ΔF({name} − {reference}) drifts: {h1:.2f} kJ/mol on the first half of the frames and {h2:.2f} "
+                 f"on the second, {d['halves_z']:.1f} standard errors apart: going on to {new:,} steps")
+
+
 def state_free_energies(member: dict[str, np.ndarray], w: np.ndarray, kT: float, blocks: int = 10,
                         resamples: int = 200, seed: int = 0, min_dwell: int | None = None) -> dict:
     """Populations and ΔF (kJ/mol, relative to the first state) with block-bootstrap errors.

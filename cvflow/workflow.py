@@ -874,16 +874,25 @@ class Workflow:
         extension = art.read_json(out / "segment.json").get("extension")
         return {**info, "extension": extension} if extension else info
 
-    def _frozen_extension(self, frames: np.ndarray, steps: int) -> tuple[int, str | None]:
+    def _frozen_extension(self, frames: np.ndarray, steps: int, logw: np.ndarray | None = None) -> tuple[int, str | None]:
         """The frozen stage's length in all, after ``steps`` steps and their ``frames``
-        (``convergence.production_frozen_min_transitions``; :func:`cvflow.states.frozen_extension`)."""
+        (``convergence.production_frozen_min_transitions``; :func:`cvflow.states.frozen_extension`);
+        with enough transitions, it still goes on while a ΔF drifts, by the frames' exact
+        weights ``logw`` (:func:`cvflow.states.drift_extension`)."""
         import mdtraj as md
-        from .states import frozen_extension, state_membership, state_transitions
+        from .states import drift_extension, frozen_extension, state_free_energies, state_membership, state_transitions
         c, m = self.cfg.convergence, self.cfg.md
         member = state_membership(md.Trajectory(frames.astype(np.float32), self.frame_topology), self.cfg.states)
         counts = state_transitions(member, self._min_dwell())
+        reference = next(iter(self.cfg.states))
         new, note = frozen_extension(counts, steps, c.production_frozen_min_transitions, c.frozen_max_steps(),
-                                     m.report_interval, reference=next(iter(self.cfg.states)))
+                                     m.report_interval, reference=reference)
+        if new == steps and logw is not None and len(logw) == len(frames):
+            states = state_free_energies(member, np.exp(logw - logw.max()), 1.0 / self.beta)
+            longer, why = drift_extension(states["delta_f"], steps, c.frozen_max_steps(), m.report_interval,
+                                          reference=reference)
+            if why is not None:
+                new, note = longer, why if note is None else f"{note}; but {why}"
         if note is not None:
             (log.info if new > steps else log.warning)(f"production MD, frozen bias: {note}")
         return new, note

@@ -250,6 +250,36 @@ def test_frozen_extension_goes_on_by_the_rate_seen_and_stops_where_the_cap_canno
     assert frozen_extension({"C7ax": 51}, steps, 100, cap, 250)[0] == 47_059_000  # 1.2 × 20M × 100/51, rounded up to 250
 
 
+def test_drift_extension_doubles_a_drifting_stage_up_to_its_cap(fixed_rng):
+    """drift_extension: a frozen stage whose ΔF drifts (halves more than DRIFT_Z standard
+    errors apart) goes on to twice its length, a multiple of the report interval, at most
+    the cap, and the line names the most drifting ΔF and its halves; a stationary one, or
+    one at its cap, stops (None: the final analysis's warning says it). On series built as
+    in the drift test: C7ax held 45 % then 15 % of the time drifts, 30 % throughout does not."""
+    from cvflow.states import drift_extension, state_free_energies
+    kT = 2.494
+
+    def series(p_first, p_second, n=20_000, dwell=50):
+        p = np.where(np.arange(n // dwell) < n // dwell // 2, p_first, p_second)
+        return np.repeat(fixed_rng.random(n // dwell) < p, dwell)
+    w = np.ones(20_000)
+    steady = state_free_energies({"C7eq": ~(ax := series(0.3, 0.3)), "C7ax": ax}, w, kT)["delta_f"]
+    moved = state_free_energies({"C7eq": ~(ax := series(0.45, 0.15)), "C7ax": ax}, w, kT)["delta_f"]
+    steps, cap = 20_000_000, 80_000_000
+    assert drift_extension(steady, steps, cap, 250, "C7eq") == (steps, None)
+    new, note = drift_extension(moved, steps, cap, 250, "C7eq")
+    h1, h2 = moved["C7ax"]["halves"]
+    assert new == 40_000_000
+    assert note == (f"ΔF(C7ax − C7eq) drifts: {h1:.2f} kJ/mol on the first half of the frames and {h2:.2f} on "
+                    f"the second, {moved['C7ax']['halves_z']:.1f} standard errors apart: going on to 40,000,000 steps")
+    assert drift_extension(moved, 60_000_000, cap, 250)[0] == cap  # twice would pass the cap
+    assert drift_extension(moved, 10_000_100, cap, 250)[0] == 20_000_250  # a multiple of 250
+    assert drift_extension(moved, cap, cap, 250) == (cap, None)
+    # two ΔF: the more drifting one is named
+    both = {"aR": {**steady["C7ax"]}, "C7ax": moved["C7ax"]}
+    assert "ΔF(C7ax − the reference state)" in drift_extension(both, steps, cap)[1]
+
+
 def test_few_transitions_warning_names_what_to_change(tmp_path):
     """The production's few-transitions warning names the setting that would help: the
     production's length, the frozen stage's length or cap, and, when the frozen stage

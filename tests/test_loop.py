@@ -434,15 +434,22 @@ def test_an_extended_segment_is_the_longer_segment_and_resumes_into_its_extensio
     resumed ends the same: the resume runs to the extended length."""
     import cvflow.sampler as sampler
     cfg, bundle, kw = _frozen_segment_setup(tmp_path, es_config, x_cv)
-    seen = []
+    seen, weights = [], []
 
-    def extend(frames, steps):
+    def extend(frames, steps, logw):
         seen.append((len(frames), steps))
+        weights.append(logw)
         return (steps + 2_000, f"more after {steps}") if steps < 9_000 else (steps, None)
     sampler.run_segment(cfg, bundle, tmp_path / "ref", 9_000, seed=4, **kw)
     res = sampler.run_segment(cfg, bundle, tmp_path / "ext", 5_000, seed=4, extend=extend, **kw)
-    # the callback sees every frame so far (one per 50 steps, from step 0) at each end
+    # the callback sees every frame so far (one per 50 steps, from step 0) at each end, and
+    # their exact weights under the frozen bias: those of the finished segment's frames
     assert seen == [(100, 5_000), (140, 7_000), (180, 9_000)]
+    from cvflow.dataset import stage_log_weights
+    from cvflow.units import kT
+    final, _ = stage_log_weights(tmp_path / "ext", 1.0 / kT(cfg.md.temperature))
+    for (n, _), logw in zip(seen, weights):
+        assert logw.shape == (n,) and np.allclose(logw - logw.max(), final[:n] - final[:n].max(), atol=1e-9)
     assert res.steps == 9_000 and res.frames == 180
     for name in ("traj.npy", "frame_steps.npy"):
         assert np.array_equal(np.load(tmp_path / "ext" / name), np.load(tmp_path / "ref" / name))

@@ -607,6 +607,10 @@ class NativeEABF:
         return self._evaluate(np.asarray(pos, np.float64))
 
     # -- results and checkpoints ------------------------------------------------------------
+    def peek_colvar(self) -> np.ndarray:
+        """The CV time series rows collected since the last :meth:`take_colvar`, left in place."""
+        return np.array(self._colvar).reshape(-1, 1 + 2 * self.dim)
+
     def take_colvar(self) -> np.ndarray:
         """CV time series rows ``(step, ξ..., λ...)`` collected since the last call."""
         rows = np.array(self._colvar).reshape(-1, 1 + 2 * self.dim)
