@@ -471,7 +471,9 @@ class ConvergenceConfig(Strict):
     # (cvflow.states.state_transitions), as far as the rate seen so far says that
     # production_frozen_max_steps allows (cvflow.states.frozen_extension). 0: it runs
     # production_frozen_steps only. Below 30 transitions the ΔF's block error is not to be
-    # trusted (README, "Transitions between states")
+    # trusted (README, "Transitions between states"). With enough of them, it still goes on,
+    # doubling, while a ΔF drifts (its halves over DRIFT_Z standard errors apart;
+    # cvflow.states.drift_extension)
     production_frozen_min_transitions: NonNegativeInt = 0
     # the frozen stage's length at most, extensions included (null: 4 × production_frozen_steps)
     production_frozen_max_steps: Optional[PositiveInt] = None
