@@ -76,16 +76,35 @@ def test_ala2_short_paper_protocol(tmp_path):
     # one frozen bias per 500,000 steps, their frames weighted together (MBAR)
     rec = np.load(frozen / "frozen_bias.npz")
     assert rec["starts"].tolist() == list(range(0, seg["steps"], 500_000)) and len(rec["potentials"]) >= 2
-    # each decision to go on (or not) is frozen_extension's on the frames up to it
-    from cvflow.states import frozen_extension
+    # each decision to go on (or not) is frozen_extension's on the frames up to it; where
+    # that does not go on, drift_extension's on those frames' exact weights under the biases
+    # frozen before it
+    from cvflow.dataset import log_weights_frozen
+    from cvflow.states import drift_extension, frozen_extension, state_free_energies
+    from cvflow.units import kT
     checks = seg.get("extension", {}).get("checks", [])
     ends = [1_000_000] + [c["to"] for c in checks if c["to"] > c["steps"]]
     assert [c["steps"] for c in checks] == ends[:len(checks)] and ends[-1] == seg["steps"]
+    colvar = np.loadtxt(frozen / "colvar.csv", delimiter=",", comments="#", skiprows=2)
+    from cvflow.config import load_config
+    kt = kT(load_config(path).md.temperature)
     for end in ends:
         k = end // report
-        counts = state_transitions({"C7eq": phi[:k] <= 0, "C7ax": phi[:k] >= 0}, 10)
+        member = {"C7eq": phi[:k] <= 0, "C7ax": phi[:k] >= 0}
         decided = next(((c["to"], c["note"]) for c in checks if c["steps"] == end), (end, None))
-        assert decided == frozen_extension(counts, end, 4, 4_000_000, report, "C7eq")
+        expect = frozen_extension(state_transitions(member, 10), end, 4, 4_000_000, report, "C7eq")
+        if expect[0] == end:
+            before = rec["starts"] < end
+            sub = {**{key: rec[key] for key in rec.files}, "potentials": rec["potentials"][before],
+                   "starts": rec["starts"][before]}
+            logw, _ = log_weights_frozen(colvar[:k, 4:6], sub, 1.0 / kt, colvar[:k, 0])
+            longer, why = drift_extension(state_free_energies(member, np.exp(logw - logw.max()), kt)["delta_f"],
+                                          end, 4_000_000, report, "C7eq")
+            if why is not None:
+                expect = (longer, why if expect[1] is None else f"{expect[1]}; but {why}")
+        assert decided[0] == expect[0] and (decided[1] is None) == (expect[1] is None), (end, decided, expect)
+        if expect[1] is not None:
+            assert decided[1].split(":")[0] == expect[1].split(":")[0]
     assert st["populations"]["C7ax"]["value"] == pytest.approx(w[phi > 0].sum() / w.sum(), abs=1e-9)
     df = st["delta_f"]["C7ax"]
     # transitions: stays of ≥ 5 ps, frames 0.5 ps apart, counted on the frozen stage's φ
