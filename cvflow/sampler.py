@@ -221,8 +221,9 @@ def _run_segment(cfg: Config, bundle: SystemBundle, out_dir: Path, steps: int, s
     extend : callable(frames, steps, log_weights) -> (steps, note), optional
         Called when the segment reaches its length, with its frames so far (of the saved
         atoms) and, under a frozen bias, their exact log weights (else None): the length it
-        should have in all (more to go on) and a line that says why (or None). Its decisions are kept in ``extension.json``, so a resumed segment runs
-        to the extended length, and in ``segment.json`` (``extension``).
+        should have in all (more to go on) and a line that says why (or None). Its
+        decisions are kept in ``extension.json``, so a resumed segment runs to the extended
+        length, and in ``segment.json`` (``extension``).
     """
     out_dir = Path(out_dir)
     done_marker = out_dir / "segment.json"
