@@ -888,7 +888,9 @@ class Workflow:
         new, note = frozen_extension(counts, steps, c.production_frozen_min_transitions, c.frozen_max_steps(),
                                      m.report_interval, reference=reference)
         if new == steps and logw is not None and len(logw) == len(frames):
-            states = state_free_energies(member, np.exp(logw - logw.max()), 1.0 / self.beta)
+            # the final analysis's bootstrap seed (_states): at the end, the same frames give the same z
+            states = state_free_energies(member, np.exp(logw - logw.max()), 1.0 / self.beta,
+                                         seed=derive_seed(self.cfg.seed, 20_000))
             longer, why = drift_extension(states["delta_f"], steps, c.frozen_max_steps(), m.report_interval,
                                           reference=reference)
             if why is not None:

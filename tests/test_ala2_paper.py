@@ -80,6 +80,7 @@ def test_ala2_short_paper_protocol(tmp_path):
     # that does not go on, drift_extension's on those frames' exact weights under the biases
     # frozen before it
     from cvflow.dataset import log_weights_frozen
+    from cvflow.sampler import derive_seed
     from cvflow.states import drift_extension, frozen_extension, state_free_energies
     from cvflow.units import kT
     checks = seg.get("extension", {}).get("checks", [])
@@ -98,8 +99,8 @@ def test_ala2_short_paper_protocol(tmp_path):
             sub = {**{key: rec[key] for key in rec.files}, "potentials": rec["potentials"][before],
                    "starts": rec["starts"][before]}
             logw, _ = log_weights_frozen(colvar[:k, 4:6], sub, 1.0 / kt, colvar[:k, 0])
-            longer, why = drift_extension(state_free_energies(member, np.exp(logw - logw.max()), kt)["delta_f"],
-                                          end, 4_000_000, report, "C7eq")
+            d = state_free_energies(member, np.exp(logw - logw.max()), kt, seed=derive_seed(cfg["seed"], 20_000))
+            longer, why = drift_extension(d["delta_f"], end, 4_000_000, report, "C7eq")
             if why is not None:
                 expect = (longer, why if expect[1] is None else f"{expect[1]}; but {why}")
         assert decided[0] == expect[0] and (decided[1] is None) == (expect[1] is None), (end, decided, expect)
