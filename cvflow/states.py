@@ -185,8 +185,13 @@ def frozen_extension(transitions: dict[str, int], steps: int, target: int, max_s
         return max_steps, (f"{made}; {at}, beyond the maximum length: going on to it ({max_steps:,} steps, "
                            f"about {at_cap:.0f} at this rate)")
     new = max(1.2 * need, 1.25 * steps)
-    new = min(max_steps, int(math.ceil(new / granularity)) * granularity)
+    new = _rounded_up(new, granularity, max_steps)
     return new, f"{made}; at this rate {target} need about {need:,.0f} steps: going on to {new:,}"
+
+
+def _rounded_up(steps: float, granularity: int, max_steps: int) -> int:
+    """``steps`` rounded up to a multiple of ``granularity``, at most ``max_steps``."""
+    return min(max_steps, int(math.ceil(steps / granularity)) * granularity)
 
 
 def drift_extension(delta_f: dict, steps: int, max_steps: int, granularity: int = 1,
@@ -201,7 +206,7 @@ def drift_extension(delta_f: dict, steps: int, max_steps: int, granularity: int 
     if not drifting or steps >= max_steps:
         return steps, None
     name, d = max(drifting, key=lambda kv: kv[1]["halves_z"])
-    new = min(max_steps, int(math.ceil(2 * steps / granularity)) * granularity)
+    new = _rounded_up(2 * steps, granularity, max_steps)
     h1, h2 = d["halves"]
     return new, (f"ΔF({name} − {reference}) drifts: {h1:.2f} kJ/mol on the first half of the frames and {h2:.2f} "
                  f"on the second, {d['halves_z']:.1f} standard errors apart: going on to {new:,} steps")

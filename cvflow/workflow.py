@@ -777,15 +777,25 @@ class Workflow:
         if not self.cfg.states:
             return None
         w, estimator = weighted if weighted is not None else self._frame_weights(seg_dir, xi, len(frames))
-        import mdtraj as md
-        from .states import TRANSITION_DWELL_PS, state_free_energies, state_membership
-        traj = md.Trajectory(frames.astype(np.float32), self.frame_topology)
-        res = state_free_energies(state_membership(traj, self.cfg.states), w, 1.0 / self.beta,
-                                  seed=derive_seed(self.cfg.seed, 20_000), min_dwell=self._min_dwell())
+        from .states import TRANSITION_DWELL_PS
+        res = self._state_free_energies(self._membership(frames), w)
         res["transition_dwell_ps"] = TRANSITION_DWELL_PS
         res["ess"] = effective_sample_size(w)
         res["weights"] = estimator  # extended, czar, frozen (exact) or unbiased
         return res
+
+    def _membership(self, frames: np.ndarray) -> dict[str, np.ndarray]:
+        """Which of the config's states each frame is in (:func:`cvflow.states.state_membership`)."""
+        import mdtraj as md
+        from .states import state_membership
+        return state_membership(md.Trajectory(frames.astype(np.float32), self.frame_topology), self.cfg.states)
+
+    def _state_free_energies(self, member: dict[str, np.ndarray], w: np.ndarray) -> dict:
+        """:func:`cvflow.states.state_free_energies` with the run's bootstrap seed and dwell:
+        the production's analysis and the frozen stage's drift decision see the same numbers."""
+        from .states import state_free_energies
+        return state_free_energies(member, w, 1.0 / self.beta, seed=derive_seed(self.cfg.seed, 20_000),
+                                   min_dwell=self._min_dwell())
 
     def _min_dwell(self) -> int:
         """Frames in a row that make a stay in a state (:data:`cvflow.states.TRANSITION_DWELL_PS`)."""
@@ -879,18 +889,15 @@ class Workflow:
         (``convergence.production_frozen_min_transitions``; :func:`cvflow.states.frozen_extension`);
         with enough transitions, it still goes on while a ΔF drifts, by the frames' exact
         weights ``logw`` (:func:`cvflow.states.drift_extension`)."""
-        import mdtraj as md
-        from .states import drift_extension, frozen_extension, state_free_energies, state_membership, state_transitions
+        from .states import drift_extension, frozen_extension, state_transitions
         c, m = self.cfg.convergence, self.cfg.md
-        member = state_membership(md.Trajectory(frames.astype(np.float32), self.frame_topology), self.cfg.states)
+        member = self._membership(frames)
         counts = state_transitions(member, self._min_dwell())
         reference = next(iter(self.cfg.states))
         new, note = frozen_extension(counts, steps, c.production_frozen_min_transitions, c.frozen_max_steps(),
                                      m.report_interval, reference=reference)
         if new == steps and logw is not None and len(logw) == len(frames):
-            # the final analysis's bootstrap seed (_states): at the end, the same frames give the same z
-            states = state_free_energies(member, np.exp(logw - logw.max()), 1.0 / self.beta,
-                                         seed=derive_seed(self.cfg.seed, 20_000))
+            states = self._state_free_energies(member, np.exp(logw - logw.max()))
             longer, why = drift_extension(states["delta_f"], steps, c.frozen_max_steps(), m.report_interval,
                                           reference=reference)
             if why is not None:

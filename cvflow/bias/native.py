@@ -574,11 +574,9 @@ class NativeEABF:
                 "levels": self._levels_array()}
 
     def _levels_array(self) -> np.ndarray:
-        """``frozen_levels`` as a (K, 3) array; NaN rows for freezes recorded before they were kept."""
-        levels = np.full((len(self.frozen_history), 3), np.nan)
-        if len(self.frozen_levels) == len(self.frozen_history):
-            levels[:] = np.reshape(self.frozen_levels, levels.shape)
-        return levels
+        """``frozen_levels`` as a (K, 3) array, a row per freeze (NaN for freezes loaded from a
+        checkpoint written before they were kept)."""
+        return np.reshape(self.frozen_levels, (len(self.frozen_levels), 3))
 
     def _history_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """The frozen biases so far: their first steps (K,) and B per bin (K, bins)."""
